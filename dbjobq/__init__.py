@@ -1,0 +1,56 @@
+"""dbjobq: background jobs for Python, stored in your database.
+
+```python
+from dbjobq import JobContext, JobQueue, Worker
+
+queue = JobQueue("sqlite:///jobs.db")
+
+@queue.handler("send_email")
+def send_email(ctx: JobContext) -> dict:
+    return {"sent_to": ctx.payload["to"]}
+
+queue.enqueue("send_email", {"to": "a@example.com"})
+Worker(queue).start()
+```
+"""
+
+from __future__ import annotations
+
+from dbjobq.context import JobContext
+from dbjobq.errors import (
+    ConfigurationError,
+    DBJobQError,
+    InvalidJobError,
+    JobError,
+    JobNotFound,
+    JobTimeoutError,
+    JobValidationError,
+    PayloadError,
+    StorageError,
+)
+from dbjobq.job import Job, JobSpec, JobStatus
+from dbjobq.queue import Handler, JobQueue
+from dbjobq.retry import RetryPolicy
+from dbjobq.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "DBJobQError",
+    "Handler",
+    "InvalidJobError",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobNotFound",
+    "JobQueue",
+    "JobSpec",
+    "JobStatus",
+    "JobTimeoutError",
+    "JobValidationError",
+    "PayloadError",
+    "RetryPolicy",
+    "StorageError",
+    "Worker",
+]

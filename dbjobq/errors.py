@@ -1,0 +1,114 @@
+"""Every exception dbjobq raises, in one place.
+
+```text
+DBJobQError                     root: `except DBJobQError` catches everything below
+├── ConfigurationError          bad URL, missing driver, bad option (also ValueError)
+├── InvalidJobError             bad enqueue argument (also ValueError and TypeError)
+│   └── PayloadError            payload or result is not strict JSON, too big or too deep
+├── JobNotFound                 no job with that id (also LookupError)
+├── StorageError                the database failed; the driver error is on __cause__
+└── JobError                    raise from a handler to fail the attempt on purpose
+    ├── JobValidationError      never retried: the input itself is wrong
+    └── JobTimeoutError         recorded when a job outlives its timeout
+```
+
+Handlers may raise any exception; `JobError` only exists so that a handler can say
+*how* it failed (retryable or not, retry after how long).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DBJobQError",
+    "InvalidJobError",
+    "JobError",
+    "JobNotFound",
+    "JobTimeoutError",
+    "JobValidationError",
+    "PayloadError",
+    "StorageError",
+]
+
+
+class DBJobQError(Exception):
+    """Base class of every dbjobq error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class ConfigurationError(DBJobQError, ValueError):
+    """dbjobq is configured wrongly: a bad database URL, a missing driver or a bad option.
+
+    Raised when the object is built (`SQLAlchemyStorage(...)`, `Worker(...)`,
+    `JobQueue.handler(...)`), before anything touches the database.
+    """
+
+
+class InvalidJobError(DBJobQError, ValueError, TypeError):
+    """An argument to `JobQueue.enqueue` is wrong; nothing was written.
+
+    It is both a `ValueError` (a negative delay, an empty type name) and a `TypeError`
+    (a priority that is not an `int`), so code that catches either keeps working.
+    """
+
+
+class PayloadError(InvalidJobError):
+    r"""A payload, `meta` or handler result is not strict JSON, or is too large or too deep.
+
+    Strict JSON means: objects with string keys, arrays (`list`), strings without
+    `\\u0000`, finite numbers, booleans and `None`. Tuples, sets, bytes, dates,
+    `NaN` and `Infinity` are rejected rather than silently converted, so a handler
+    always receives exactly what was enqueued.
+    """
+
+
+class JobNotFound(DBJobQError, LookupError):
+    """No job has the given id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class StorageError(DBJobQError):
+    """The storage backend failed (connection lost, database locked for too long, ...).
+
+    The original driver exception is available as `__cause__`. Operations that raise
+    it had no effect: each storage operation is one transaction.
+    """
+
+
+class JobError(DBJobQError):
+    """Raise from a handler to fail the current attempt with a reason.
+
+    Args:
+        message: Why the attempt failed; stored in `Job.last_error`.
+        retryable: `False` fails the job at once, whatever retries are left.
+        retry_in: Seconds to wait before the next attempt, instead of the retry
+            policy's back-off. Ignored when `retryable` is false.
+    """
+
+    retryable_default = True
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = self.retryable_default if retryable is None else retryable
+        self.retry_in = retry_in
+
+
+class JobValidationError(JobError):
+    """The job's input is invalid; the job fails at once and is never retried."""
+
+    retryable_default = False
+
+
+class JobTimeoutError(JobError):
+    """The job ran longer than its timeout; retried according to the retry policy."""

@@ -1,0 +1,155 @@
+"""The job record, its states, and what it takes to create one."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from datetime import datetime, timedelta
+from typing import Any, Union
+
+__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob"]
+
+JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]
+"""Any strict-JSON value (see `dbjobq.errors.PayloadError` for what strict means)."""
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life.
+
+    ```text
+    enqueue ──▶ pending ──claim──▶ running ──▶ completed
+                   ▲                  │  └────▶ failed      (retries spent, or not retryable)
+                   └── retry / rescue ┘
+    pending or running ──cancel──▶ cancelled
+    failed or cancelled ──JobQueue.retry──▶ pending
+    ```
+
+    Members compare equal to their string values (`JobStatus.PENDING == "pending"`).
+    """
+
+    PENDING = "pending"
+    """Waiting to run; eligible once `run_at` has passed. Entered by enqueue, by a retry
+    after a failed attempt, by rescue of an expired lease, and by `JobQueue.retry`."""
+
+    RUNNING = "running"
+    """Claimed by a worker that holds a lease on it. Left by completion, failure, retry,
+    cancellation, or rescue once the lease expires."""
+
+    COMPLETED = "completed"
+    """Terminal: the handler returned; its return value is in `Job.result`."""
+
+    FAILED = "failed"
+    """Terminal: the last attempt failed and no retry is left (or the error was not
+    retryable). `Job.last_error` says why. `JobQueue.retry` can revive it."""
+
+    CANCELLED = "cancelled"
+    """Terminal: cancelled with `JobQueue.cancel`. A running handler sees
+    `JobContext.cancelled` set and its outcome is discarded."""
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the state is terminal (completed, failed or cancelled)."""
+        return self in _FINISHED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A snapshot of one job as stored. Immutable: read it again to see changes."""
+
+    id: str
+    """Opaque, unique, roughly time-ordered string."""
+    type: str
+    """The job type: selects the handler."""
+    payload: dict[str, Any]
+    """The JSON object given at enqueue."""
+    queue: str
+    """Name of the queue the job is in."""
+    priority: int
+    """Higher runs first; FIFO (by `run_at`, then id) within one priority."""
+    status: JobStatus
+    """Current state."""
+    attempts: int
+    """How many times the job has been claimed (the current attempt included)."""
+    max_retries: int
+    """How many retries are allowed after the first attempt."""
+    run_at: datetime
+    """Not to run before this time (UTC)."""
+    created_at: datetime
+    """When the job was enqueued (UTC)."""
+    updated_at: datetime
+    """When the record last changed (UTC)."""
+    started_at: datetime | None = None
+    """When the latest attempt was claimed."""
+    finished_at: datetime | None = None
+    """When the job reached a terminal state."""
+    timeout: float | None = None
+    """Seconds an attempt may run before it fails with `JobTimeoutError`."""
+    last_error: str | None = None
+    """The latest failure: a summary line, then the traceback."""
+    result: Any = None
+    """The JSON value the handler returned."""
+    unique_key: str | None = None
+    """While a job with this key is unfinished, enqueueing the key again returns this job."""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Free-form JSON object for the caller (correlation ids, tenant, ...)."""
+    progress: float | None = None
+    """Last value reported with `JobContext.progress`."""
+    progress_message: str | None = None
+    """Message reported with the last progress value."""
+    worker_id: str | None = None
+    """The worker holding the lease while running."""
+    lease_token: str | None = None
+    """Fencing token of the current lease; finishing the job requires it."""
+    lease_expires_at: datetime | None = None
+    """When the current lease runs out unless renewed by a heartbeat."""
+
+    @property
+    def retries_left(self) -> int:
+        """How many more attempts a failure of the current attempt would allow."""
+        return max(0, self.max_retries + 1 - self.attempts)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """A job to enqueue with `JobQueue.enqueue_many`; fields mirror `JobQueue.enqueue`.
+
+    `None` fields take the same defaults as in `JobQueue.enqueue`.
+    """
+
+    type: str
+    payload: dict[str, Any] | None = None
+    queue: str | None = None
+    priority: int = 0
+    run_at: datetime | None = None
+    delay: float | timedelta | None = None
+    max_retries: int | None = None
+    unique_key: str | None = None
+    meta: dict[str, Any] | None = None
+    timeout: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A validated job, as `JobQueue` hands it to `Storage.enqueue`.
+
+    Backends store it as given. The job becomes due at `run_at` when that is set,
+    otherwise `delay` seconds after the storage's own "now".
+    """
+
+    id: str
+    type: str
+    queue: str
+    payload: dict[str, Any]
+    priority: int
+    max_retries: int
+    run_at: datetime | None
+    delay: float
+    unique_key: str | None
+    meta: dict[str, Any]
+    timeout: float | None

@@ -1,0 +1,99 @@
+"""Strict-JSON checks shared by every backend, so all of them accept exactly the same data."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from dbjobq.errors import PayloadError
+
+__all__ = ["DEFAULT_MAX_DEPTH", "check_json", "dumps"]
+
+DEFAULT_MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in a payload, `meta` or result."""
+
+
+def dumps(value: Any) -> str:
+    """Serialise an already checked value compactly (UTF-8 text, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _where(path: list[str | int]) -> str:
+    return "".join(f"[{p!r}]" for p in path) or "the value"
+
+
+def check_json(
+    value: Any,
+    *,
+    what: str = "payload",
+    max_bytes: int | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> None:
+    """Raise `PayloadError` unless `value` is strict JSON within the limits.
+
+    Strict JSON: `dict` with `str` keys, `list`, `str` without NUL characters, `int`,
+    finite `float`, `bool` and `None`. The walk is iterative, so a deeply nested
+    value yields a `PayloadError` rather than a `RecursionError`.
+
+    Args:
+        value: The value to check.
+        what: How to name the value in the error message.
+        max_bytes: Largest accepted size of the UTF-8 JSON text; `None` for no limit.
+        max_depth: Deepest accepted nesting of arrays and objects.
+
+    Raises:
+        PayloadError: If the value is not strict JSON or exceeds a limit.
+    """
+    stack: list[tuple[Any, list[str | int], int]] = [(value, [], 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if item is None or isinstance(item, (bool, int)):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise PayloadError(
+                    f"{what} is not strict JSON: {_where(path)} is {item!r}; "
+                    "NaN and Infinity have no JSON form"
+                )
+            continue
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise PayloadError(
+                    f"{what} is not strict JSON: {_where(path)} contains a NUL "
+                    "character (\\u0000), which PostgreSQL's jsonb cannot store"
+                )
+            continue
+        if isinstance(item, (dict, list)):
+            if depth >= max_depth:
+                raise PayloadError(
+                    f"{what} is nested deeper than {max_depth} levels at {_where(path)}"
+                )
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise PayloadError(
+                            f"{what} is not strict JSON: {_where(path)} has a key "
+                            f"{key!r} of type {type(key).__name__}; JSON object keys "
+                            "must be str"
+                        )
+                    if "\x00" in key:
+                        raise PayloadError(
+                            f"{what} is not strict JSON: key {key!r} contains a NUL "
+                            "character (\\u0000)"
+                        )
+                    stack.append((child, [*path, key], depth + 1))
+            else:
+                for index, child in enumerate(item):
+                    stack.append((child, [*path, index], depth + 1))
+            continue
+        hint = "; use a list" if isinstance(item, (tuple, set, frozenset)) else ""
+        raise PayloadError(
+            f"{what} is not strict JSON: {_where(path)} is a {type(item).__name__}{hint}"
+        )
+    if max_bytes is not None:
+        size = len(dumps(value).encode())
+        if size > max_bytes:
+            raise PayloadError(
+                f"{what} is {size} bytes of JSON, more than the limit of {max_bytes}"
+            )

@@ -1,0 +1,569 @@
+"""JobQueue: the facade your application talks to."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dbjobq._ids import new_job_id
+from dbjobq.context import JobContext
+from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
+from dbjobq.job import Job, JobSpec, JobStatus, NewJob
+from dbjobq.payload import check_json
+from dbjobq.retry import RetryPolicy
+from dbjobq.storage.base import Storage
+
+if TYPE_CHECKING:
+    from dbjobq.worker import Worker
+
+__all__ = ["DEFAULT_URL", "Handler", "JobQueue"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///jobs.db"
+"""The storage used by `JobQueue()` when none is given: a SQLite file in the current
+directory."""
+
+_INT32 = (-(2**31), 2**31 - 1)
+_NAME_MAX = 200
+_KEY_MAX = 255
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler and its per-type policy (see `JobQueue.handler`)."""
+
+    type: str
+    """The job type it handles."""
+    fn: Callable[[JobContext], Any]
+    """The function; a coroutine function runs on the worker's event loop."""
+    max_retries: int | None
+    """Default `max_retries` for jobs of this type enqueued in this process."""
+    timeout: float | None
+    """Seconds an attempt may run; a job's own `timeout` takes precedence."""
+    retry_policy: RetryPolicy | None
+    """Back-off between attempts; `None` uses the queue's policy."""
+
+    @property
+    def is_async(self) -> bool:
+        """Whether `fn` is a coroutine function."""
+        return inspect.iscoroutinefunction(self.fn)
+
+
+def _check_name(value: Any, what: str, limit: int = _NAME_MAX) -> str:
+    if not isinstance(value, str):
+        raise InvalidJobError(f"{what} must be a str, got {type(value).__name__}")
+    if not value or not value.strip():
+        raise InvalidJobError(f"{what} must not be empty")
+    if len(value) > limit:
+        raise InvalidJobError(f"{what} is longer than {limit} characters")
+    if "\x00" in value:
+        raise InvalidJobError(f"{what} must not contain NUL characters")
+    return value
+
+
+def _check_int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJobError(f"{what} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidJobError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _check_seconds(value: Any, what: str, *, allow_zero: bool = True) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidJobError(f"{what} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise InvalidJobError(f"{what} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+class JobQueue:
+    """Enqueue jobs, register their handlers, and inspect or manage them.
+
+    A `JobQueue` is thread-safe; share one per application. Workers (`Worker`) take
+    jobs from it. The storage's tables are created on first use.
+
+    Args:
+        storage: A `Storage` backend, or a database URL for `SQLAlchemyStorage`.
+            Defaults to `sqlite:///jobs.db` in the current directory.
+        default_queue: Queue name used when `enqueue` gets none.
+        max_retries: Retries allowed after a failed first attempt, for jobs whose
+            type has no handler default and that do not set their own.
+        retry_policy: Back-off between attempts for handlers without their own.
+        max_payload_bytes: Largest accepted payload (as UTF-8 JSON); `None` for no
+            limit. The same limit applies to `meta` and to handler results.
+
+    Raises:
+        ConfigurationError: If the URL is invalid or an option is out of range.
+    """
+
+    def __init__(
+        self,
+        storage: Storage | str | None = None,
+        *,
+        default_queue: str = "default",
+        max_retries: int = 3,
+        retry_policy: RetryPolicy | None = None,
+        max_payload_bytes: int | None = 1_048_576,
+    ) -> None:
+        if storage is None or isinstance(storage, str):
+            from dbjobq.storage.sqlalchemy_storage import SQLAlchemyStorage
+
+            storage = SQLAlchemyStorage(storage or DEFAULT_URL)
+        if not isinstance(storage, Storage):
+            raise ConfigurationError(
+                f"storage must be a Storage or a URL, got {type(storage).__name__}"
+            )
+        try:
+            self.default_queue = _check_name(default_queue, "default_queue")
+            self.max_retries = _check_int(max_retries, "max_retries", 0, 1000)
+        except InvalidJobError as error:
+            raise ConfigurationError(str(error)) from None
+        if max_payload_bytes is not None and (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 1
+        ):
+            raise ConfigurationError("max_payload_bytes must be a positive int or None")
+        self.storage = storage
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.max_payload_bytes = max_payload_bytes
+        self._handlers: dict[str, Handler] = {}
+        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"JobQueue({self.storage!r})"
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the storage (its connections). Stop workers first."""
+        self.storage.close()
+
+    def initialize(self) -> None:
+        """Create the storage's tables now rather than on first use (idempotent).
+
+        Raises:
+            StorageError: If the storage cannot be reached.
+        """
+        with self._ready_lock:
+            if not self._ready:
+                self.storage.initialize()
+                self._ready = True
+
+    def _store(self) -> Storage:
+        if not self._ready:
+            self.initialize()
+        return self.storage
+
+    # -- handlers ---------------------------------------------------------------------
+
+    def handler(
+        self,
+        type: str,  # noqa: A002 - the job field's name
+        *,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as the handler of a job type.
+
+        The function takes one argument, a `JobContext`, and returns a JSON value
+        (stored as `Job.result`) or `None`. It may be an `async def` function.
+
+        ```python
+        @queue.handler("send_email", max_retries=5, timeout=60)
+        def send_email(ctx: JobContext) -> dict:
+            ...
+        ```
+
+        Args:
+            type: The job type.
+            max_retries: Default retries for jobs of this type enqueued through
+                this queue object (a job's own `max_retries` wins).
+            timeout: Seconds an attempt may run before it fails with
+                `JobTimeoutError` (a job's own `timeout` wins).
+            retry_policy: Back-off for this type instead of the queue's.
+
+        Raises:
+            ConfigurationError: If the type already has a handler or an option is
+                invalid.
+        """
+
+        def register(fn: F) -> F:
+            self.register(
+                type, fn, max_retries=max_retries, timeout=timeout, retry_policy=retry_policy
+            )
+            return fn
+
+        return register
+
+    def register(
+        self,
+        type: str,  # noqa: A002 - the job field's name
+        fn: Callable[[JobContext], Any],
+        *,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Handler:
+        """Register `fn` as the handler of `type`; the non-decorator form of `handler`.
+
+        Returns:
+            The registered `Handler`.
+
+        Raises:
+            ConfigurationError: If the type already has a handler or an option is
+                invalid.
+        """
+        try:
+            _check_name(type, "job type")
+            if max_retries is not None:
+                _check_int(max_retries, "max_retries", 0, 1000)
+            if timeout is not None:
+                timeout = _check_seconds(timeout, "timeout", allow_zero=False)
+        except InvalidJobError as error:
+            raise ConfigurationError(str(error)) from None
+        if not callable(fn):
+            raise ConfigurationError(f"handler for {type!r} is not callable")
+        if type in self._handlers:
+            raise ConfigurationError(f"job type {type!r} already has a handler")
+        handler = Handler(type, fn, max_retries, timeout, retry_policy)
+        self._handlers[type] = handler
+        return handler
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        """The registered handlers by job type (read-only view)."""
+        return dict(self._handlers)
+
+    # -- enqueue ----------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        type: str,  # noqa: A002 - the job field's name
+        payload: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_retries: int | None = None,
+        unique_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Add a job and return its id.
+
+        Everything is validated before anything is written; on error nothing is
+        stored. The type need not have a handler in this process.
+
+        Args:
+            type: The job type; selects the handler.
+            payload: A JSON object given to the handler (`{}` when `None`).
+            queue: Queue name; defaults to the queue's `default_queue`.
+            priority: Higher runs first (a 32-bit int, default 0).
+            run_at: Do not run before this aware datetime.
+            delay: Or: do not run for this many seconds (number or `timedelta`).
+            max_retries: Retries after a failed first attempt; defaults to the
+                handler's, else the queue's `max_retries`.
+            unique_key: While an unfinished job holds this key, return that job's
+                id instead of adding a new job.
+            meta: Free-form JSON object stored with the job.
+            timeout: Seconds an attempt may run before failing with
+                `JobTimeoutError`.
+
+        Returns:
+            The new job's id, or the id of the unfinished job holding `unique_key`.
+
+        Raises:
+            InvalidJobError: If an argument has the wrong type or value.
+            PayloadError: If `payload` or `meta` is not a strict-JSON object or is
+                too large.
+            StorageError: If the storage cannot be reached.
+        """
+        spec = JobSpec(
+            type=type,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            delay=delay,
+            max_retries=max_retries,
+            unique_key=unique_key,
+            meta=meta,
+            timeout=timeout,
+        )
+        return self._enqueue([self._validate(spec)])[0]
+
+    def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[str]:
+        """Add many jobs in one transaction (one round trip on SQL backends).
+
+        All jobs are validated first; if any is invalid, none is written.
+
+        Args:
+            jobs: The jobs to add.
+
+        Returns:
+            Their ids, in order (see `enqueue` for `unique_key`).
+
+        Raises:
+            InvalidJobError: If a job has a bad argument; the message names its index.
+            PayloadError: If a payload or `meta` is not strict JSON.
+            StorageError: If the storage cannot be reached.
+        """
+        new_jobs: list[NewJob] = []
+        for index, spec in enumerate(jobs):
+            if not isinstance(spec, JobSpec):
+                raise InvalidJobError(
+                    f"enqueue_many takes JobSpec objects; item {index} is a {type(spec).__name__}"
+                )
+            try:
+                new_jobs.append(self._validate(spec))
+            except InvalidJobError as error:
+                raise type(error)(f"job {index}: {error}") from None
+        return self._enqueue(new_jobs)
+
+    def _enqueue(self, jobs: list[NewJob]) -> list[str]:
+        if not jobs:
+            return []
+        ids = self._store().enqueue(jobs)
+        due_now = [job for job in jobs if job.run_at is None and job.delay == 0]
+        self._wake_workers({(job.queue, job.type) for job in due_now}, len(due_now))
+        return ids
+
+    def _validate(self, spec: JobSpec) -> NewJob:
+        job_type = _check_name(spec.type, "job type")
+        queue = self.default_queue if spec.queue is None else _check_name(spec.queue, "queue")
+        payload = {} if spec.payload is None else spec.payload
+        if not isinstance(payload, dict):
+            raise PayloadError(
+                f"payload must be a dict (a JSON object), got {type(payload).__name__}"
+            )
+        check_json(payload, what="payload", max_bytes=self.max_payload_bytes)
+        meta = {} if spec.meta is None else spec.meta
+        if not isinstance(meta, dict):
+            raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
+        check_json(meta, what="meta", max_bytes=self.max_payload_bytes)
+        priority = _check_int(spec.priority, "priority", *_INT32)
+        if spec.run_at is not None and spec.delay is not None:
+            raise InvalidJobError("give either run_at or delay, not both")
+        run_at = spec.run_at
+        if run_at is not None:
+            if not isinstance(run_at, datetime):
+                raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
+            if run_at.tzinfo is None or run_at.utcoffset() is None:
+                raise InvalidJobError(
+                    "run_at must be timezone-aware, e.g. datetime.now(timezone.utc)"
+                )
+            run_at = run_at.astimezone(timezone.utc)
+        delay = 0.0 if spec.delay is None else _check_seconds(spec.delay, "delay")
+        handler = self._handlers.get(job_type)
+        if spec.max_retries is not None:
+            max_retries = _check_int(spec.max_retries, "max_retries", 0, 1000)
+        elif handler is not None and handler.max_retries is not None:
+            max_retries = handler.max_retries
+        else:
+            max_retries = self.max_retries
+        unique_key = spec.unique_key
+        if unique_key is not None:
+            unique_key = _check_name(unique_key, "unique_key", _KEY_MAX)
+        timeout = spec.timeout
+        if timeout is not None:
+            timeout = _check_seconds(timeout, "timeout", allow_zero=False)
+        return NewJob(
+            id=new_job_id(),
+            type=job_type,
+            queue=queue,
+            payload=payload,
+            priority=priority,
+            max_retries=max_retries,
+            run_at=run_at,
+            delay=delay,
+            unique_key=unique_key,
+            meta=meta,
+            timeout=timeout,
+        )
+
+    def _wake_workers(self, wanted: set[tuple[str, str]], count: int) -> None:
+        """Wake up to `count` idle workers of this process that take these (queue, type)s."""
+        if count == 0:
+            return
+        matching = [w for w in list(self._workers) if w._wants(wanted)]
+        # Idle workers first; a busy one only finds a flag that costs it one extra
+        # poll after its current job, and covers a worker just about to go idle.
+        matching.sort(key=lambda w: not w._idle)
+        for worker in matching[:count]:
+            worker._wake.set()
+
+    # -- inspect and manage -------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job:
+        """Return the job with this id.
+
+        Raises:
+            JobNotFound: If there is no such job (or it was purged).
+            StorageError: If the storage cannot be reached.
+        """
+        return self._store().get(job_id)
+
+    def list_jobs(
+        self,
+        status: JobStatus | str | None = None,
+        *,
+        queue: str | None = None,
+        type: str | None = None,  # noqa: A002 - the job field's name
+        limit: int | None = 100,
+    ) -> list[Job]:
+        """Return jobs, oldest first, filtered by status, queue and type.
+
+        Args:
+            status: A `JobStatus` or its string (`"failed"`, ...).
+            queue: Only this queue.
+            type: Only this job type.
+            limit: At most this many (`None` for all).
+
+        Raises:
+            InvalidJobError: If `status` is not a known status or `limit` is negative.
+            StorageError: If the storage cannot be reached.
+        """
+        state = None
+        if status is not None:
+            try:
+                state = JobStatus(status)
+            except ValueError:
+                known = ", ".join(s.value for s in JobStatus)
+                raise InvalidJobError(f"unknown status {status!r}; use one of: {known}") from None
+        if limit is not None:
+            _check_int(limit, "limit", 0, 2**31 - 1)
+        return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit)
+
+    def get_pending_jobs(self, limit: int | None = 100) -> list[Job]:
+        """Jobs waiting to run, oldest first."""
+        return self.list_jobs(JobStatus.PENDING, limit=limit)
+
+    def get_running_jobs(self, limit: int | None = 100) -> list[Job]:
+        """Jobs a worker holds right now, oldest first."""
+        return self.list_jobs(JobStatus.RUNNING, limit=limit)
+
+    def get_completed_jobs(self, limit: int | None = 100) -> list[Job]:
+        """Jobs that completed, oldest first."""
+        return self.list_jobs(JobStatus.COMPLETED, limit=limit)
+
+    def get_failed_jobs(self, limit: int | None = 100) -> list[Job]:
+        """Jobs that failed for good, oldest first."""
+        return self.list_jobs(JobStatus.FAILED, limit=limit)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Job counts per queue and status, e.g. `{"default": {"pending": 3, ...}}`.
+
+        Every status appears for every queue that has jobs, zeros included.
+        """
+        raw = self._store().count_jobs()
+        result: dict[str, dict[str, int]] = {}
+        for (queue, status), n in sorted(raw.items()):
+            per_queue = result.setdefault(queue, {s.value: 0 for s in JobStatus})
+            per_queue[JobStatus(status).value] += n
+        return result
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a pending or running job.
+
+        A running job's handler sees `JobContext.cancelled` set at its worker's next
+        heartbeat, and whatever it returns is discarded.
+
+        Returns:
+            `True` if the job was cancelled, `False` if it had already finished.
+
+        Raises:
+            JobNotFound: If there is no such job.
+            StorageError: If the storage cannot be reached.
+        """
+        return self._store().cancel(job_id)
+
+    def retry(self, job_id: str) -> bool:
+        """Run a failed or cancelled job again: back to pending, due now, attempts reset.
+
+        Returns:
+            `True` if requeued; `False` if the job is not failed or cancelled, or an
+            unfinished job holds its `unique_key`.
+
+        Raises:
+            JobNotFound: If there is no such job.
+            StorageError: If the storage cannot be reached.
+        """
+        done = self._store().retry(job_id)
+        if done:
+            job = self.storage.get(job_id)
+            self._wake_workers({(job.queue, job.type)}, 1)
+        return done
+
+    def purge(
+        self,
+        older_than: float | timedelta,
+        *,
+        statuses: Iterable[JobStatus | str] = (JobStatus.COMPLETED, JobStatus.CANCELLED),
+    ) -> int:
+        """Delete finished jobs that finished more than `older_than` ago.
+
+        Args:
+            older_than: Age in seconds or as a `timedelta`.
+            statuses: Which finished states to delete; failed jobs are kept unless
+                asked for, since they usually need a look first.
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            InvalidJobError: If the age is negative or a status is unknown or
+                unfinished.
+            StorageError: If the storage cannot be reached.
+        """
+        age = _check_seconds(older_than, "older_than")
+        states = []
+        for status in statuses:
+            try:
+                state = JobStatus(status)
+            except ValueError:
+                raise InvalidJobError(f"unknown status {status!r}") from None
+            if not state.is_finished:
+                raise InvalidJobError(f"cannot purge {state.value} jobs, only finished ones")
+            states.append(state)
+        return self._store().purge(statuses=states, older_than=age)
+
+    # -- used by Worker -------------------------------------------------------------------
+
+    def _failure(self, job: Job, error: BaseException, trace: str) -> tuple[str, float | None]:
+        """Decide what a failed attempt means: the error text and the retry delay."""
+        summary = f"{type(error).__name__}: {error}".rstrip(": ")
+        text = f"{summary}\n\n{trace}" if trace else summary
+        if isinstance(error, JobError) and not error.retryable:
+            return text, None
+        if isinstance(error, PayloadError):
+            return text, None  # a bad result: running the job again will not fix it
+        if job.attempts > job.max_retries:
+            return text, None
+        if isinstance(error, JobError) and error.retry_in is not None:
+            return text, max(0.0, float(error.retry_in))
+        handler = self._handlers.get(job.type)
+        policy = (handler and handler.retry_policy) or self.retry_policy
+        return text, policy.delay(job.attempts)

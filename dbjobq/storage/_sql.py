@@ -1,0 +1,209 @@
+"""Schema, column types and clock expressions for `SQLAlchemyStorage`."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from dbjobq.errors import ConfigurationError
+
+SCHEMA_VERSION = 1
+"""Version of the table layout below; stored in the `<prefix>schema` table."""
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+def check_identifier(value: str, what: str) -> str:
+    """Accept only plain SQL identifiers; they are quoted anyway, this keeps them sane."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise ConfigurationError(
+            f"{what} must be 1-40 letters, digits or underscores, not starting with a "
+            f"digit; got {value!r}"
+        )
+    return value
+
+
+def _is_sqlite(dialect: Dialect) -> bool:
+    return dialect.name == "sqlite"
+
+
+def _is_mysql(dialect: Dialect) -> bool:
+    return dialect.name in ("mysql", "mariadb")
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend.
+
+    PostgreSQL stores `timestamptz`. SQLite stores seconds since the epoch as a REAL,
+    which compares correctly as a number and matches `db_now()` exactly (ISO strings
+    of different precision would not). MySQL stores `DATETIME(6)` in UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if _is_sqlite(dialect):
+            return dialect.type_descriptor(sa.Double())
+        if _is_mysql(dialect):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"expected an aware datetime, got {value!r}")
+        if _is_sqlite(dialect):
+            return value.timestamp()
+        if _is_mysql(dialect):
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, timezone.utc)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
+        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+
+class db_now(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
+    """The database's current time: every lease and schedule is measured on it."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+class db_now_plus(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
+    """`db_now()` plus a number of seconds (a bound parameter or column)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+_SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(db_now, "postgresql")
+def _now_pg(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(db_now, "sqlite")
+def _now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return _SQLITE_NOW
+
+
+@compiles(db_now, "mysql")
+@compiles(db_now, "mariadb")
+def _now_mysql(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "UTC_TIMESTAMP(6)"
+
+
+@compiles(db_now_plus, "postgresql")
+def _now_plus_pg(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(now() + make_interval(secs => CAST({seconds} AS double precision)))"
+
+
+@compiles(db_now_plus, "sqlite")
+def _now_plus_sqlite(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({_SQLITE_NOW} + ({compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(db_now_plus, "mysql")
+@compiles(db_now_plus, "mariadb")
+def _now_plus_mysql(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
+
+
+def _json() -> sa.types.TypeEngine[Any]:
+    # PostgreSQL's `json`, not `jsonb`: jsonb rewrites numbers (1e300 comes back as a
+    # 301-digit integer), so payloads would not round-trip exactly.
+    return sa.JSON(none_as_null=True)
+
+
+# Literal (not bound) state names: SQLite and PostgreSQL only use a partial index when
+# the query's predicate visibly implies the index's, which a bound parameter never does.
+PENDING: sa.ColumnElement[str] = sa.literal_column("'pending'")
+RUNNING: sa.ColumnElement[str] = sa.literal_column("'running'")
+UNFINISHED = (PENDING, RUNNING)
+
+
+def build_tables(metadata: sa.MetaData, prefix: str) -> tuple[sa.Table, sa.Table]:
+    """Define the jobs table, its indexes and the schema-version table."""
+    jobs = sa.Table(
+        f"{prefix}jobs",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("type", sa.String(200), nullable=False),
+        sa.Column("queue", sa.String(200), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("priority", sa.Integer, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("max_retries", sa.Integer, nullable=False),
+        sa.Column("run_at", UTCDateTime, nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+        sa.Column("started_at", UTCDateTime),
+        sa.Column("finished_at", UTCDateTime),
+        sa.Column("timeout", sa.Double),
+        sa.Column("payload", _json(), nullable=False),
+        sa.Column("result", _json()),
+        sa.Column("meta", _json(), nullable=False),
+        sa.Column("last_error", sa.Text),
+        sa.Column("unique_key", sa.String(255)),
+        sa.Column("progress", sa.Double),
+        sa.Column("progress_message", sa.Text),
+        sa.Column("worker_id", sa.String(255)),
+        sa.Column("lease_token", sa.String(32)),
+        sa.Column("lease_expires_at", UTCDateTime),
+    )
+    c = jobs.c
+    pending = c.status == PENDING
+    running = c.status == RUNNING
+    unfinished = sa.and_(c.unique_key.is_not(None), c.status.in_(UNFINISHED))
+    # The claim query walks this index in order and stops after LIMIT rows; being
+    # partial, it holds only the ready set however many finished jobs pile up.
+    sa.Index(
+        f"{prefix}jobs_claim",
+        c.queue,
+        c.priority.desc(),
+        c.run_at,
+        c.id,
+        postgresql_where=pending,
+        sqlite_where=pending,
+    )
+    sa.Index(
+        f"{prefix}jobs_lease",
+        c.lease_expires_at,
+        postgresql_where=running,
+        sqlite_where=running,
+    )
+    sa.Index(
+        f"{prefix}jobs_unique",
+        c.unique_key,
+        unique=True,
+        postgresql_where=unfinished,
+        sqlite_where=unfinished,
+    )
+    sa.Index(f"{prefix}jobs_status", c.status, c.queue, c.id)
+    sa.Index(f"{prefix}jobs_finished", c.status, c.finished_at)
+    version = sa.Table(
+        f"{prefix}schema",
+        metadata,
+        sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    )
+    return jobs, version

@@ -1,0 +1,217 @@
+"""The storage interface: what a backend must do for `JobQueue` and `Worker`.
+
+A backend persists jobs and performs state transitions; it decides nothing.
+`JobQueue` validates input, picks retry delays and builds `NewJob` records; the
+backend records them. Every method is **one atomic operation**: it happens
+completely or not at all, and concurrent callers (threads, processes, hosts) never
+observe half of it.
+
+Time belongs to the backend. Methods take durations (`lease_seconds`, `retry_in`,
+`older_than`) rather than instants and measure them on the backend's own clock (the
+database's for SQL backends), so workers on hosts with skewed clocks agree.
+
+The reusable conformance suite in `dbjobq.testing` checks every rule written here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from dbjobq.job import Job, JobStatus, NewJob
+
+__all__ = ["Storage"]
+
+
+class Storage(abc.ABC):
+    """Persists jobs. Each method is atomic: one transaction, no partial effects.
+
+    Errors from the underlying store are raised as `dbjobq.errors.StorageError`
+    (with the original exception as `__cause__`), and the operation had no effect.
+    """
+
+    def initialize(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Create tables or other structures if missing.
+
+        Idempotent and safe to call from many processes at once. The default does
+        nothing.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Release connections and other resources. The default does nothing."""
+
+    @abc.abstractmethod
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
+        """Store new `pending` jobs, all in one transaction.
+
+        A job is due at `NewJob.run_at` if set, else `NewJob.delay` seconds after the
+        storage's current time. `attempts` starts at 0; `created_at` and `updated_at`
+        are the current time.
+
+        A job with a `unique_key` is not stored when an unfinished (`pending` or
+        `running`) job with the same key exists: that job's id is returned in its
+        place. The same applies between jobs of one batch: the first one wins.
+
+        Args:
+            jobs: Validated jobs with their ids already assigned.
+
+        Returns:
+            One id per input job, in order: the given id, or the id of the existing
+            unfinished job that holds the same `unique_key`.
+        """
+
+    @abc.abstractmethod
+    def claim(
+        self,
+        *,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_seconds: float,
+        types: Collection[str] | None = None,
+        limit: int = 1,
+    ) -> list[Job]:
+        """Claim up to `limit` due jobs for one worker.
+
+        A job is due when it is `pending`, `run_at <= now`, its queue is in `queues`
+        and, unless `types` is `None`, its type is in `types`. Jobs are taken by
+        `priority` (highest first), then `run_at`, then `id`.
+
+        Each claimed job becomes `running` with `attempts + 1`, `worker_id` set,
+        `started_at = now`, `lease_expires_at = now + lease_seconds` and a fresh
+        `lease_token` that no earlier claim of the job has had. Two concurrent
+        callers never claim the same job.
+
+        Returns:
+            The claimed jobs as stored after the claim, in claim order; an empty
+            list when nothing is due.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
+        """Extend a lease to `now + lease_seconds`.
+
+        Returns:
+            `True` if the job is `running` under `token` and the lease was extended;
+            `False` (and no change) if the lease is gone: the job was rescued,
+            cancelled, finished or claimed again.
+        """
+
+    @abc.abstractmethod
+    def set_progress(
+        self, job_id: str, token: str, *, progress: float, message: str | None
+    ) -> bool:
+        """Record a running job's progress.
+
+        Returns:
+            `True` if stored; `False` (and no change) if `token` no longer holds the
+            lease.
+        """
+
+    @abc.abstractmethod
+    def complete(self, job_id: str, token: str, *, result: Any) -> bool:
+        """Mark a job `completed` and store its JSON `result`.
+
+        Only the holder of the current lease can do this: the job must be `running`
+        under `token`. An expired lease that nobody has rescued yet still counts.
+        Sets `finished_at`, clears the lease.
+
+        Returns:
+            `True` if recorded; `False` (and no change) if `token` does not hold
+            the job, which is how a worker that lost its lease learns that its
+            outcome must be discarded.
+        """
+
+    @abc.abstractmethod
+    def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
+        """Record a failed attempt; same lease rule as `complete`.
+
+        With `retry_in` set, the job goes back to `pending` with
+        `run_at = now + retry_in`. With `retry_in=None` it becomes `failed` with
+        `finished_at` set. Either way `last_error` becomes `error` and the lease
+        is cleared.
+
+        Returns:
+            `True` if recorded; `False` (and no change) if `token` does not hold
+            the job.
+        """
+
+    @abc.abstractmethod
+    def rescue_expired(self) -> int:
+        """Recover `running` jobs whose lease has expired (`lease_expires_at <= now`).
+
+        A job with retries left (`attempts <= max_retries`) goes back to `pending`,
+        due now; one without becomes `failed`. In both cases the lease is cleared (so
+        the old holder's `complete`/`fail` return `False`) and `last_error` says
+        that the lease expired.
+
+        Returns:
+            How many jobs were rescued.
+        """
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job:
+        """Return the job with this id.
+
+        Raises:
+            JobNotFound: If there is none.
+        """
+
+    @abc.abstractmethod
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        type: str | None = None,  # noqa: A002 - mirrors the Job field
+        limit: int | None = 100,
+    ) -> list[Job]:
+        """Return jobs matching every given filter, oldest first (by id).
+
+        Args:
+            status: Only jobs in this state.
+            queue: Only jobs in this queue.
+            type: Only jobs of this type.
+            limit: At most this many; `None` for all.
+        """
+
+    @abc.abstractmethod
+    def count_jobs(self) -> dict[tuple[str, JobStatus], int]:
+        """Count jobs per `(queue, status)`; pairs with no job are left out."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> bool:
+        """Move a `pending` or `running` job to `cancelled` and clear its lease.
+
+        Returns:
+            `True` if cancelled; `False` if the job was already finished.
+
+        Raises:
+            JobNotFound: If there is no such job.
+        """
+
+    @abc.abstractmethod
+    def retry(self, job_id: str) -> bool:
+        """Move a `failed` or `cancelled` job back to `pending`, due now.
+
+        `attempts` restarts at 0; `finished_at` and `result` are cleared and
+        `last_error` is kept.
+
+        Returns:
+            `True` if requeued; `False` if the job is not failed or cancelled, or if
+            another unfinished job now holds its `unique_key`.
+
+        Raises:
+            JobNotFound: If there is no such job.
+        """
+
+    @abc.abstractmethod
+    def purge(self, *, statuses: Collection[JobStatus], older_than: float) -> int:
+        """Delete finished jobs that finished more than `older_than` seconds ago.
+
+        Only jobs whose status is in `statuses` are deleted; unfinished states in
+        `statuses` are ignored.
+
+        Returns:
+            How many jobs were deleted.
+        """

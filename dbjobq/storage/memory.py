@@ -1,0 +1,337 @@
+"""MemoryStorage: the reference backend, a dict behind a lock."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from dbjobq.errors import ConfigurationError, JobNotFound
+from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.payload import dumps
+from dbjobq.storage.base import Storage
+
+__all__ = ["MemoryStorage"]
+
+_UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _copy(value: Any) -> Any:
+    # A JSON round trip both copies and normalises exactly as SQL backends do.
+    return None if value is None else json.loads(dumps(value))
+
+
+class MemoryStorage(Storage):
+    """Keeps jobs in this process's memory: for tests, examples and eager use.
+
+    Thread-safe (one lock around every operation) and complete: it passes the same
+    conformance suite as the SQL backends. Jobs vanish with the process, and other
+    processes cannot see them.
+
+    Args:
+        clock: Returns the current time as an aware `datetime`; tests pass a fake
+            clock to move time forward without sleeping.
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or _utcnow
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._unique: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"MemoryStorage(jobs={len(self._jobs)})"
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ConfigurationError("MemoryStorage clock must return aware datetimes")
+        return now.astimezone(timezone.utc)
+
+    def _out(self, job: Job) -> Job:
+        return dataclasses.replace(
+            job, payload=_copy(job.payload), result=_copy(job.result), meta=_copy(job.meta)
+        )
+
+    def _set(self, job: Job, **changes: Any) -> Job:
+        new = dataclasses.replace(job, **changes)
+        self._jobs[job.id] = new
+        key = new.unique_key
+        if key is not None and new.status not in _UNFINISHED and self._unique.get(key) == new.id:
+            del self._unique[key]
+        return new
+
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
+        with self._lock:
+            now = self._now()
+            ids: list[str] = []
+            for new in jobs:
+                if new.unique_key is not None and new.unique_key in self._unique:
+                    ids.append(self._unique[new.unique_key])
+                    continue
+                run_at = new.run_at or now + timedelta(seconds=new.delay)
+                self._jobs[new.id] = Job(
+                    id=new.id,
+                    type=new.type,
+                    payload=_copy(new.payload),
+                    queue=new.queue,
+                    priority=new.priority,
+                    status=JobStatus.PENDING,
+                    attempts=0,
+                    max_retries=new.max_retries,
+                    run_at=run_at.astimezone(timezone.utc),
+                    created_at=now,
+                    updated_at=now,
+                    timeout=new.timeout,
+                    unique_key=new.unique_key,
+                    meta=_copy(new.meta),
+                )
+                if new.unique_key is not None:
+                    self._unique[new.unique_key] = new.id
+                ids.append(new.id)
+            return ids
+
+    def claim(
+        self,
+        *,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_seconds: float,
+        types: Collection[str] | None = None,
+        limit: int = 1,
+    ) -> list[Job]:
+        with self._lock:
+            now = self._now()
+            wanted = set(queues)
+            due = [
+                job
+                for job in self._jobs.values()
+                if job.status is JobStatus.PENDING
+                and job.run_at <= now
+                and job.queue in wanted
+                and (types is None or job.type in types)
+            ]
+            due.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+            token = uuid.uuid4().hex
+            claimed = [
+                self._set(
+                    job,
+                    status=JobStatus.RUNNING,
+                    attempts=job.attempts + 1,
+                    worker_id=worker_id,
+                    lease_token=token,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    started_at=now,
+                    updated_at=now,
+                    progress=None,
+                    progress_message=None,
+                )
+                for job in due[:limit]
+            ]
+            return [self._out(job) for job in claimed]
+
+    def _held(self, job_id: str, token: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNING or job.lease_token != token:
+            return None
+        return job
+
+    def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
+        with self._lock:
+            job = self._held(job_id, token)
+            if job is None:
+                return False
+            now = self._now()
+            self._set(job, lease_expires_at=now + timedelta(seconds=lease_seconds))
+            return True
+
+    def set_progress(
+        self, job_id: str, token: str, *, progress: float, message: str | None
+    ) -> bool:
+        with self._lock:
+            job = self._held(job_id, token)
+            if job is None:
+                return False
+            self._set(job, progress=progress, progress_message=message, updated_at=self._now())
+            return True
+
+    _RELEASED: Mapping[str, Any] = {
+        "lease_token": None,
+        "lease_expires_at": None,
+        "worker_id": None,
+    }
+
+    def complete(self, job_id: str, token: str, *, result: Any) -> bool:
+        with self._lock:
+            job = self._held(job_id, token)
+            if job is None:
+                return False
+            now = self._now()
+            self._set(
+                job,
+                status=JobStatus.COMPLETED,
+                result=_copy(result),
+                finished_at=now,
+                updated_at=now,
+                **self._RELEASED,
+            )
+            return True
+
+    def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
+        with self._lock:
+            job = self._held(job_id, token)
+            if job is None:
+                return False
+            now = self._now()
+            if retry_in is None:
+                self._set(
+                    job,
+                    status=JobStatus.FAILED,
+                    last_error=error,
+                    finished_at=now,
+                    updated_at=now,
+                    **self._RELEASED,
+                )
+            else:
+                self._set(
+                    job,
+                    status=JobStatus.PENDING,
+                    last_error=error,
+                    run_at=now + timedelta(seconds=retry_in),
+                    updated_at=now,
+                    **self._RELEASED,
+                )
+            return True
+
+    def rescue_expired(self) -> int:
+        with self._lock:
+            now = self._now()
+            expired = [
+                job
+                for job in self._jobs.values()
+                if job.status is JobStatus.RUNNING
+                and job.lease_expires_at is not None
+                and job.lease_expires_at <= now
+            ]
+            for job in expired:
+                error = f"lease expired: worker {job.worker_id} stopped heartbeating"
+                if job.attempts <= job.max_retries:
+                    self._set(
+                        job,
+                        status=JobStatus.PENDING,
+                        run_at=now,
+                        last_error=error,
+                        updated_at=now,
+                        **self._RELEASED,
+                    )
+                else:
+                    self._set(
+                        job,
+                        status=JobStatus.FAILED,
+                        last_error=error,
+                        finished_at=now,
+                        updated_at=now,
+                        **self._RELEASED,
+                    )
+            return len(expired)
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            return self._out(job)
+
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        type: str | None = None,  # noqa: A002 - mirrors the Job field
+        limit: int | None = 100,
+    ) -> list[Job]:
+        with self._lock:
+            found = sorted(
+                (
+                    job
+                    for job in self._jobs.values()
+                    if (status is None or job.status is status)
+                    and (queue is None or job.queue == queue)
+                    and (type is None or job.type == type)
+                ),
+                key=lambda j: j.id,
+            )
+            return [self._out(job) for job in found[:limit]]
+
+    def count_jobs(self) -> dict[tuple[str, JobStatus], int]:
+        with self._lock:
+            counts: dict[tuple[str, JobStatus], int] = {}
+            for job in self._jobs.values():
+                key = (job.queue, job.status)
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status not in _UNFINISHED:
+                return False
+            now = self._now()
+            self._set(
+                job,
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                updated_at=now,
+                **self._RELEASED,
+            )
+            return True
+
+    def retry(self, job_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                return False
+            if job.unique_key is not None:
+                if job.unique_key in self._unique:
+                    return False
+                self._unique[job.unique_key] = job.id
+            now = self._now()
+            self._set(
+                job,
+                status=JobStatus.PENDING,
+                attempts=0,
+                run_at=now,
+                finished_at=None,
+                result=None,
+                updated_at=now,
+                progress=None,
+                progress_message=None,
+            )
+            return True
+
+    def purge(self, *, statuses: Collection[JobStatus], older_than: float) -> int:
+        with self._lock:
+            cutoff = self._now() - timedelta(seconds=older_than)
+            doomed = [
+                job.id
+                for job in self._jobs.values()
+                if job.status in statuses
+                and job.status.is_finished
+                and job.finished_at is not None
+                and job.finished_at < cutoff
+            ]
+            for job_id in doomed:
+                del self._jobs[job_id]
+            return len(doomed)

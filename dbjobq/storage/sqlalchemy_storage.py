@@ -1,0 +1,614 @@
+"""SQLAlchemyStorage: jobs in a SQLite or PostgreSQL table."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import re
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
+from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.storage._sql import (
+    PENDING,
+    RUNNING,
+    SCHEMA_VERSION,
+    UNFINISHED,
+    build_tables,
+    check_identifier,
+    db_now,
+    db_now_plus,
+)
+from dbjobq.storage.base import Storage
+
+__all__ = ["SQLAlchemyStorage"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_DRIVERS = {
+    # backend: (default driver, extra that installs it, driver's module name)
+    "postgresql": ("psycopg", "postgres", "psycopg"),
+    "sqlite": ("pysqlite", "", "sqlite3"),
+}
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
+_RETRIES = 5  # transient errors retried inside one call before StorageError
+
+
+def _seconds(name: str, value: float) -> sa.BindParameter[float]:
+    return sa.bindparam(name, float(value), type_=sa.Double())
+
+
+def _mask(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _is_transient(error: exc.DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate and (sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")):
+        return True
+    text = str(orig).lower()
+    if "database is locked" in text or "database is busy" in text:
+        return True
+    # psycopg reports a refused or dropped connection as OperationalError, no sqlstate.
+    return isinstance(error, exc.OperationalError) and not isinstance(
+        orig, sqlite3.OperationalError
+    )
+
+
+class SQLAlchemyStorage(Storage):
+    """Stores jobs in a table of a SQLite or PostgreSQL database.
+
+    * **SQLite** (`sqlite:///path/jobs.db`, the embedded default): the file is put in
+      WAL mode; every write is a short `BEGIN IMMEDIATE` transaction with a busy
+      timeout, so threads and processes on one host share the file without "database
+      is locked" errors. `sqlite://` (in memory) lives as long as the storage object
+      and is shared by its threads only.
+    * **PostgreSQL** (`postgresql://...`, driver psycopg 3 from the `postgres` extra):
+      jobs are claimed with `FOR UPDATE SKIP LOCKED`, so any number of processes on
+      any number of hosts share one table.
+
+    Times (`run_at`, leases) come from the database clock. Tables are created on first
+    use (`initialize`), named `<table_prefix>jobs` and `<table_prefix>schema`.
+
+    Args:
+        url: A database URL or an existing SQLAlchemy `Engine`. A URL without a
+            driver uses psycopg for PostgreSQL.
+        table_prefix: Prefix of the table and index names (letters, digits, `_`).
+        schema: PostgreSQL schema holding the tables (created if missing);
+            `None` uses the connection's search path.
+        busy_timeout: SQLite only: seconds a writer waits for the file lock.
+        engine_options: Extra keyword arguments for `sqlalchemy.create_engine`.
+
+    Raises:
+        ConfigurationError: If the URL cannot be parsed, names an unsupported
+            database, or needs a driver that is not installed; or if a name is not
+            a plain identifier.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | Engine = "sqlite:///jobs.db",
+        *,
+        table_prefix: str = "dbjobq_",
+        schema: str | None = None,
+        busy_timeout: float = 30.0,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.table_prefix = check_identifier(table_prefix, "table_prefix")
+        self.schema = None if schema is None else check_identifier(schema, "schema")
+        self._owns_engine = not isinstance(url, Engine)
+        self._engine = (
+            url
+            if isinstance(url, Engine)
+            else self._create_engine(url, busy_timeout, dict(engine_options or {}))
+        )
+        self._backend = self._engine.dialect.name
+        if self._backend not in _DRIVERS:
+            raise ConfigurationError(
+                f"SQLAlchemyStorage supports SQLite and PostgreSQL, not {self._backend!r}"
+            )
+        if self._backend == "sqlite" and self.schema is not None:
+            raise ConfigurationError("schema is not supported on SQLite; use table_prefix")
+        self._is_sqlite = self._backend == "sqlite"
+        memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
+        # One shared connection (StaticPool) can only run one transaction at a time.
+        self._serial = threading.RLock() if memory else None
+        if self._is_sqlite:
+            self._install_sqlite_hooks(self._engine, wal=not memory)
+        metadata = sa.MetaData(schema=self.schema)
+        self._jobs, self._version = build_tables(metadata, self.table_prefix)
+        self._metadata = metadata
+        self._initialized = False
+        self._init_lock = threading.Lock()
+
+    # -- set-up -------------------------------------------------------------------
+
+    @staticmethod
+    def _create_engine(url: str | URL, busy_timeout: float, options: dict[str, Any]) -> Engine:
+        try:
+            parsed = make_url(url)
+        except (exc.ArgumentError, ValueError) as error:
+            shown = _mask(url) if isinstance(url, str) else "?"
+            raise ConfigurationError(f"not a valid database URL: {shown!r}") from error
+        backend = parsed.get_backend_name()
+        if backend not in _DRIVERS:
+            raise ConfigurationError(
+                f"unsupported database {backend!r} in "
+                f"{parsed.render_as_string(hide_password=True)!r}; "
+                "use sqlite:///path.db or postgresql://user@host/db"
+            )
+        default_driver, extra, module = _DRIVERS[backend]
+        if parsed.drivername == backend:
+            parsed = parsed.set(drivername=f"{backend}+{default_driver}")
+        connect_args = dict(options.pop("connect_args", {}))
+        if backend == "sqlite":
+            connect_args.setdefault("timeout", busy_timeout)
+            if parsed.database in (None, "", ":memory:"):
+                connect_args.setdefault("check_same_thread", False)
+                options.setdefault("poolclass", StaticPool)
+        else:
+            options.setdefault("pool_pre_ping", True)
+            if parsed.get_driver_name() == "psycopg":
+                connect_args.setdefault("connect_timeout", 10)
+        try:
+            return sa.create_engine(parsed, connect_args=connect_args, **options)
+        except exc.NoSuchModuleError as error:
+            raise ConfigurationError(
+                f"no SQLAlchemy driver {parsed.drivername!r}: {error}"
+            ) from error
+        except ImportError as error:
+            hint = f'Run "pip install dbjobq[{extra}]"' if extra else f"install {module}"
+            raise ConfigurationError(
+                f"the database driver for {parsed.drivername!r} is not installed "
+                f"({error.name or module} not found). {hint}"
+            ) from error
+        except (exc.ArgumentError, TypeError) as error:
+            raise ConfigurationError(f"bad engine options: {error}") from error
+
+    @staticmethod
+    def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
+        # Take transaction control away from the sqlite3 module (SQLAlchemy's
+        # documented recipe), so that writes can start with BEGIN IMMEDIATE: a
+        # deferred BEGIN that later upgrades to a write lock fails at once with
+        # SQLITE_BUSY instead of waiting out the busy timeout.
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            if wal:
+                cursor = dbapi_connection.cursor()
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("dbjobq_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def __repr__(self) -> str:
+        url = self._engine.url.render_as_string(hide_password=True)
+        return f"SQLAlchemyStorage({url!r}, table_prefix={self.table_prefix!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine in use."""
+        return self._engine
+
+    def initialize(self) -> None:
+        """Create the tables and indexes if missing (idempotent, safe across processes).
+
+        Raises:
+            ConfigurationError: If the tables were made by a newer, incompatible
+                version of dbjobq.
+            StorageError: If the database cannot be reached.
+        """
+        with self._init_lock:
+            if not self._initialized:
+                self._run("initialize", self._create_schema, write=True)
+                self._initialized = True
+
+    def _create_schema(self, conn: Connection) -> None:
+        if self._backend == "postgresql":
+            # Concurrent CREATE ... IF NOT EXISTS can still collide in PostgreSQL's
+            # catalogs; one advisory lock per table set serialises first start-ups.
+            key = zlib.crc32(f"dbjobq:{self.schema}:{self.table_prefix}".encode())
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            if self.schema is not None:
+                conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        self._metadata.create_all(conn, checkfirst=True)
+        found = conn.execute(sa.select(sa.func.max(self._version.c.version))).scalar()
+        if found is None:
+            conn.execute(sa.insert(self._version).values(version=SCHEMA_VERSION))
+        elif found > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the job tables have schema version {found}, newer than this dbjobq "
+                f"understands ({SCHEMA_VERSION}); upgrade dbjobq"
+            )
+
+    def close(self) -> None:
+        """Close all pooled connections (only those of an engine this object created)."""
+        if self._owns_engine:
+            self._engine.dispose()
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool) -> Iterator[Connection]:
+        serial = self._serial or contextlib.nullcontext()
+        with serial, self._engine.connect() as conn:
+            if write and self._is_sqlite:
+                conn = conn.execution_options(dbjobq_write=True)
+            with conn.begin():
+                yield conn
+
+    def _run(self, what: str, fn: Callable[[Connection], T], *, write: bool) -> T:
+        """Run `fn` in one transaction, retrying transient errors a few times."""
+        for attempt in range(_RETRIES + 1):
+            try:
+                with self._transaction(write) as conn:
+                    return fn(conn)
+            except exc.DBAPIError as error:
+                if attempt < _RETRIES and _is_transient(error):
+                    delay = min(1.0, 0.02 * 2**attempt) * (0.5 + random.random())
+                    logger.debug("%s: transient error, retrying in %.2fs: %s", what, delay, error)
+                    time.sleep(delay)
+                    continue
+                raise StorageError(f"{what} failed: {error.orig}") from error
+            except exc.SQLAlchemyError as error:
+                raise StorageError(f"{what} failed: {error}") from error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _to_job(self, row: sa.Row[Any]) -> Job:
+        m = row._mapping
+        c = self._jobs.c
+        return Job(
+            id=m[c.id],
+            type=m[c.type],
+            payload=m[c.payload],
+            queue=m[c.queue],
+            priority=m[c.priority],
+            status=JobStatus(m[c.status]),
+            attempts=m[c.attempts],
+            max_retries=m[c.max_retries],
+            run_at=m[c.run_at],
+            created_at=m[c.created_at],
+            updated_at=m[c.updated_at],
+            started_at=m[c.started_at],
+            finished_at=m[c.finished_at],
+            timeout=m[c.timeout],
+            last_error=m[c.last_error],
+            result=m[c.result],
+            unique_key=m[c.unique_key],
+            meta=m[c.meta],
+            progress=m[c.progress],
+            progress_message=m[c.progress_message],
+            worker_id=m[c.worker_id],
+            lease_token=m[c.lease_token],
+            lease_expires_at=m[c.lease_expires_at],
+        )
+
+    def _insert(self) -> Any:
+        if self._backend == "postgresql":
+            return postgresql.insert(self._jobs)
+        return sqlite.insert(self._jobs)
+
+    def _held(self, job_id: str, token: str) -> sa.ColumnElement[bool]:
+        c = self._jobs.c
+        return sa.and_(c.id == job_id, c.status == RUNNING, c.lease_token == token)
+
+    _RELEASED: Mapping[str, Any] = {
+        "lease_token": None,
+        "lease_expires_at": None,
+        "worker_id": None,
+    }
+
+    # -- the Storage interface -------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
+        if not jobs:
+            return []
+        c = self._jobs.c
+        # ON CONFLICT DO NOTHING without a target covers both the primary key (a
+        # retried call after a lost commit acknowledgement inserts nothing twice) and
+        # the partial unique index on unfinished unique keys.
+        stmt = (
+            self._insert()
+            .values(
+                run_at=sa.func.coalesce(
+                    sa.bindparam("p_run_at", type_=c.run_at.type),
+                    db_now_plus(sa.bindparam("p_delay", type_=sa.Double())),
+                ),
+                created_at=db_now(),
+                updated_at=db_now(),
+                status=PENDING,
+                attempts=0,
+            )
+            .on_conflict_do_nothing()
+            .returning(c.id)
+        )
+        rows = [
+            {
+                "id": j.id,
+                "type": j.type,
+                "queue": j.queue,
+                "payload": j.payload,
+                "priority": j.priority,
+                "max_retries": j.max_retries,
+                "p_run_at": j.run_at,
+                "p_delay": j.delay,
+                "unique_key": j.unique_key,
+                "meta": j.meta,
+                "timeout": j.timeout,
+            }
+            for j in jobs
+        ]
+
+        def run(conn: Connection) -> list[str]:
+            inserted = set(conn.execute(stmt, rows).scalars())
+            result: list[str] = []
+            for job, row in zip(jobs, rows, strict=True):
+                if job.id in inserted or job.unique_key is None:
+                    # Not inserted and no unique key: the same id was stored by an
+                    # earlier try of this very call.
+                    result.append(job.id)
+                    continue
+                result.append(self._resolve_unique(conn, stmt, row))
+            return result
+
+        return self._run("enqueue", run, write=True)
+
+    def _resolve_unique(self, conn: Connection, stmt: Any, row: dict[str, Any]) -> str:
+        c = self._jobs.c
+        lookup = sa.select(c.id).where(c.unique_key == row["unique_key"], c.status.in_(UNFINISHED))
+        for _ in range(10):
+            existing = conn.execute(lookup).scalar()
+            if existing is not None:
+                return str(existing)
+            # The holder finished between our insert and the lookup: insert again.
+            if conn.execute(stmt, [row]).scalar() is not None:
+                return str(row["id"])
+        raise StorageError(f"unique key {row['unique_key']!r} keeps changing hands")
+
+    def claim(
+        self,
+        *,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_seconds: float,
+        types: Collection[str] | None = None,
+        limit: int = 1,
+    ) -> list[Job]:
+        if not queues or (types is not None and not types) or limit < 1:
+            return []
+        c = self._jobs.c
+        conditions = [c.status == PENDING, c.queue.in_(list(queues)), c.run_at <= db_now()]
+        if types is not None:
+            conditions.append(c.type.in_(sorted(types)))
+        # The CTE is an optimisation fence: PostgreSQL evaluates the locking SELECT
+        # once, so LIMIT really bounds how many rows the UPDATE takes. SQLite ignores
+        # FOR UPDATE; BEGIN IMMEDIATE already makes the statement exclusive there.
+        ready = (
+            sa.select(c.id)
+            .where(*conditions)
+            .order_by(c.priority.desc(), c.run_at, c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("ready")
+        )
+        stmt = (
+            sa.update(self._jobs)
+            .where(c.id == ready.c.id)
+            .values(
+                status=RUNNING,
+                attempts=c.attempts + 1,
+                worker_id=worker_id,
+                lease_token=uuid.uuid4().hex,
+                lease_expires_at=db_now_plus(_seconds("lease", lease_seconds)),
+                started_at=db_now(),
+                updated_at=db_now(),
+                progress=None,
+                progress_message=None,
+            )
+            .returning(*self._jobs.c)
+        )
+
+        def run(conn: Connection) -> list[Job]:
+            return [self._to_job(row) for row in conn.execute(stmt)]
+
+        claimed = self._run("claim", run, write=True)
+        claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+        return claimed
+
+    def _update_held(self, what: str, job_id: str, token: str, values: Mapping[str, Any]) -> bool:
+        stmt = sa.update(self._jobs).where(self._held(job_id, token)).values(**values)
+        return self._run(what, lambda conn: conn.execute(stmt).rowcount == 1, write=True)
+
+    def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
+        expires = db_now_plus(_seconds("lease", lease_seconds))
+        return self._update_held("heartbeat", job_id, token, {"lease_expires_at": expires})
+
+    def set_progress(
+        self, job_id: str, token: str, *, progress: float, message: str | None
+    ) -> bool:
+        values = {"progress": progress, "progress_message": message, "updated_at": db_now()}
+        return self._update_held("set_progress", job_id, token, values)
+
+    def complete(self, job_id: str, token: str, *, result: Any) -> bool:
+        values = {
+            "status": JobStatus.COMPLETED.value,
+            "result": result,
+            "finished_at": db_now(),
+            "updated_at": db_now(),
+            **self._RELEASED,
+        }
+        return self._update_held("complete", job_id, token, values)
+
+    def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
+        values: dict[str, Any] = {"last_error": error, "updated_at": db_now(), **self._RELEASED}
+        if retry_in is None:
+            values.update(status=JobStatus.FAILED.value, finished_at=db_now())
+        else:
+            delay = _seconds("retry_in", retry_in)
+            values.update(status=JobStatus.PENDING.value, run_at=db_now_plus(delay))
+        return self._update_held("fail", job_id, token, values)
+
+    def rescue_expired(self) -> int:
+        c = self._jobs.c
+        expired = sa.and_(c.status == RUNNING, c.lease_expires_at <= db_now())
+        error = (
+            sa.literal("lease expired: worker ")
+            + sa.func.coalesce(c.worker_id, "?")
+            + sa.literal(" stopped heartbeating")
+        )
+        common = {"last_error": error, "updated_at": db_now(), **self._RELEASED}
+        to_retry = (
+            sa.update(self._jobs)
+            .where(expired, c.attempts <= c.max_retries)
+            .values(status=PENDING, run_at=db_now(), **common)
+        )
+        to_fail = (
+            sa.update(self._jobs)
+            .where(expired, c.attempts > c.max_retries)
+            .values(status=JobStatus.FAILED.value, finished_at=db_now(), **common)
+        )
+
+        def run(conn: Connection) -> int:
+            return conn.execute(to_retry).rowcount + conn.execute(to_fail).rowcount
+
+        return self._run("rescue_expired", run, write=True)
+
+    def get(self, job_id: str) -> Job:
+        stmt = sa.select(self._jobs).where(self._jobs.c.id == job_id)
+
+        def run(conn: Connection) -> Job | None:
+            row = conn.execute(stmt).first()
+            return None if row is None else self._to_job(row)
+
+        job = self._run("get", run, write=False)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        type: str | None = None,  # noqa: A002 - mirrors the Job field
+        limit: int | None = 100,
+    ) -> list[Job]:
+        c = self._jobs.c
+        stmt = sa.select(self._jobs).order_by(c.id).limit(limit)
+        if status is not None:
+            stmt = stmt.where(c.status == JobStatus(status).value)
+        if queue is not None:
+            stmt = stmt.where(c.queue == queue)
+        if type is not None:
+            stmt = stmt.where(c.type == type)
+        return self._run(
+            "list_jobs", lambda conn: [self._to_job(r) for r in conn.execute(stmt)], write=False
+        )
+
+    def count_jobs(self) -> dict[tuple[str, JobStatus], int]:
+        c = self._jobs.c
+        stmt = sa.select(c.queue, c.status, sa.func.count()).group_by(c.queue, c.status)
+
+        def run(conn: Connection) -> dict[tuple[str, JobStatus], int]:
+            return {(q, JobStatus(s)): n for q, s, n in conn.execute(stmt)}
+
+        return self._run("count_jobs", run, write=False)
+
+    def _exists(self, conn: Connection, job_id: str) -> bool:
+        return (
+            conn.execute(sa.select(self._jobs.c.id).where(self._jobs.c.id == job_id)).first()
+            is not None
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        c = self._jobs.c
+        stmt = (
+            sa.update(self._jobs)
+            .where(c.id == job_id, c.status.in_(UNFINISHED))
+            .values(
+                status=JobStatus.CANCELLED.value,
+                finished_at=db_now(),
+                updated_at=db_now(),
+                **self._RELEASED,
+            )
+        )
+
+        def run(conn: Connection) -> bool | None:
+            if conn.execute(stmt).rowcount == 1:
+                return True
+            return False if self._exists(conn, job_id) else None
+
+        done = self._run("cancel", run, write=True)
+        if done is None:
+            raise JobNotFound(job_id)
+        return done
+
+    def retry(self, job_id: str) -> bool:
+        c = self._jobs.c
+        stmt = (
+            sa.update(self._jobs)
+            .where(
+                c.id == job_id, c.status.in_([JobStatus.FAILED.value, JobStatus.CANCELLED.value])
+            )
+            .values(
+                status=PENDING,
+                attempts=0,
+                run_at=db_now(),
+                finished_at=None,
+                result=None,
+                progress=None,
+                progress_message=None,
+                updated_at=db_now(),
+            )
+        )
+        held = sa.select(c.unique_key).where(c.id == job_id).scalar_subquery()
+        taken = sa.select(c.id).where(c.unique_key == held, c.status.in_(UNFINISHED))
+
+        def run(conn: Connection) -> bool | None:
+            if not self._exists(conn, job_id):
+                return None
+            if conn.execute(taken).first() is not None:
+                return False
+            return bool(conn.execute(stmt).rowcount == 1)
+
+        try:
+            done = self._run("retry", run, write=True)
+        except StorageError as error:
+            if isinstance(error.__cause__, exc.IntegrityError):
+                return False  # a concurrent enqueue took the unique key first
+            raise
+        if done is None:
+            raise JobNotFound(job_id)
+        return done
+
+    def purge(self, *, statuses: Collection[JobStatus], older_than: float) -> int:
+        c = self._jobs.c
+        finished = [JobStatus(s).value for s in statuses if JobStatus(s).is_finished]
+        if not finished:
+            return 0
+        cutoff = db_now_plus(_seconds("age", -float(older_than)))
+        stmt = sa.delete(self._jobs).where(c.status.in_(finished), c.finished_at < cutoff)
+        return self._run("purge", lambda conn: conn.execute(stmt).rowcount, write=True)

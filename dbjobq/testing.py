@@ -1,0 +1,556 @@
+"""A conformance suite for `Storage` backends, to run with pytest.
+
+Subclass `StorageContract` in a test module and provide a `storage` fixture that
+yields a fresh, initialised and empty backend; every test of the contract then runs
+against it:
+
+```python
+import pytest
+from dbjobq.testing import StorageContract
+
+class TestMyStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path):
+        backend = MyStorage(tmp_path / "jobs")
+        backend.initialize()
+        yield backend
+        backend.close()
+```
+
+The suite needs pytest (`pip install pytest`). It never sleeps: lease expiry is
+tested with zero-length leases, scheduling with delays far in the future or
+instants in the past, so it passes on backends whose clock it cannot control.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from dbjobq._ids import new_job_id
+from dbjobq.errors import JobNotFound
+from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.storage.base import Storage
+
+__all__ = ["StorageContract", "make_job"]
+
+
+def make_job(type: str = "task", **fields: Any) -> NewJob:  # noqa: A002 - the job field
+    """Build a `NewJob` with a fresh id and defaults for every field not given."""
+    values: dict[str, Any] = {
+        "id": new_job_id(),
+        "type": type,
+        "queue": "default",
+        "payload": {},
+        "priority": 0,
+        "max_retries": 3,
+        "run_at": None,
+        "delay": 0.0,
+        "unique_key": None,
+        "meta": {},
+        "timeout": None,
+    }
+    values.update(fields)
+    return NewJob(**values)
+
+
+def _claim_one(storage: Storage, worker: str = "w1", lease: float = 60.0, **kw: Any) -> Job:
+    jobs = storage.claim(
+        queues=kw.pop("queues", ["default"]), worker_id=worker, lease_seconds=lease, **kw
+    )
+    assert len(jobs) == 1, f"expected to claim one job, got {len(jobs)}"
+    return jobs[0]
+
+
+class StorageContract:
+    """The behaviour every `Storage` backend must show. Provide a `storage` fixture."""
+
+    @pytest.fixture
+    def storage(self) -> Iterator[Storage]:
+        """Yield a fresh, initialised, empty backend (override in the subclass)."""
+        raise NotImplementedError("subclasses of StorageContract provide a storage fixture")
+        yield  # pragma: no cover
+
+    concurrency_threads = 8
+    """Threads used by the concurrency tests; lower it for slow backends."""
+
+    # -- enqueue and read back ---------------------------------------------------------
+
+    def test_enqueue_returns_the_given_ids_in_order(self, storage: Storage) -> None:
+        jobs = [make_job() for _ in range(3)]
+        assert storage.enqueue(jobs) == [j.id for j in jobs]
+
+    def test_enqueue_of_nothing_returns_nothing(self, storage: Storage) -> None:
+        assert storage.enqueue([]) == []
+
+    def test_new_job_is_pending_with_the_given_fields(self, storage: Storage) -> None:
+        new = make_job(
+            "email",
+            queue="mail",
+            payload={"to": "a@example.com"},
+            priority=7,
+            max_retries=5,
+            meta={"trace": "abc"},
+            timeout=12.5,
+        )
+        storage.enqueue([new])
+        job = storage.get(new.id)
+        assert (job.id, job.type, job.queue, job.payload) == (
+            new.id,
+            "email",
+            "mail",
+            {"to": "a@example.com"},
+        )
+        assert (job.priority, job.max_retries, job.meta, job.timeout) == (
+            7,
+            5,
+            {"trace": "abc"},
+            12.5,
+        )
+        assert job.status is JobStatus.PENDING
+        assert job.attempts == 0
+        assert job.result is None and job.last_error is None
+        assert job.started_at is None and job.finished_at is None
+        assert job.lease_token is None and job.worker_id is None
+        assert job.run_at == job.created_at
+
+    def test_timestamps_are_aware_utc(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        for stamp in (
+            job.created_at,
+            job.updated_at,
+            job.run_at,
+            job.started_at,
+            job.lease_expires_at,
+        ):
+            assert stamp is not None
+            assert stamp.utcoffset() == timedelta(0)
+
+    def test_payload_round_trips_exactly(self, storage: Storage) -> None:
+        payload = {
+            "text": 'héllo ✓ \U0001f600 "quoted" \\ back',
+            "ints": [0, -1, 2**53 + 1, -(2**63)],
+            "floats": [0.1, -2.5, 1e300, 5e-324],
+            "nested": {"a": [{"b": None}, True, False, []], "": {}},
+        }
+        new = make_job(payload=payload, meta={"k": ["v"]})
+        storage.enqueue([new])
+        job = storage.get(new.id)
+        assert job.payload == payload
+        assert job.meta == {"k": ["v"]}
+
+    def test_get_unknown_id_raises_job_not_found(self, storage: Storage) -> None:
+        with pytest.raises(JobNotFound) as info:
+            storage.get(new_job_id())
+        assert isinstance(info.value, LookupError)
+
+    def test_initialize_is_idempotent(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        storage.initialize()
+        assert len(storage.list_jobs()) == 1
+
+    # -- claiming ---------------------------------------------------------------------
+
+    def test_claim_returns_nothing_when_empty(self, storage: Storage) -> None:
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+
+    def test_claim_marks_the_job_running_under_a_lease(self, storage: Storage) -> None:
+        new = make_job()
+        storage.enqueue([new])
+        job = _claim_one(storage, worker="w-1", lease=60)
+        assert job.id == new.id
+        assert job.status is JobStatus.RUNNING
+        assert job.attempts == 1
+        assert job.worker_id == "w-1"
+        assert job.lease_token
+        assert job.started_at is not None and job.lease_expires_at is not None
+        assert (
+            timedelta(seconds=50) < job.lease_expires_at - job.started_at <= timedelta(seconds=61)
+        )
+        assert storage.get(new.id) == job
+
+    def test_claimed_job_is_not_claimed_again(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        _claim_one(storage)
+        assert storage.claim(queues=["default"], worker_id="w2", lease_seconds=60) == []
+
+    def test_claim_orders_by_priority_then_fifo(self, storage: Storage) -> None:
+        low1, high, low2, mid = (make_job(priority=p) for p in (0, 10, 0, 5))
+        for job in (low1, high, low2, mid):
+            storage.enqueue([job])
+        order = [_claim_one(storage).id for _ in range(4)]
+        assert order == [high.id, mid.id, low1.id, low2.id]
+
+    def test_claim_is_fifo_within_a_batch(self, storage: Storage) -> None:
+        jobs = [make_job() for _ in range(20)]
+        storage.enqueue(jobs)
+        assert [_claim_one(storage).id for _ in range(20)] == [j.id for j in jobs]
+
+    def test_claim_limit_takes_several_in_order(self, storage: Storage) -> None:
+        jobs = [make_job(priority=p) for p in (1, 3, 2)]
+        storage.enqueue(jobs)
+        claimed = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=2)
+        assert [j.priority for j in claimed] == [3, 2]
+        assert len({j.id for j in claimed}) == 2
+
+    def test_delayed_job_is_not_due_yet(self, storage: Storage) -> None:
+        storage.enqueue([make_job(delay=3600.0)])
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+        job = storage.list_jobs()[0]
+        assert job.run_at - job.created_at >= timedelta(seconds=3599)
+
+    def test_run_at_in_the_future_is_not_due(self, storage: Storage) -> None:
+        later = datetime.now(timezone.utc) + timedelta(hours=1)
+        storage.enqueue([make_job(run_at=later)])
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+        assert abs(storage.list_jobs()[0].run_at - later) < timedelta(milliseconds=1)
+
+    def test_run_at_in_the_past_is_due_and_goes_first(self, storage: Storage) -> None:
+        now_job = make_job()
+        past_job = make_job(run_at=datetime.now(timezone.utc) - timedelta(hours=1))
+        storage.enqueue([now_job, past_job])
+        assert _claim_one(storage).id == past_job.id
+
+    def test_claim_takes_only_the_given_queues(self, storage: Storage) -> None:
+        a, b, c = make_job(queue="a"), make_job(queue="b"), make_job(queue="c")
+        storage.enqueue([a, b, c])
+        claimed = storage.claim(queues=["a", "c"], worker_id="w", lease_seconds=60, limit=10)
+        assert {j.id for j in claimed} == {a.id, c.id}
+
+    def test_claim_takes_only_the_given_types(self, storage: Storage) -> None:
+        known, unknown = make_job("known"), make_job("unknown")
+        storage.enqueue([unknown, known])
+        claimed = storage.claim(
+            queues=["default"], worker_id="w", lease_seconds=60, types={"known"}, limit=10
+        )
+        assert [j.id for j in claimed] == [known.id]
+        assert storage.get(unknown.id).status is JobStatus.PENDING
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60, types=set()) == []
+
+    # -- finishing ----------------------------------------------------------------------
+
+    def test_complete_records_the_result(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.complete(job.id, job.lease_token or "", result={"ok": [1, 2]})
+        done = storage.get(job.id)
+        assert done.status is JobStatus.COMPLETED
+        assert done.result == {"ok": [1, 2]}
+        assert done.finished_at is not None and done.started_at is not None
+        assert done.finished_at >= done.started_at
+        assert done.lease_token is None and done.lease_expires_at is None
+
+    def test_complete_with_a_wrong_token_changes_nothing(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert not storage.complete(job.id, "not-the-token", result=1)
+        assert storage.get(job.id) == job
+
+    def test_complete_twice_records_once(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.complete(job.id, job.lease_token or "", result=1)
+        assert not storage.complete(job.id, job.lease_token or "", result=2)
+        assert storage.get(job.id).result == 1
+
+    def test_fail_with_retry_puts_the_job_back(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.fail(job.id, job.lease_token or "", error="boom", retry_in=0.0)
+        back = storage.get(job.id)
+        assert back.status is JobStatus.PENDING
+        assert back.last_error == "boom"
+        assert back.lease_token is None and back.finished_at is None
+        again = _claim_one(storage)
+        assert again.id == job.id and again.attempts == 2
+        assert again.lease_token != job.lease_token
+
+    def test_fail_with_a_later_retry_waits(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.fail(job.id, job.lease_token or "", error="later", retry_in=3600.0)
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+        back = storage.get(job.id)
+        assert back.status is JobStatus.PENDING
+        assert back.run_at - back.updated_at >= timedelta(seconds=3599)
+
+    def test_fail_without_retry_is_final(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.fail(job.id, job.lease_token or "", error="fatal", retry_in=None)
+        failed = storage.get(job.id)
+        assert failed.status is JobStatus.FAILED
+        assert failed.last_error == "fatal"
+        assert failed.finished_at is not None
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+
+    def test_fail_with_a_wrong_token_changes_nothing(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert not storage.fail(job.id, "nope", error="x", retry_in=None)
+        assert storage.get(job.id) == job
+
+    # -- leases -------------------------------------------------------------------------
+
+    def test_heartbeat_extends_the_lease(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage, lease=0)
+        assert storage.heartbeat(job.id, job.lease_token or "", lease_seconds=3600)
+        assert storage.rescue_expired() == 0
+        held = storage.get(job.id)
+        assert held.status is JobStatus.RUNNING
+        assert held.lease_expires_at is not None and job.lease_expires_at is not None
+        assert held.lease_expires_at - job.lease_expires_at >= timedelta(seconds=3599)
+
+    def test_heartbeat_with_a_wrong_token_is_refused(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert not storage.heartbeat(job.id, "nope", lease_seconds=60)
+        assert storage.get(job.id).lease_expires_at == job.lease_expires_at
+
+    def test_rescue_requeues_an_expired_lease_with_retries_left(self, storage: Storage) -> None:
+        storage.enqueue([make_job(max_retries=1)])
+        job = _claim_one(storage, worker="dead-worker", lease=0)
+        assert storage.rescue_expired() == 1
+        back = storage.get(job.id)
+        assert back.status is JobStatus.PENDING
+        assert back.attempts == 1
+        assert back.lease_token is None and back.worker_id is None
+        assert back.last_error is not None and "lease expired" in back.last_error
+        assert "dead-worker" in back.last_error
+
+    def test_rescue_fails_an_expired_lease_without_retries(self, storage: Storage) -> None:
+        storage.enqueue([make_job(max_retries=0)])
+        job = _claim_one(storage, lease=0)
+        assert storage.rescue_expired() == 1
+        failed = storage.get(job.id)
+        assert failed.status is JobStatus.FAILED
+        assert failed.finished_at is not None
+        assert failed.last_error is not None and "lease expired" in failed.last_error
+
+    def test_rescue_leaves_live_leases_alone(self, storage: Storage) -> None:
+        storage.enqueue([make_job(), make_job()])
+        _claim_one(storage, lease=3600)
+        assert storage.rescue_expired() == 0
+        assert len(storage.list_jobs(status=JobStatus.RUNNING)) == 1
+
+    def test_rescued_job_refuses_the_old_token(self, storage: Storage) -> None:
+        """The fence: a worker that lost its lease can never record an outcome."""
+        storage.enqueue([make_job()])
+        old = _claim_one(storage, worker="old", lease=0)
+        assert storage.rescue_expired() == 1
+        new = _claim_one(storage, worker="new", lease=60)
+        assert new.lease_token != old.lease_token
+        assert not storage.complete(old.id, old.lease_token or "", result="stale")
+        assert not storage.fail(old.id, old.lease_token or "", error="stale", retry_in=None)
+        assert not storage.heartbeat(old.id, old.lease_token or "", lease_seconds=60)
+        assert not storage.set_progress(old.id, old.lease_token or "", progress=1, message=None)
+        assert storage.complete(new.id, new.lease_token or "", result="fresh")
+        assert storage.get(new.id).result == "fresh"
+
+    def test_expired_lease_can_still_complete_before_rescue(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage, lease=0)
+        assert storage.complete(job.id, job.lease_token or "", result=1)
+        assert storage.rescue_expired() == 0
+        assert storage.get(job.id).status is JobStatus.COMPLETED
+
+    def test_set_progress_is_stored(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.set_progress(job.id, job.lease_token or "", progress=42.5, message="half")
+        seen = storage.get(job.id)
+        assert (seen.progress, seen.progress_message) == (42.5, "half")
+
+    # -- unique keys ----------------------------------------------------------------------
+
+    def test_unique_key_returns_the_unfinished_job(self, storage: Storage) -> None:
+        first = make_job(unique_key="k")
+        assert storage.enqueue([first]) == [first.id]
+        assert storage.enqueue([make_job(unique_key="k")]) == [first.id]
+        _claim_one(storage)
+        assert storage.enqueue([make_job(unique_key="k")]) == [first.id]
+        assert len(storage.list_jobs()) == 1
+
+    def test_unique_key_is_free_again_once_finished(self, storage: Storage) -> None:
+        first = make_job(unique_key="k")
+        storage.enqueue([first])
+        job = _claim_one(storage)
+        storage.complete(job.id, job.lease_token or "", result=None)
+        second = make_job(unique_key="k")
+        assert storage.enqueue([second]) == [second.id]
+
+    def test_unique_key_within_one_batch(self, storage: Storage) -> None:
+        a, b, c = make_job(unique_key="k"), make_job(unique_key="k"), make_job()
+        assert storage.enqueue([a, b, c]) == [a.id, a.id, c.id]
+        assert len(storage.list_jobs()) == 2
+
+    def test_concurrent_enqueues_of_one_unique_key_make_one_job(self, storage: Storage) -> None:
+        barrier = threading.Barrier(self.concurrency_threads)
+        ids: list[str] = []
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                barrier.wait()
+                ids.extend(storage.enqueue([make_job(unique_key="only-one")]))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=produce) for _ in range(self.concurrency_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(set(ids)) == 1
+        assert [j.id for j in storage.list_jobs()] == [ids[0]]
+
+    # -- cancel, retry ----------------------------------------------------------------------
+
+    def test_cancel_a_pending_job(self, storage: Storage) -> None:
+        new = make_job()
+        storage.enqueue([new])
+        assert storage.cancel(new.id)
+        job = storage.get(new.id)
+        assert job.status is JobStatus.CANCELLED and job.finished_at is not None
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+
+    def test_cancel_a_running_job_fences_its_worker(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.cancel(job.id)
+        assert not storage.heartbeat(job.id, job.lease_token or "", lease_seconds=60)
+        assert not storage.complete(job.id, job.lease_token or "", result=1)
+        assert storage.get(job.id).status is JobStatus.CANCELLED
+
+    def test_cancel_a_finished_job_returns_false(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        storage.complete(job.id, job.lease_token or "", result=None)
+        assert not storage.cancel(job.id)
+        assert storage.get(job.id).status is JobStatus.COMPLETED
+
+    def test_cancel_unknown_raises(self, storage: Storage) -> None:
+        with pytest.raises(JobNotFound):
+            storage.cancel(new_job_id())
+
+    def test_retry_a_failed_job(self, storage: Storage) -> None:
+        storage.enqueue([make_job(max_retries=0)])
+        job = _claim_one(storage)
+        storage.fail(job.id, job.lease_token or "", error="bad", retry_in=None)
+        assert storage.retry(job.id)
+        back = storage.get(job.id)
+        assert back.status is JobStatus.PENDING
+        assert back.attempts == 0 and back.finished_at is None
+        assert back.last_error == "bad"
+        assert _claim_one(storage).id == job.id
+
+    def test_retry_a_cancelled_job(self, storage: Storage) -> None:
+        new = make_job()
+        storage.enqueue([new])
+        storage.cancel(new.id)
+        assert storage.retry(new.id)
+        assert storage.get(new.id).status is JobStatus.PENDING
+
+    def test_retry_refuses_unfailed_jobs(self, storage: Storage) -> None:
+        pending, done = make_job(), make_job()
+        storage.enqueue([pending])
+        assert not storage.retry(pending.id)
+        storage.enqueue([done])
+        job = _claim_one(storage)
+        storage.complete(job.id, job.lease_token or "", result=None)
+        assert not storage.retry(job.id)
+        with pytest.raises(JobNotFound):
+            storage.retry(new_job_id())
+
+    def test_retry_refuses_a_taken_unique_key(self, storage: Storage) -> None:
+        old = make_job(unique_key="k")
+        storage.enqueue([old])
+        storage.cancel(old.id)
+        newer = make_job(unique_key="k")
+        storage.enqueue([newer])
+        assert not storage.retry(old.id)
+        assert storage.get(old.id).status is JobStatus.CANCELLED
+
+    # -- listing, counting, purging ---------------------------------------------------------
+
+    def test_list_jobs_filters_and_orders_oldest_first(self, storage: Storage) -> None:
+        a, b, c, d = (
+            make_job("x", queue="q1"),
+            make_job("y", queue="q1"),
+            make_job("x"),
+            make_job("x"),
+        )
+        storage.enqueue([a, b, c, d])
+        storage.cancel(d.id)
+        assert [j.id for j in storage.list_jobs()] == [a.id, b.id, c.id, d.id]
+        assert [j.id for j in storage.list_jobs(queue="q1")] == [a.id, b.id]
+        assert [j.id for j in storage.list_jobs(type="x")] == [a.id, c.id, d.id]
+        assert [j.id for j in storage.list_jobs(status=JobStatus.CANCELLED)] == [d.id]
+        assert [j.id for j in storage.list_jobs(status=JobStatus.PENDING, type="x")] == [a.id, c.id]
+        assert [j.id for j in storage.list_jobs(limit=2)] == [a.id, b.id]
+        assert len(storage.list_jobs(limit=None)) == 4
+
+    def test_count_jobs_per_queue_and_status(self, storage: Storage) -> None:
+        jobs = [make_job(queue="a"), make_job(queue="a"), make_job(queue="b")]
+        storage.enqueue(jobs)
+        storage.cancel(jobs[0].id)
+        assert storage.count_jobs() == {
+            ("a", JobStatus.CANCELLED): 1,
+            ("a", JobStatus.PENDING): 1,
+            ("b", JobStatus.PENDING): 1,
+        }
+
+    def test_purge_deletes_old_finished_jobs_only(self, storage: Storage) -> None:
+        done, cancelled, pending = make_job(), make_job(), make_job()
+        storage.enqueue([done])
+        job = _claim_one(storage)
+        storage.complete(job.id, job.lease_token or "", result=None)
+        storage.enqueue([cancelled, pending])
+        storage.cancel(cancelled.id)
+        statuses = [JobStatus.COMPLETED, JobStatus.PENDING]
+        assert storage.purge(statuses=statuses, older_than=3600) == 0
+        assert storage.purge(statuses=statuses, older_than=-1) == 1
+        remaining = {j.id for j in storage.list_jobs()}
+        assert remaining == {cancelled.id, pending.id}
+
+    # -- concurrency ------------------------------------------------------------------------
+
+    def test_concurrent_claims_never_share_a_job(self, storage: Storage) -> None:
+        """Threads start together and claim until empty: each job is claimed once."""
+        total = 200
+        storage.enqueue([make_job() for _ in range(total)])
+        barrier = threading.Barrier(self.concurrency_threads)
+        claimed: list[str] = []
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                barrier.wait()
+                while jobs := storage.claim(
+                    queues=["default"], worker_id=f"w{n}", lease_seconds=60, limit=3
+                ):
+                    for job in jobs:
+                        claimed.append(job.id)
+                        assert storage.complete(job.id, job.lease_token or "", result=n)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [
+            threading.Thread(target=work, args=(n,)) for n in range(self.concurrency_threads)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(claimed) == total
+        assert max(Counter(claimed).values()) == 1
+        assert storage.count_jobs() == {("default", JobStatus.COMPLETED): total}

@@ -1,0 +1,579 @@
+"""Worker: a daemon thread that claims jobs and runs their handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import queue as queue_module
+import random
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dbjobq.context import JobContext
+from dbjobq.errors import ConfigurationError, JobTimeoutError, PayloadError, StorageError
+from dbjobq.job import Job
+from dbjobq.payload import check_json
+from dbjobq.queue import Handler, JobQueue
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+_GRACE = 1.0  # seconds a cancelled handler gets to return before its thread is abandoned
+
+
+class _Attempt:
+    """One handler call, run on a `_Runner` thread; the worker thread watches it."""
+
+    def __init__(self, handler: Handler, ctx: JobContext) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.trace = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Future[Any] | None = None
+
+    def run(self, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        try:
+            if self.handler.is_async:
+                self._loop = loop()
+                self.result = self._loop.run_until_complete(self._run_async())
+            else:
+                self.result = self.handler.fn(self.ctx)
+        except BaseException as error:  # noqa: BLE001 - SystemExit & co. must not kill the thread
+            self.error = error
+            self.trace = traceback.format_exc()
+        finally:
+            self.done.set()
+
+    async def _run_async(self) -> Any:
+        self._task = asyncio.ensure_future(self.handler.fn(self.ctx))
+        return await self._task
+
+    def abort(self) -> None:
+        """Signal the handler to stop; an async handler's task is also cancelled."""
+        self.ctx.cancelled.set()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+
+class _Runner:
+    """A long-lived thread that runs handlers one at a time.
+
+    Handlers run off the worker thread so that the worker can heartbeat, enforce
+    timeouts and honour stop deadlines while they run. The thread is reused so that
+    per-thread resources of user code (database connections, sessions) are too; it
+    is only replaced when a handler overruns and has to be abandoned.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._inbox: queue_module.SimpleQueue[_Attempt | None] = queue_module.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def _serve(self) -> None:
+        try:
+            while (attempt := self._inbox.get()) is not None:
+                attempt.run(self._event_loop)
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+
+    def submit(self, attempt: _Attempt) -> None:
+        self._inbox.put(attempt)
+
+    def retire(self) -> None:
+        """Exit after the current handler, if any, returns."""
+        self._inbox.put(None)
+
+
+@dataclasses.dataclass
+class _Lease:
+    """A claimed job, its fencing token, and until when (monotonic) we hold it."""
+
+    job: Job
+    token: str
+    until: float
+
+
+class _Throttle:
+    """Log a repeating error in full once, then at most every `every` seconds."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self.failures = 0
+        self._last = -math.inf
+
+    def failed(self, what: str, error: BaseException) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self.failures == 1:
+            logger.error("%s failed: %s", what, error, exc_info=error)
+            self._last = now
+        elif now - self._last >= self.every:
+            logger.error("%s still failing (%d times): %s", what, self.failures, error)
+            self._last = now
+
+    def recovered(self, what: str) -> None:
+        if self.failures:
+            logger.warning("%s recovered after %d failures", what, self.failures)
+            self.failures = 0
+
+
+class Worker:
+    """Claims jobs from a `JobQueue` and runs their handlers in a background thread.
+
+    ```python
+    worker = Worker(queue)
+    worker.start()   # returns at once; the daemon thread polls for jobs
+    ...
+    worker.stop()    # waits (30 s by default) for the current job to finish
+    ```
+
+    **Polling.** After an empty poll the worker waits `poll_interval`, and doubles
+    the wait after each further empty poll up to `max_poll_interval`; finding a job
+    resets it to `poll_interval`. An `enqueue` in the same process wakes idle
+    workers at once, and `stop()` interrupts the wait at once.
+
+    **Leases.** A claimed job is leased for `lease_seconds`. While the handler runs,
+    the worker renews the lease every `heartbeat_interval`. If the worker dies, the
+    lease runs out and any worker rescues the job (retried, or failed when no retry
+    is left). Each worker also rescues expired leases as it polls.
+
+    **Which jobs.** A worker takes jobs from `queues` whose type has a handler
+    registered on its `JobQueue`; jobs of other types stay `pending`, untouched,
+    for a worker that knows them.
+
+    Several workers may share one `JobQueue` in one process; each runs one job at a
+    time.
+
+    Args:
+        queue: Where jobs and handlers come from.
+        queues: Queue names to take jobs from; defaults to `[queue.default_queue]`.
+        poll_interval: Seconds to wait after the first empty poll.
+        max_poll_interval: Longest wait between polls.
+        lease_seconds: Length of a lease; a job of a dead worker is rescued this long
+            after its last heartbeat.
+        heartbeat_interval: Seconds between lease renewals; defaults to
+            `lease_seconds / 3`.
+        worker_id: Identifies this worker in job records; defaults to
+            `host:pid:random`.
+        max_jobs: Stop by itself after this many jobs (`None`: run until stopped).
+
+    Raises:
+        ConfigurationError: If an option is out of range.
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        queues: Iterable[str] | None = None,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 10.0,
+        lease_seconds: float = 30.0,
+        heartbeat_interval: float | None = None,
+        worker_id: str | None = None,
+        max_jobs: int | None = None,
+    ) -> None:
+        if not isinstance(queue, JobQueue):
+            raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
+        names = [queue.default_queue] if queues is None else list(queues)
+        if isinstance(queues, str) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ConfigurationError(f"queues must be a non-empty list of names, got {queues!r}")
+        for what, value in (
+            ("poll_interval", poll_interval),
+            ("max_poll_interval", max_poll_interval),
+            ("lease_seconds", lease_seconds),
+            ("heartbeat_interval", heartbeat_interval),
+        ):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(f"{what} must be a positive number, got {value!r}")
+        if max_poll_interval < poll_interval:
+            raise ConfigurationError("max_poll_interval must not be less than poll_interval")
+        heartbeat_interval = heartbeat_interval or lease_seconds / 3
+        if heartbeat_interval >= lease_seconds:
+            raise ConfigurationError("heartbeat_interval must be shorter than lease_seconds")
+        if max_jobs is not None and (
+            isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1
+        ):
+            raise ConfigurationError(f"max_jobs must be a positive int, got {max_jobs!r}")
+        self.queue = queue
+        self.queues: tuple[str, ...] = tuple(dict.fromkeys(names))
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = float(max_poll_interval)
+        self.lease_seconds = float(lease_seconds)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.max_jobs = max_jobs
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.rescue_interval = min(1.0, self.poll_interval)
+        self.jobs_processed = 0
+        self._current: Job | None = None
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._idle = False
+        self._stop_deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: _Runner | None = None
+        self._runners = 0
+        self._last_rescue = -math.inf
+        self._poll_errors = _Throttle()
+        self._write_errors = _Throttle()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive else "stopped"
+        return f"<Worker {self.id} queues={list(self.queues)} {state}>"
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def current_job(self) -> Job | None:
+        """The job being processed right now, as claimed; `None` when idle."""
+        return self._current
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the worker thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the worker thread (a daemon) and return at once.
+
+        Raises:
+            RuntimeError: If the worker was started before; create a new `Worker`.
+            StorageError: If the storage cannot be reached to create its tables.
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"worker {self.id} was already started")
+        self.queue.initialize()
+        self._thread = threading.Thread(
+            target=self._run, name=f"dbjobq-worker-{self.id}", daemon=True
+        )
+        self.queue._workers.add(self)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """Stop taking jobs and wait for the current one to finish.
+
+        Wakes a sleeping worker at once. If the current job is still running when
+        `timeout` seconds have passed, the worker gives up on it: its
+        `JobContext.cancelled` is set, its lease is no longer renewed and its outcome
+        will be discarded; once the lease expires, another worker rescues the job.
+        Safe to call several times, and before `start()`.
+
+        Args:
+            timeout: Seconds to wait for the current job; `None` waits for as long
+                as it takes.
+
+        Returns:
+            `True` if the worker thread has ended, `False` if it is still busy (for
+            example blocked on an unreachable database) after the timeout.
+        """
+        thread = self._thread
+        if thread is None:
+            return True
+        if self._stop_deadline is None or timeout is None:
+            self._stop_deadline = None if timeout is None else time.monotonic() + timeout
+        self._stopping.set()
+        self._wake.set()
+        thread.join(None if timeout is None else timeout + 0.5)
+        return not thread.is_alive()
+
+    def run_until_empty(self) -> int:
+        """Process jobs in the calling thread until none is due, then return.
+
+        Meant for tests and scripts: no thread is started.
+
+        Returns:
+            How many jobs were processed.
+
+        Raises:
+            RuntimeError: If the worker thread is running.
+        """
+        if self.is_alive:
+            raise RuntimeError("run_until_empty() cannot be used while the worker runs")
+        self.queue.initialize()
+        before = self.jobs_processed
+        while not self._stopping.is_set() and not self._reached_max_jobs():
+            self._rescue_if_due()
+            jobs = self._claim()
+            if not jobs:
+                break
+            self._process(jobs[0])
+        return self.jobs_processed - before
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _wants(self, wanted: set[tuple[str, str]]) -> bool:
+        handlers = self.queue._handlers
+        return any(q in self.queues and t in handlers for q, t in wanted)
+
+    def _reached_max_jobs(self) -> bool:
+        return self.max_jobs is not None and self.jobs_processed >= self.max_jobs
+
+    def _claim(self) -> list[Job]:
+        types = set(self.queue._handlers)
+        if not types:
+            return []
+        return self.queue._store().claim(
+            queues=self.queues, types=types, worker_id=self.id, lease_seconds=self.lease_seconds
+        )
+
+    def _rescue_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_rescue < self.rescue_interval:
+            return
+        self._last_rescue = now
+        rescued = self.queue._store().rescue_expired()
+        if rescued:
+            logger.warning("worker %s rescued %d job(s) with expired leases", self.id, rescued)
+
+    def _idle_wait(self, seconds: float) -> None:
+        self._idle = True
+        try:
+            self._wake.wait(seconds)
+        finally:
+            self._idle = False
+
+    def _run(self) -> None:
+        logger.info("worker %s started on queues %s", self.id, ", ".join(self.queues))
+        if not self.queue._handlers:
+            logger.warning("worker %s has no handlers registered: it will take no jobs", self.id)
+        delay = self.poll_interval
+        try:
+            while not self._stopping.is_set() and not self._reached_max_jobs():
+                self._wake.clear()
+                try:
+                    self._rescue_if_due()
+                    jobs = self._claim()
+                except StorageError as error:
+                    self._poll_errors.failed(f"worker {self.id}: polling", error)
+                    self._idle_wait(delay * (0.5 + random.random() / 2))
+                    delay = min(delay * 2, self.max_poll_interval)
+                    continue
+                self._poll_errors.recovered(f"worker {self.id}: polling")
+                if not jobs:
+                    logger.debug("worker %s: no job; next poll in %.3fs", self.id, delay)
+                    self._idle_wait(delay)
+                    delay = min(delay * 2, self.max_poll_interval)
+                    continue
+                delay = self.poll_interval
+                for job in jobs:
+                    try:
+                        self._process(job)
+                    except Exception:  # a bug of ours must not end the worker
+                        logger.exception(
+                            "worker %s: error while processing job %s", self.id, job.id
+                        )
+        except BaseException:
+            logger.critical("worker %s crashed", self.id, exc_info=True)
+            raise
+        finally:
+            self.queue._workers.discard(self)
+            if self._runner is not None:
+                self._runner.retire()
+            logger.info("worker %s stopped after %d job(s)", self.id, self.jobs_processed)
+
+    # -- one job ------------------------------------------------------------------------
+
+    def _new_runner(self) -> _Runner:
+        self._runners += 1
+        return _Runner(f"dbjobq-runner-{self.id}-{self._runners}")
+
+    def _abandon(self, attempt: _Attempt, why: str) -> None:
+        """Give up on a handler that will not return; its thread keeps running alone."""
+        attempt.abort()
+        if not attempt.done.wait(_GRACE) and self._runner is not None:
+            logger.error(
+                "job %s (%s): handler did not return after %s; its thread is abandoned "
+                "and its outcome will be discarded",
+                attempt.ctx.job.id,
+                attempt.ctx.job.type,
+                why,
+            )
+            self._runner.retire()
+            self._runner = None
+
+    def _process(self, job: Job) -> None:
+        self._current = job
+        try:
+            self._run_job(job)
+        finally:
+            self._current = None
+            self.jobs_processed += 1
+
+    def _run_job(self, job: Job) -> None:
+        token = job.lease_token or ""
+        handler = self.queue._handlers.get(job.type)
+        lease = _Lease(job, token, time.monotonic() + self.lease_seconds)
+        if handler is None:  # claims only ask for registered types; never expected
+            error = f"no handler for job type {job.type!r} in worker {self.id}"
+            self._record(lease, error=error, retry_in=0.0)
+            return
+        storage = self.queue.storage
+
+        def report_progress(value: float, message: str | None) -> bool:
+            return storage.set_progress(job.id, token, progress=value, message=message)
+
+        ctx = JobContext(job, self.queue, report_progress=report_progress)
+        attempt = _Attempt(handler, ctx)
+        if self._runner is None:
+            self._runner = self._new_runner()
+        self._runner.submit(attempt)
+        timeout = job.timeout or handler.timeout
+        if self._watch(lease, attempt, timeout):
+            self._finish(lease, attempt)
+
+    def _watch(self, lease: _Lease, attempt: _Attempt, timeout: float | None) -> bool:
+        """Heartbeat until the handler returns (`True`) or must be given up (`False`)."""
+        job = lease.job
+        started = time.monotonic()
+        next_beat = started + self.heartbeat_interval
+        while True:
+            now = time.monotonic()
+            until = [next_beat]
+            if timeout is not None:
+                until.append(started + timeout)
+            if self._stop_deadline is not None:
+                until.append(self._stop_deadline)
+            if attempt.done.wait(max(0.0, min(until) - now)):
+                return True
+            now = time.monotonic()
+            if self._stop_deadline is not None and now >= self._stop_deadline:
+                logger.warning(
+                    "worker %s: stop timeout reached during job %s; leaving it to be "
+                    "rescued when its lease expires",
+                    self.id,
+                    job.id,
+                )
+                self._abandon(attempt, "the stop timeout")
+                return False
+            if timeout is not None and now >= started + timeout:
+                attempt.abort()
+                error = JobTimeoutError(f"job exceeded its timeout of {timeout:g}s")
+                text, retry_in = self.queue._failure(job, error, "")
+                logger.error("job %s (%s): %s", job.id, job.type, error)
+                self._record(lease, error=text, retry_in=retry_in)
+                self._abandon(attempt, "its timeout")
+                return False
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_interval
+                try:
+                    held = self.queue.storage.heartbeat(
+                        job.id, lease.token, lease_seconds=self.lease_seconds
+                    )
+                except StorageError as error:
+                    self._write_errors.failed(f"worker {self.id}: heartbeat", error)
+                    continue
+                self._write_errors.recovered(f"worker {self.id}: heartbeat")
+                if held:
+                    lease.until = now + self.lease_seconds
+                    continue
+                logger.warning(
+                    "job %s (%s): lease lost (cancelled or rescued); stopping the handler "
+                    "and discarding its outcome",
+                    job.id,
+                    job.type,
+                )
+                self._abandon(attempt, "its lease was lost")
+                return False
+
+    def _finish(self, lease: _Lease, attempt: _Attempt) -> None:
+        job = lease.job
+        error = attempt.error
+        if error is None:
+            try:
+                check_json(
+                    attempt.result, what="handler result", max_bytes=self.queue.max_payload_bytes
+                )
+            except PayloadError as invalid:
+                error, attempt.trace = invalid, ""
+        if error is None:
+            logger.debug("job %s (%s) completed", job.id, job.type)
+            self._record(lease, result=attempt.result)
+            return
+        text, retry_in = self.queue._failure(job, error, attempt.trace)
+        if not isinstance(error, Exception):
+            logger.error("job %s (%s): handler raised %s", job.id, job.type, type(error).__name__)
+        if retry_in is None:
+            logger.error("job %s (%s) failed: %s", job.id, job.type, text.splitlines()[0])
+        else:
+            logger.warning(
+                "job %s (%s) attempt %d failed, retrying in %.1fs: %s",
+                job.id,
+                job.type,
+                job.attempts,
+                retry_in,
+                text.splitlines()[0],
+            )
+        self._record(lease, error=text, retry_in=retry_in)
+
+    def _record(
+        self,
+        lease: _Lease,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        """Write an outcome (`error=None`: completed), retrying while the lease holds."""
+        job, storage = lease.job, self.queue.storage
+        delay = 0.05
+        while True:
+            try:
+                if error is None:
+                    held = storage.complete(job.id, lease.token, result=result)
+                else:
+                    held = storage.fail(job.id, lease.token, error=error, retry_in=retry_in)
+            except StorageError as failure:
+                self._write_errors.failed(f"worker {self.id}: recording job {job.id}", failure)
+                stop_by = self._stop_deadline if self._stop_deadline is not None else math.inf
+                if time.monotonic() + delay >= min(lease.until, stop_by):
+                    logger.error(
+                        "job %s (%s): could not record its outcome before the lease ran "
+                        "out; it will be rescued and run again",
+                        job.id,
+                        job.type,
+                    )
+                    return
+                time.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 2.0)
+                continue
+            self._write_errors.recovered(f"worker {self.id}: recording")
+            if not held:
+                logger.warning(
+                    "job %s (%s): lease lost before the outcome was recorded; outcome "
+                    "discarded (the job was cancelled or rescued)",
+                    job.id,
+                    job.type,
+                )
+            return

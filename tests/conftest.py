@@ -1,0 +1,121 @@
+"""Backends for the test suite: memory, SQLite files, and PostgreSQL when configured.
+
+PostgreSQL tests read the server URL from DBJOBQ_TEST_POSTGRES_URL. Each test session
+works in a schema of its own (dropped at the end) and each test in tables of its own,
+so concurrent runs against one database do not collide. When the variable is set, a
+server that cannot be reached fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dbjobq import JobQueue, RetryPolicy
+from dbjobq.storage import MemoryStorage, SQLAlchemyStorage, Storage
+
+BACKENDS = ["memory", "sqlite", "postgres"]
+POSTGRES_URL = os.environ.get("DBJOBQ_TEST_POSTGRES_URL")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """How to open one test database again, e.g. from another process."""
+
+    url: str
+    table_prefix: str = "dbjobq_"
+    schema: str | None = None
+
+    def open(self) -> SQLAlchemyStorage:
+        return SQLAlchemyStorage(self.url, table_prefix=self.table_prefix, schema=self.schema)
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[tuple[str, str]]:
+    if not POSTGRES_URL:
+        pytest.skip("set DBJOBQ_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    schema = f"dbjobq_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = SQLAlchemyStorage(POSTGRES_URL).engine
+    with engine.begin() as conn:
+        conn.execute(sa.schema.CreateSchema(schema))
+    yield POSTGRES_URL, schema
+    with engine.begin() as conn:
+        conn.execute(sa.schema.DropSchema(schema, cascade=True))
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_config(tmp_path: Path) -> StorageConfig:
+    return StorageConfig(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+
+@pytest.fixture
+def postgres_config(postgres_schema: tuple[str, str]) -> StorageConfig:
+    url, schema = postgres_schema
+    return StorageConfig(url, table_prefix=f"t{uuid.uuid4().hex[:10]}_", schema=schema)
+
+
+def _opened(config: StorageConfig) -> Iterator[SQLAlchemyStorage]:
+    storage = config.open()
+    storage.initialize()
+    yield storage
+    if config.schema is not None:
+        with storage.engine.begin() as conn:
+            storage._metadata.drop_all(conn)
+    storage.close()
+
+
+@pytest.fixture
+def memory_storage() -> MemoryStorage:
+    return MemoryStorage()
+
+
+@pytest.fixture
+def sqlite_storage(sqlite_config: StorageConfig) -> Iterator[SQLAlchemyStorage]:
+    yield from _opened(sqlite_config)
+
+
+@pytest.fixture
+def postgres_storage(postgres_config: StorageConfig) -> Iterator[SQLAlchemyStorage]:
+    yield from _opened(postgres_config)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest, backend: str) -> Storage:
+    # Looked up lazily, so a missing PostgreSQL skips only its own runs.
+    return request.getfixturevalue(f"{backend}_storage")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_config(request: pytest.FixtureRequest) -> StorageConfig:
+    """A database shared by several processes: a SQLite file or PostgreSQL tables."""
+    config: StorageConfig = request.getfixturevalue(f"{request.param}_config")
+    storage = config.open()
+    storage.initialize()
+    storage.close()
+    yield config  # type: ignore[misc]
+    if config.schema is not None:
+        storage = config.open()
+        with storage.engine.begin() as conn:
+            storage._metadata.drop_all(conn)
+        storage.close()
+
+
+FAST_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05)
+
+
+@pytest.fixture
+def queue(storage: Storage) -> Iterator[JobQueue]:
+    q = JobQueue(storage, retry_policy=FAST_RETRIES)
+    yield q

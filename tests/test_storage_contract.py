@@ -1,0 +1,37 @@
+"""Every bundled backend passes the reusable conformance suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from dbjobq.storage import MemoryStorage, SQLAlchemyStorage, Storage
+from dbjobq.testing import StorageContract
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, memory_storage: MemoryStorage) -> Storage:
+        return memory_storage
+
+
+class TestSQLiteFileStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, sqlite_storage: SQLAlchemyStorage) -> Storage:
+        return sqlite_storage
+
+
+class TestSQLiteInMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage(self) -> Iterator[Storage]:
+        storage = SQLAlchemyStorage("sqlite://")
+        storage.initialize()
+        yield storage
+        storage.close()
+
+
+class TestPostgresStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, postgres_storage: SQLAlchemyStorage) -> Storage:
+        return postgres_storage
