@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -71,10 +70,9 @@ class StorageContract:
     """The behaviour every `Storage` backend must show. Provide a `storage` fixture."""
 
     @pytest.fixture
-    def storage(self) -> Iterator[Storage]:
-        """Yield a fresh, initialised, empty backend (override in the subclass)."""
+    def storage(self) -> Storage:
+        """Return (or yield) a fresh, initialised, empty backend; override it."""
         raise NotImplementedError("subclasses of StorageContract provide a storage fixture")
-        yield  # pragma: no cover
 
     concurrency_threads = 8
     """Threads used by the concurrency tests; lower it for slow backends."""

@@ -98,13 +98,13 @@ def storage(request: pytest.FixtureRequest, backend: str) -> Storage:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def sql_config(request: pytest.FixtureRequest) -> StorageConfig:
+def sql_config(request: pytest.FixtureRequest) -> Iterator[StorageConfig]:
     """A database shared by several processes: a SQLite file or PostgreSQL tables."""
     config: StorageConfig = request.getfixturevalue(f"{request.param}_config")
     storage = config.open()
     storage.initialize()
     storage.close()
-    yield config  # type: ignore[misc]
+    yield config
     if config.schema is not None:
         storage = config.open()
         with storage.engine.begin() as conn:
@@ -116,6 +116,5 @@ FAST_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05)
 
 
 @pytest.fixture
-def queue(storage: Storage) -> Iterator[JobQueue]:
-    q = JobQueue(storage, retry_policy=FAST_RETRIES)
-    yield q
+def queue(storage: Storage) -> JobQueue:
+    return JobQueue(storage, retry_policy=FAST_RETRIES)
