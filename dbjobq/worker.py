@@ -409,10 +409,10 @@ class Worker:
         self._runners += 1
         return _Runner(f"dbjobq-runner-{self.id}-{self._runners}")
 
-    def _abandon(self, attempt: _Attempt, why: str) -> None:
+    def _abandon(self, attempt: _Attempt, why: str, grace: float = _GRACE) -> None:
         """Give up on a handler that will not return; its thread keeps running alone."""
         attempt.abort()
-        if not attempt.done.wait(_GRACE) and self._runner is not None:
+        if not attempt.done.wait(grace) and self._runner is not None:
             logger.error(
                 "job %s (%s): handler did not return after %s; its thread is abandoned "
                 "and its outcome will be discarded",
@@ -475,7 +475,7 @@ class Worker:
                     self.id,
                     job.id,
                 )
-                self._abandon(attempt, "the stop timeout")
+                self._abandon(attempt, "the stop timeout", grace=0)
                 return False
             if timeout is not None and now >= started + timeout:
                 attempt.abort()

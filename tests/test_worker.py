@@ -1,0 +1,502 @@
+"""Worker behaviour, observed through real threads on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from dbjobq import (
+    ConfigurationError,
+    JobContext,
+    JobError,
+    JobQueue,
+    JobSpec,
+    JobValidationError,
+    Worker,
+)
+from dbjobq.storage import MemoryStorage
+from dbjobq.testing import make_job
+
+from .helpers import wait_until
+
+
+def finished(queue: JobQueue, job_id: str) -> bool:
+    return queue.get_job(job_id).status.is_finished
+
+
+def test_worker_runs_a_job_and_stores_its_result(queue: JobQueue) -> None:
+    @queue.handler("add")
+    def add(ctx: JobContext) -> dict[str, int]:
+        return {"sum": ctx.payload["a"] + ctx.payload["b"]}
+
+    job_id = queue.enqueue("add", {"a": 2, "b": 3})
+    with Worker(queue, poll_interval=0.01):
+        wait_until(lambda: finished(queue, job_id), what="job to finish")
+    job = queue.get_job(job_id)
+    assert job.status == "completed"
+    assert job.result == {"sum": 5}
+    assert job.attempts == 1
+
+
+def test_current_job_and_progress_are_visible_while_running(queue: JobQueue) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @queue.handler("long")
+    def long(ctx: JobContext) -> str:
+        ctx.progress(50, "halfway")
+        started.set()
+        release.wait(10)
+        return "done"
+
+    job_id = queue.enqueue("long")
+    worker = Worker(queue, poll_interval=0.01)
+    assert worker.current_job is None
+    worker.start()
+    try:
+        assert started.wait(10)
+        current = worker.current_job
+        assert current is not None and current.id == job_id
+        assert current.status == "running"
+        seen = queue.get_job(job_id)
+        assert (seen.status, seen.progress, seen.progress_message) == ("running", 50.0, "halfway")
+        assert seen.worker_id == worker.id
+        release.set()
+        wait_until(lambda: finished(queue, job_id))
+        wait_until(lambda: worker.current_job is None, what="current_job to clear")
+    finally:
+        release.set()
+        worker.stop()
+
+
+def test_async_handlers_run(queue: JobQueue) -> None:
+    @queue.handler("async")
+    async def handler(ctx: JobContext) -> int:
+        await asyncio.sleep(0.01)
+        return int(ctx.payload["n"]) * 2
+
+    ids = [queue.enqueue("async", {"n": n}) for n in range(3)]
+    with Worker(queue, poll_interval=0.01):
+        wait_until(lambda: all(finished(queue, i) for i in ids))
+    assert [queue.get_job(i).result for i in ids] == [0, 2, 4]
+
+
+def test_priority_order_is_followed(queue: JobQueue) -> None:
+    order: list[int] = []
+    queue.register("p", lambda ctx: order.append(ctx.payload["p"]))
+    for p in (1, 5, 3, 5, 0):
+        queue.enqueue("p", {"p": p}, priority=p)
+    assert Worker(queue).run_until_empty() == 5
+    assert order == [5, 5, 3, 1, 0]
+
+
+def test_a_failing_job_is_retried_then_failed_with_its_traceback(queue: JobQueue) -> None:
+    calls: list[int] = []
+
+    @queue.handler("broken", max_retries=2)
+    def broken(ctx: JobContext) -> None:
+        calls.append(ctx.attempt)
+        raise RuntimeError(f"boom {ctx.attempt}")
+
+    job_id = queue.enqueue("broken")
+    with Worker(queue, poll_interval=0.01, max_poll_interval=0.02):
+        wait_until(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert calls == [1, 2, 3]
+    assert job.status == "failed"
+    assert job.attempts == 3
+    assert job.last_error is not None
+    assert job.last_error.startswith("RuntimeError: boom 3")
+    assert "Traceback" in job.last_error and "in broken" in job.last_error
+
+
+def test_a_job_that_fails_once_then_succeeds_completes(queue: JobQueue) -> None:
+    @queue.handler("flaky")
+    def flaky(ctx: JobContext) -> str:
+        if ctx.attempt == 1:
+            raise ConnectionError("try again")
+        return "ok"
+
+    job_id = queue.enqueue("flaky")
+    with Worker(queue, poll_interval=0.01, max_poll_interval=0.02):
+        wait_until(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert (job.status, job.attempts, job.result) == ("completed", 2, "ok")
+    assert job.last_error is not None and "ConnectionError: try again" in job.last_error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [JobValidationError("bad input"), JobError("give up", retryable=False)],
+    ids=["JobValidationError", "JobError(retryable=False)"],
+)
+def test_non_retryable_errors_fail_at_once(queue: JobQueue, error: Exception) -> None:
+    def handler(ctx: JobContext) -> None:
+        raise error
+
+    queue.register("t", handler, max_retries=5)
+    job_id = queue.enqueue("t")
+    Worker(queue).run_until_empty()
+    job = queue.get_job(job_id)
+    assert (job.status, job.attempts) == ("failed", 1)
+
+
+def test_job_error_retry_in_sets_the_next_run(queue: JobQueue) -> None:
+    def handler(ctx: JobContext) -> None:
+        raise JobError("rate limited", retry_in=3600)
+
+    queue.register("t", handler)
+    job_id = queue.enqueue("t")
+    assert Worker(queue).run_until_empty() == 1
+    job = queue.get_job(job_id)
+    assert job.status == "pending"
+    assert 3590 <= (job.run_at - job.updated_at).total_seconds() <= 3601
+
+
+def test_a_non_json_result_fails_the_job_without_retry(queue: JobQueue) -> None:
+    queue.register("t", lambda ctx: {"when": object()})
+    job_id = queue.enqueue("t")
+    Worker(queue).run_until_empty()
+    job = queue.get_job(job_id)
+    assert (job.status, job.attempts) == ("failed", 1)
+    assert job.last_error is not None and job.last_error.startswith("PayloadError: handler result")
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt, GeneratorExit])
+def test_base_exceptions_in_a_handler_neither_kill_the_worker_nor_lose_the_job(
+    queue: JobQueue, exc_type: type[BaseException]
+) -> None:
+    @queue.handler("t")
+    def handler(ctx: JobContext) -> str:
+        if ctx.attempt == 1:
+            raise exc_type()
+        return "survived"
+
+    first, second = queue.enqueue("t"), queue.enqueue("t")
+    worker = Worker(queue, poll_interval=0.01, max_poll_interval=0.02)
+    worker.start()
+    try:
+        wait_until(lambda: finished(queue, first) and finished(queue, second))
+        assert worker.is_alive
+    finally:
+        worker.stop()
+    for job_id in (first, second):
+        job = queue.get_job(job_id)
+        assert (job.status, job.attempts, job.result) == ("completed", 2, "survived")
+        assert job.last_error is not None and job.last_error.startswith(exc_type.__name__)
+
+
+def test_timeout_fails_the_attempt_and_sets_the_abort_signal(queue: JobQueue) -> None:
+    saw_cancel = threading.Event()
+
+    @queue.handler("slow", timeout=0.2, max_retries=0)
+    def slow(ctx: JobContext) -> str:
+        if ctx.cancelled.wait(10):
+            saw_cancel.set()
+        return "too late"
+
+    queue.register("quick", lambda ctx: "quick")
+    slow_id, quick_id = queue.enqueue("slow", priority=1), queue.enqueue("quick")
+    with Worker(queue, poll_interval=0.01):
+        wait_until(lambda: finished(queue, slow_id) and finished(queue, quick_id))
+    assert saw_cancel.is_set()
+    job = queue.get_job(slow_id)
+    assert job.status == "failed"
+    assert job.last_error is not None and job.last_error.startswith("JobTimeoutError")
+    assert job.result is None
+    assert queue.get_job(quick_id).result == "quick"
+
+
+def test_a_hung_handler_is_abandoned_and_can_never_record_an_outcome(queue: JobQueue) -> None:
+    release, returned = threading.Event(), threading.Event()
+
+    @queue.handler("stuck", max_retries=0)
+    def stuck(ctx: JobContext) -> str:
+        release.wait(30)  # ignores ctx.cancelled on purpose
+        returned.set()
+        return "late result"
+
+    queue.register("next", lambda ctx: "next ran")
+    stuck_id = queue.enqueue("stuck", timeout=0.1, priority=1)
+    next_id = queue.enqueue("next")
+    worker = Worker(queue, poll_interval=0.01)
+    worker.start()
+    try:
+        wait_until(lambda: finished(queue, stuck_id) and finished(queue, next_id))
+        assert queue.get_job(next_id).result == "next ran"  # a new runner thread took over
+        release.set()
+        assert returned.wait(10)
+    finally:
+        release.set()
+        worker.stop()
+    job = queue.get_job(stuck_id)
+    assert job.status == "failed" and job.result is None
+
+
+def test_async_handler_is_cancelled_at_its_timeout(queue: JobQueue) -> None:
+    cancelled = threading.Event()
+
+    @queue.handler("slow", timeout=0.1, max_retries=0)
+    async def slow(ctx: JobContext) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    job_id = queue.enqueue("slow")
+    with Worker(queue, poll_interval=0.01):
+        wait_until(lambda: finished(queue, job_id))
+        assert cancelled.wait(5)
+    assert queue.get_job(job_id).status == "failed"
+
+
+def test_cancelling_a_running_job_signals_its_handler(queue: JobQueue) -> None:
+    started, stopped = threading.Event(), threading.Event()
+
+    @queue.handler("loop")
+    def loop(ctx: JobContext) -> str:
+        started.set()
+        if ctx.cancelled.wait(30):
+            stopped.set()
+        return "should be discarded"
+
+    job_id = queue.enqueue("loop")
+    worker = Worker(queue, poll_interval=0.01, lease_seconds=0.6)  # heartbeat every 0.2 s
+    worker.start()
+    try:
+        assert started.wait(10)
+        assert queue.cancel(job_id)
+        assert stopped.wait(10)
+        wait_until(lambda: worker.current_job is None)
+    finally:
+        worker.stop()
+    job = queue.get_job(job_id)
+    assert (job.status, job.result) == ("cancelled", None)
+
+
+def test_jobs_without_a_handler_stay_pending_untouched(queue: JobQueue) -> None:
+    queue.register("known", lambda ctx: "ok")
+    unknown = queue.enqueue("unknown")
+    known = queue.enqueue("known")
+    assert Worker(queue).run_until_empty() == 1
+    assert queue.get_job(known).status == "completed"
+    job = queue.get_job(unknown)
+    assert (job.status, job.attempts, job.worker_id) == ("pending", 0, None)
+
+
+def test_a_worker_takes_only_its_queues(queue: JobQueue) -> None:
+    queue.register("t", lambda ctx: ctx.job.queue)
+    mail, default = queue.enqueue("t", queue="mail"), queue.enqueue("t")
+    assert Worker(queue, queues=["mail"]).run_until_empty() == 1
+    assert queue.get_job(mail).status == "completed"
+    assert queue.get_job(default).status == "pending"
+
+
+def test_max_jobs_stops_the_worker(queue: JobQueue) -> None:
+    queue.register("t", lambda ctx: None)
+    queue.enqueue_many([JobSpec(type="t") for _ in range(5)])
+    worker = Worker(queue, poll_interval=0.01, max_jobs=3)
+    worker.start()
+    wait_until(lambda: not worker.is_alive, what="worker to exit")
+    assert worker.jobs_processed == 3
+    assert len(queue.get_pending_jobs()) == 2
+
+
+def test_start_twice_raises_and_stop_is_idempotent(queue: JobQueue) -> None:
+    worker = Worker(queue, poll_interval=0.01)
+    assert worker.stop()  # before start: a no-op
+    worker.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        worker.start()
+    assert worker.stop()
+    assert worker.stop()
+    assert not worker.is_alive
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"poll_interval": 0},
+        {"poll_interval": -1},
+        {"poll_interval": 2, "max_poll_interval": 1},
+        {"lease_seconds": 0},
+        {"lease_seconds": 3, "heartbeat_interval": 3},
+        {"queues": []},
+        {"queues": "default"},
+        {"max_jobs": 0},
+    ],
+)
+def test_bad_worker_options_raise_configuration_error(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        Worker(JobQueue(MemoryStorage()), **kwargs)
+
+
+# -- polling and waking ---------------------------------------------------------------------
+
+
+class RecordingStorage(MemoryStorage):
+    """Remembers when each claim started and how many jobs it found."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[float] = []
+        self.found: list[int] = []
+
+    def claim(self, **kwargs: Any) -> Any:
+        self.claims.append(time.monotonic())
+        jobs = super().claim(**kwargs)
+        self.found.append(len(jobs))
+        return jobs
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def test_adaptive_polling_doubles_caps_and_resets_on_work() -> None:
+    storage = RecordingStorage()
+    queue = JobQueue(storage)
+    queue.register("t", lambda ctx: None)
+    worker = Worker(queue, poll_interval=0.05, max_poll_interval=0.4)
+    worker.start()
+    try:
+        wait_until(lambda: len(storage.found) >= 7, what="7 polls")
+        # Put a job in behind the queue's back, so no wake-up: only polling finds it.
+        storage.enqueue([make_job("t")])
+        wait_until(lambda: 1 in storage.found, what="the job to be found")
+        hit = storage.found.index(1)
+        wait_until(lambda: len(storage.found) >= hit + 4, what="polls after the job")
+    finally:
+        worker.stop()
+    idle = gaps(storage.claims[:7])
+    for seen, want in zip(idle, [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]):
+        assert want * 0.95 <= seen <= want + 0.3, idle
+    # After the poll that found the job, the worker polls again at once (more work?),
+    # then backs off starting from poll_interval again.
+    after = gaps(storage.claims[hit : hit + 4])
+    assert after[0] < 0.05 + 0.3, after
+    assert 0.05 * 0.95 <= after[1] <= 0.05 + 0.3, after
+    assert 0.1 * 0.95 <= after[2] <= 0.1 + 0.3, after
+
+
+def test_enqueue_wakes_an_idle_worker_at_once() -> None:
+    storage = RecordingStorage()
+    queue = JobQueue(storage)
+    queue.register("t", lambda ctx: "woken")
+    worker = Worker(queue, poll_interval=30, max_poll_interval=30)
+    worker.start()
+    try:
+        wait_until(lambda: storage.claims and worker._idle, what="worker to go idle")
+        job_id = queue.enqueue("t")
+        # Without the wake-up the next poll would be 30 s away.
+        wait_until(lambda: finished(queue, job_id), timeout=5)
+    finally:
+        worker.stop()
+    assert queue.get_job(job_id).result == "woken"
+
+
+def test_stop_wakes_a_sleeping_worker_at_once() -> None:
+    storage = RecordingStorage()
+    queue = JobQueue(storage)
+    worker = Worker(queue, poll_interval=30, max_poll_interval=30)
+    worker.start()
+    wait_until(lambda: storage.claims or worker._idle, what="worker to go idle")
+    began = time.monotonic()
+    assert worker.stop(timeout=10)
+    assert time.monotonic() - began < 5  # far less than the 30 s poll interval
+
+
+# -- graceful stop --------------------------------------------------------------------------
+
+
+def test_stop_waits_for_the_current_job(queue: JobQueue) -> None:
+    started = threading.Event()
+
+    @queue.handler("long")
+    def long(ctx: JobContext) -> str:
+        started.set()
+        time.sleep(0.5)
+        return "finished"
+
+    job_id = queue.enqueue("long")
+    worker = Worker(queue, poll_interval=0.01)
+    worker.start()
+    assert started.wait(10)
+    assert worker.stop(timeout=10)
+    job = queue.get_job(job_id)
+    assert (job.status, job.result) == ("completed", "finished")
+
+
+def test_stop_gives_up_on_a_stuck_job_which_is_later_rescued(queue: JobQueue) -> None:
+    started, release = threading.Event(), threading.Event()
+    results: list[str] = []
+
+    @queue.handler("stuck")
+    def stuck(ctx: JobContext) -> str:
+        if ctx.attempt == 1:
+            started.set()
+            release.wait(30)  # stuck, ignoring the abort signal
+            results.append("first attempt returned")
+            return "stale"
+        return "rescued"
+
+    job_id = queue.enqueue("stuck")
+    first = Worker(queue, poll_interval=0.01, lease_seconds=1.0)
+    first.start()
+    assert started.wait(10)
+    began = time.monotonic()
+    assert first.stop(timeout=0.3)
+    assert 0.3 <= time.monotonic() - began < 2.0
+    assert queue.get_job(job_id).status == "running"  # still leased, not lost
+    second = Worker(queue, poll_interval=0.05, max_poll_interval=0.1, lease_seconds=1.0)
+    second.start()
+    try:
+        wait_until(lambda: finished(queue, job_id), timeout=10)
+        release.set()  # the abandoned handler returns now; its result must not count
+        wait_until(lambda: results, what="abandoned handler to return")
+    finally:
+        release.set()
+        second.stop()
+    job = queue.get_job(job_id)
+    assert (job.status, job.result, job.attempts) == ("completed", "rescued", 2)
+    assert job.last_error is not None and "lease expired" in job.last_error
+
+
+# -- many threads -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_eight_workers_drain_two_thousand_jobs_exactly_once(queue: JobQueue) -> None:
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    @queue.handler("count")
+    def count(ctx: JobContext) -> int:
+        with lock:
+            seen.append(ctx.job.id)
+        return int(ctx.payload["n"])
+
+    ids = queue.enqueue_many(JobSpec(type="count", payload={"n": n}) for n in range(2000))
+    workers = [Worker(queue, poll_interval=0.01, max_poll_interval=0.05) for _ in range(8)]
+    for w in workers:
+        w.start()
+    try:
+        wait_until(lambda: queue.counts()["default"]["completed"] == 2000, timeout=240)
+    finally:
+        for w in workers:
+            w.stop()
+    assert Counter(seen) == Counter(ids)  # every job ran, and exactly once
+    assert queue.counts()["default"] == {
+        "pending": 0,
+        "running": 0,
+        "completed": 2000,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    assert sum(w.jobs_processed for w in workers) == 2000
+    assert sum(1 for w in workers if w.jobs_processed) > 1
