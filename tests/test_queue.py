@@ -172,7 +172,7 @@ def test_enqueue_many_returns_ids_in_order(queue: JobQueue) -> None:
 
 def test_enqueue_many_writes_nothing_if_one_job_is_bad(queue: JobQueue) -> None:
     specs = [JobSpec(type="t"), JobSpec(type="t", payload={"x": math.nan}), JobSpec(type="t")]
-    with pytest.raises(PayloadError, match="^job 1: "):
+    with pytest.raises(PayloadError, match=r"^job 1: "):
         queue.enqueue_many(specs)
     with pytest.raises(InvalidJobError, match="item 1 is a tuple"):
         queue.enqueue_many([JobSpec(type="t"), ("t", {})])  # type: ignore[list-item]

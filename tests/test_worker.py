@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections import Counter
@@ -55,10 +56,11 @@ def test_current_job_and_progress_are_visible_while_running(queue: JobQueue) -> 
 
     job_id = queue.enqueue("long")
     worker = Worker(queue, poll_interval=0.01)
-    assert worker.current_job is None
+    idle_before = worker.current_job
     worker.start()
     try:
         assert started.wait(10)
+        assert idle_before is None
         current = worker.current_job
         assert current is not None and current.id == job_id
         assert current.status == "running"
@@ -355,7 +357,7 @@ class RecordingStorage(MemoryStorage):
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_adaptive_polling_doubles_caps_and_resets_on_work() -> None:
@@ -374,7 +376,7 @@ def test_adaptive_polling_doubles_caps_and_resets_on_work() -> None:
     finally:
         worker.stop()
     idle = gaps(storage.claims[:7])
-    for seen, want in zip(idle, [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]):
+    for seen, want in zip(idle, [0.05, 0.1, 0.2, 0.4, 0.4, 0.4], strict=True):
         assert want * 0.95 <= seen <= want + 0.3, idle
     # After the poll that found the job, the worker polls again at once (more work?),
     # then backs off starting from poll_interval again.
