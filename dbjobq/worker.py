@@ -323,6 +323,7 @@ class Worker:
             raise RuntimeError("run_until_empty() cannot be used while the worker runs")
         self.queue.initialize()
         before = self.jobs_processed
+        self._last_rescue = -math.inf  # always look for expired leases first
         while not self._stopping.is_set() and not self._reached_max_jobs():
             self._rescue_if_due()
             jobs = self._claim()

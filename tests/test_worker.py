@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from dbjobq import (
     JobQueue,
     JobSpec,
     JobValidationError,
+    StorageError,
     Worker,
 )
 from dbjobq.storage import MemoryStorage
@@ -502,3 +504,86 @@ def test_eight_workers_drain_two_thousand_jobs_exactly_once(queue: JobQueue) -> 
     }
     assert sum(w.jobs_processed for w in workers) == 2000
     assert sum(1 for w in workers if w.jobs_processed) > 1
+
+
+# -- storage trouble ----------------------------------------------------------------------
+
+
+class FlakyStorage(MemoryStorage):
+    """Fails the first few calls of chosen methods with StorageError."""
+
+    def __init__(self, **failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.calls: Counter[str] = Counter()
+
+    def _maybe_fail(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.calls[name] <= self.failures.get(name, 0):
+            raise StorageError(f"{name}: connection lost (simulated)")
+
+    def claim(self, **kwargs: Any) -> Any:
+        self._maybe_fail("claim")
+        return super().claim(**kwargs)
+
+    def complete(self, job_id: str, token: str, *, result: Any) -> bool:
+        self._maybe_fail("complete")
+        return super().complete(job_id, token, result=result)
+
+    def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
+        self._maybe_fail("heartbeat")
+        return super().heartbeat(job_id, token, lease_seconds=lease_seconds)
+
+
+def test_worker_survives_failing_polls_and_logs_them_once(caplog: pytest.LogCaptureFixture) -> None:
+    storage = FlakyStorage(claim=8)
+    queue = JobQueue(storage)
+    queue.register("t", lambda ctx: "ok")
+    job_id = queue.enqueue("t")
+    worker = Worker(queue, poll_interval=0.01, max_poll_interval=0.02)
+    with caplog.at_level(logging.WARNING, logger="dbjobq"):
+        worker.start()
+        try:
+            wait_until(lambda: finished(queue, job_id))
+            assert worker.is_alive
+        finally:
+            worker.stop()
+    assert storage.calls["claim"] > 8
+    failed = [r for r in caplog.records if "polling failed" in r.getMessage()]
+    recovered = [
+        r for r in caplog.records if "polling recovered after 8 failures" in r.getMessage()
+    ]
+    assert (len(failed), len(recovered)) == (1, 1)
+
+
+def test_a_failed_completion_write_is_retried_while_the_lease_holds() -> None:
+    storage = FlakyStorage(complete=3)
+    queue = JobQueue(storage)
+    queue.register("t", lambda ctx: "recorded")
+    job_id = queue.enqueue("t")
+    assert Worker(queue, lease_seconds=5).run_until_empty() == 1
+    job = queue.get_job(job_id)
+    assert (job.status, job.result, job.attempts) == ("completed", "recorded", 1)
+    assert storage.calls["complete"] == 4
+
+
+def test_an_outcome_that_cannot_be_recorded_in_time_is_rescued_and_run_again() -> None:
+    storage = FlakyStorage(complete=1000, heartbeat=1000)
+    queue = JobQueue(storage)
+    runs: list[int] = []
+
+    @queue.handler("t")
+    def handler(ctx: JobContext) -> str:
+        runs.append(ctx.attempt)
+        time.sleep(0.2)  # outlives the lease: every heartbeat fails
+        return "recorded"
+
+    job_id = queue.enqueue("t")
+    worker = Worker(queue, lease_seconds=0.15)
+    assert worker.run_until_empty() == 1
+    assert queue.get_job(job_id).status == "running"  # outcome not recorded, lease lapsed
+    storage.failures.clear()
+    assert worker.run_until_empty() == 1  # rescued, then run again
+    job = queue.get_job(job_id)
+    assert (job.status, job.result, job.attempts) == ("completed", "recorded", 2)
+    assert runs == [1, 2]

@@ -400,20 +400,10 @@ class SQLAlchemyStorage(Storage):
         if not queues or (types is not None and not types) or limit < 1:
             return []
         c = self._jobs.c
-        conditions = [c.status == PENDING, c.queue.in_(list(queues)), c.run_at <= db_now()]
-        if types is not None:
-            conditions.append(c.type.in_(sorted(types)))
         # The CTE is an optimisation fence: PostgreSQL evaluates the locking SELECT
         # once, so LIMIT really bounds how many rows the UPDATE takes. SQLite ignores
         # FOR UPDATE; BEGIN IMMEDIATE already makes the statement exclusive there.
-        ready = (
-            sa.select(c.id)
-            .where(*conditions)
-            .order_by(c.priority.desc(), c.run_at, c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("ready")
-        )
+        ready = self._ready(queues, types, limit).cte("ready")
         stmt = (
             sa.update(self._jobs)
             .where(c.id == ready.c.id)
@@ -437,6 +427,22 @@ class SQLAlchemyStorage(Storage):
         claimed = self._run("claim", run, write=True)
         claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         return claimed
+
+    def _ready(
+        self, queues: Sequence[str], types: Collection[str] | None, limit: int
+    ) -> sa.Select[tuple[str]]:
+        """The due jobs a claim takes, in claim order, locked and skipping locked rows."""
+        c = self._jobs.c
+        conditions = [c.status == PENDING, c.queue.in_(list(queues)), c.run_at <= db_now()]
+        if types is not None:
+            conditions.append(c.type.in_(sorted(types)))
+        return (
+            sa.select(c.id)
+            .where(*conditions)
+            .order_by(c.priority.desc(), c.run_at, c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
 
     def _update_held(self, what: str, job_id: str, token: str, values: Mapping[str, Any]) -> bool:
         stmt = sa.update(self._jobs).where(self._held(job_id, token)).values(**values)

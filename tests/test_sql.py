@@ -1,0 +1,251 @@
+"""What only the SQL backend does: schema, SQLite locking, PostgreSQL plans, lost connections."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dbjobq import ConfigurationError, JobContext, JobQueue, JobSpec, StorageError, Worker
+from dbjobq.storage import SQLAlchemyStorage
+from dbjobq.testing import make_job
+
+from .conftest import StorageConfig
+from .helpers import wait_until
+
+
+def statements_of(storage: SQLAlchemyStorage) -> list[str]:
+    seen: list[str] = []
+    sa.event.listen(
+        storage.engine, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt)
+    )
+    return seen
+
+
+def claim_statement(storage: SQLAlchemyStorage) -> str:
+    seen = statements_of(storage)
+    storage.claim(queues=["default"], worker_id="w", lease_seconds=60, types={"task"})
+    return next(s for s in seen if "UPDATE" in s)
+
+
+# -- SQLite ------------------------------------------------------------------------------
+
+
+def test_sqlite_file_is_in_wal_mode(sqlite_storage: SQLAlchemyStorage) -> None:
+    with sqlite_storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_sqlite_writes_begin_immediate_and_reads_do_not(sqlite_storage: SQLAlchemyStorage) -> None:
+    seen = statements_of(sqlite_storage)
+    sqlite_storage.enqueue([make_job()])
+    assert seen[0] == "BEGIN IMMEDIATE"
+    seen.clear()
+    sqlite_storage.list_jobs()
+    assert seen[0] == "BEGIN"
+
+
+def claim_plan(storage: SQLAlchemyStorage) -> str:
+    """The database's plan for the SELECT that a claim runs."""
+    query = storage._ready(["default"], {"task"}, 1)
+    with storage.engine.connect() as conn:
+        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        explain = "EXPLAIN QUERY PLAN " if storage.engine.dialect.name == "sqlite" else "EXPLAIN "
+        return "\n".join(str(row[-1]) for row in conn.exec_driver_sql(explain + sql))
+
+
+def test_sqlite_claim_uses_the_partial_index(sqlite_storage: SQLAlchemyStorage) -> None:
+    sqlite_storage.enqueue([make_job()])
+    assert "dbjobq_jobs_claim" in claim_plan(sqlite_storage)
+
+
+def test_threads_and_a_second_connection_never_see_database_is_locked(
+    sqlite_config: StorageConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writers from two storage objects (two pools) and eight threads share one file."""
+    first, second = sqlite_config.open(), sqlite_config.open()
+    first.initialize()
+    second.initialize()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def hammer(storage: SQLAlchemyStorage) -> None:
+        try:
+            barrier.wait()
+            for _ in range(40):
+                storage.enqueue([make_job()])
+                for job in storage.claim(queues=["default"], worker_id="w", lease_seconds=60):
+                    storage.complete(job.id, job.lease_token or "", result=None)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=hammer, args=(s,)) for s in [first, second] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(first.list_jobs(limit=None)) == 320
+    assert "locked" not in caplog.text
+    first.close()
+    second.close()
+
+
+def test_in_memory_sqlite_is_shared_by_threads() -> None:
+    queue = JobQueue("sqlite://")
+    queue.register("t", lambda ctx: ctx.payload["n"])
+    ids = queue.enqueue_many(JobSpec(type="t", payload={"n": n}) for n in range(50))
+    workers = [Worker(queue, poll_interval=0.01) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        wait_until(lambda: queue.counts()["default"]["completed"] == 50)
+    finally:
+        for w in workers:
+            w.stop()
+    assert [queue.get_job(i).result for i in ids] == list(range(50))
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_newer_schema_version_is_refused(request: pytest.FixtureRequest, backend: str) -> None:
+    config: StorageConfig = request.getfixturevalue(f"{backend}_config")
+    storage = config.open()
+    storage.initialize()
+    with storage.engine.begin() as conn:
+        conn.execute(sa.update(storage._version).values(version=99))
+    fresh = config.open()
+    with pytest.raises(ConfigurationError, match="schema version 99"):
+        fresh.initialize()
+    storage.close()
+    fresh.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_first_use_creates_the_schema_once(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    config: StorageConfig = request.getfixturevalue(f"{backend}_config")
+    storages = [config.open() for _ in range(6)]
+    barrier = threading.Barrier(len(storages))
+    errors: list[BaseException] = []
+
+    def init(storage: SQLAlchemyStorage) -> None:
+        try:
+            barrier.wait()
+            storage.initialize()
+            storage.enqueue([make_job()])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=init, args=(s,)) for s in storages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(storages[0].list_jobs()) == 6
+    with storages[0].engine.connect() as conn:
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(storages[0]._version)).scalar() == 1
+        )
+    for s in storages:
+        s.close()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+
+def test_postgres_claim_uses_an_index_however_many_jobs_finished(
+    postgres_storage: SQLAlchemyStorage,
+) -> None:
+    storage = postgres_storage
+    table = storage._jobs
+    storage.enqueue([make_job() for _ in range(20_000)])
+    with storage.engine.begin() as conn:
+        conn.execute(sa.update(table).values(status="completed", finished_at=sa.func.now()))
+    storage.enqueue([make_job() for _ in range(10)])
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql(f"ANALYZE {storage.schema}.{table.name}")
+    assert "SKIP LOCKED" in claim_statement(storage)
+    plan = claim_plan(storage)
+    assert "Seq Scan" not in plan, plan
+    assert "Index" in plan, plan
+
+
+def test_postgres_survives_killed_connections(
+    postgres_storage: SQLAlchemyStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = JobQueue(postgres_storage)
+    queue.register("t", lambda ctx: "ok")
+    ids = queue.enqueue_many(JobSpec(type="t") for _ in range(200))
+    admin = sa.create_engine(postgres_storage.engine.url, poolclass=sa.pool.NullPool)
+    worker = Worker(queue, poll_interval=0.01, max_poll_interval=0.05)
+    worker.start()
+    killed = 0
+    try:
+        while killed < 5 and queue.counts()["default"]["completed"] < 150:
+            with admin.begin() as conn:
+                killed += len(
+                    conn.exec_driver_sql(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND backend_type = 'client backend'"
+                    ).all()
+                )
+        assert killed >= 1
+        wait_until(lambda: queue.counts()["default"]["completed"] == 200, timeout=60)
+        assert worker.is_alive
+    finally:
+        worker.stop()
+        admin.dispose()
+    assert {queue.get_job(i).status for i in ids} == {"completed"}
+
+
+def test_unreachable_database_raises_storage_error_without_the_password() -> None:
+    storage = SQLAlchemyStorage(
+        "postgresql://postgres:hunter2@127.0.0.1:1/nowhere",
+        engine_options={"connect_args": {"connect_timeout": 2}},
+    )
+    with pytest.raises(StorageError) as info:
+        storage.initialize()
+    assert "hunter2" not in str(info.value)
+    assert info.value.__cause__ is not None
+
+
+def test_worker_keeps_running_while_the_database_is_unreachable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SQLite file that vanishes and comes back: the worker logs, backs off, resumes."""
+    db = tmp_path / "jobs.db"
+    queue = JobQueue(f"sqlite:///{db}")
+    done: list[int] = []
+
+    @queue.handler("t")
+    def handler(ctx: JobContext) -> None:
+        done.append(ctx.payload["n"])
+
+    queue.initialize()
+    worker = Worker(queue, poll_interval=0.01, max_poll_interval=0.05)
+    with caplog.at_level(logging.ERROR, logger="dbjobq"):
+        # Make the directory unreadable-by-SQLite: replace the file with a directory.
+        queue.storage.close()
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"jobs.db{suffix}").unlink(missing_ok=True)
+        db.mkdir()
+        worker.start()
+        wait_until(lambda: "polling failed" in caplog.text, what="the failure to be logged")
+        db.rmdir()
+        queue2 = JobQueue(f"sqlite:///{db}")
+        queue2.initialize()
+        queue2.enqueue("t", {"n": 1})
+        wait_until(lambda: done == [1], timeout=20, what="the worker to recover")
+        assert worker.is_alive
+        worker.stop()
+    failures = [r for r in caplog.records if "polling" in r.getMessage()]
+    assert 1 <= len(failures) <= 3  # logged once, not once per poll
