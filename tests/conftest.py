@@ -1,9 +1,10 @@
 """Backends for the test suite: memory, SQLite files, and PostgreSQL when configured.
 
-PostgreSQL tests read the server URL from DBJOBQ_TEST_POSTGRES_URL. Each test session
-works in a schema of its own (dropped at the end) and each test in tables of its own,
-so concurrent runs against one database do not collide. When the variable is set, a
-server that cannot be reached fails the tests instead of skipping them.
+PostgreSQL tests read the server URL from DBJOBQ_TEST_POSTGRES_URL, MySQL/MariaDB tests
+from DBJOBQ_TEST_MYSQL_URL. Each test session works in a schema (a database on MySQL)
+of its own, dropped at the end, and each test in tables of its own, so concurrent runs
+against one server do not collide. When a variable is set, a server that cannot be
+reached fails the tests instead of skipping them.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import sqlalchemy as sa
 from dbjobq import JobQueue, RetryPolicy
 from dbjobq.storage import MemoryStorage, SQLAlchemyStorage, Storage
 
-BACKENDS = ["memory", "sqlite", "postgres"]
+BACKENDS = ["memory", "sqlite", "postgres", "mysql"]
 POSTGRES_URL = os.environ.get("DBJOBQ_TEST_POSTGRES_URL")
+MYSQL_URL = os.environ.get("DBJOBQ_TEST_MYSQL_URL")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,20 @@ def postgres_schema() -> Iterator[tuple[str, str]]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def mysql_database() -> Iterator[tuple[str, str]]:
+    if not MYSQL_URL:
+        pytest.skip("set DBJOBQ_TEST_MYSQL_URL to run the MySQL/MariaDB tests")
+    database = f"dbjobq_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = SQLAlchemyStorage(MYSQL_URL).engine
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    yield MYSQL_URL, database
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {database}")
+    engine.dispose()
+
+
 @pytest.fixture
 def sqlite_config(tmp_path: Path) -> StorageConfig:
     return StorageConfig(f"sqlite:///{tmp_path / 'jobs.db'}")
@@ -59,6 +75,12 @@ def sqlite_config(tmp_path: Path) -> StorageConfig:
 def postgres_config(postgres_schema: tuple[str, str]) -> StorageConfig:
     url, schema = postgres_schema
     return StorageConfig(url, table_prefix=f"t{uuid.uuid4().hex[:10]}_", schema=schema)
+
+
+@pytest.fixture
+def mysql_config(mysql_database: tuple[str, str]) -> StorageConfig:
+    url, database = mysql_database
+    return StorageConfig(url, table_prefix=f"t{uuid.uuid4().hex[:10]}_", schema=database)
 
 
 def _opened(config: StorageConfig) -> Iterator[SQLAlchemyStorage]:
@@ -86,6 +108,11 @@ def postgres_storage(postgres_config: StorageConfig) -> Iterator[SQLAlchemyStora
     yield from _opened(postgres_config)
 
 
+@pytest.fixture
+def mysql_storage(mysql_config: StorageConfig) -> Iterator[SQLAlchemyStorage]:
+    yield from _opened(mysql_config)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -97,7 +124,7 @@ def storage(request: pytest.FixtureRequest, backend: str) -> Storage:
     return request.getfixturevalue(f"{backend}_storage")  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
 def sql_config(request: pytest.FixtureRequest) -> Iterator[StorageConfig]:
     """A database shared by several processes: a SQLite file or PostgreSQL tables."""
     config: StorageConfig = request.getfixturevalue(f"{request.param}_config")

@@ -112,7 +112,7 @@ def test_in_memory_sqlite_is_shared_by_threads() -> None:
 # -- schema ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_a_newer_schema_version_is_refused(request: pytest.FixtureRequest, backend: str) -> None:
     config: StorageConfig = request.getfixturevalue(f"{backend}_config")
     storage = config.open()
@@ -126,7 +126,7 @@ def test_a_newer_schema_version_is_refused(request: pytest.FixtureRequest, backe
     fresh.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_concurrent_first_use_creates_the_schema_once(
     request: pytest.FixtureRequest, backend: str
 ) -> None:

@@ -35,3 +35,9 @@ class TestPostgresStorage(StorageContract):
     @pytest.fixture
     def storage(self, postgres_storage: SQLAlchemyStorage) -> Storage:
         return postgres_storage
+
+
+class TestMySQLStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, mysql_storage: SQLAlchemyStorage) -> Storage:
+        return mysql_storage

@@ -474,7 +474,7 @@ def test_stop_gives_up_on_a_stuck_job_which_is_later_rescued(queue: JobQueue) ->
 # -- many threads -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
 def test_eight_workers_drain_two_thousand_jobs_exactly_once(queue: JobQueue) -> None:
     seen: list[str] = []
     lock = threading.Lock()

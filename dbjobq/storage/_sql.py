@@ -142,11 +142,15 @@ RUNNING: sa.ColumnElement[str] = sa.literal_column("'running'")
 UNFINISHED = (PENDING, RUNNING)
 
 
-def build_tables(metadata: sa.MetaData, prefix: str) -> tuple[sa.Table, sa.Table]:
-    """Define the jobs table, its indexes and the schema-version table."""
-    jobs = sa.Table(
-        f"{prefix}jobs",
-        metadata,
+def _long_text() -> sa.types.TypeEngine[str]:
+    # MySQL's TEXT holds 64 KiB; a long traceback must not fail the write.
+    return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def build_tables(metadata: sa.MetaData, prefix: str, backend: str) -> tuple[sa.Table, sa.Table]:
+    """Define the jobs table, its indexes and the schema-version table for a backend."""
+    on_mysql = backend in ("mysql", "mariadb")
+    columns: list[sa.Column[Any]] = [
         sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("type", sa.String(200), nullable=False),
         sa.Column("queue", sa.String(200), nullable=False),
@@ -163,42 +167,62 @@ def build_tables(metadata: sa.MetaData, prefix: str) -> tuple[sa.Table, sa.Table
         sa.Column("payload", _json(), nullable=False),
         sa.Column("result", _json()),
         sa.Column("meta", _json(), nullable=False),
-        sa.Column("last_error", sa.Text),
+        sa.Column("last_error", _long_text()),
         sa.Column("unique_key", sa.String(255)),
         sa.Column("progress", sa.Double),
-        sa.Column("progress_message", sa.Text),
+        sa.Column("progress_message", _long_text()),
         sa.Column("worker_id", sa.String(255)),
         sa.Column("lease_token", sa.String(32)),
         sa.Column("lease_expires_at", UTCDateTime),
-    )
+    ]
+    if on_mysql:
+        # MySQL has no partial indexes. A stored column that holds the unique key only
+        # while the job is unfinished, under a unique index (which allows many NULLs),
+        # gives the same "unique among unfinished jobs" rule.
+        columns.append(
+            sa.Column(
+                "active_unique_key",
+                sa.String(255),
+                sa.Computed(
+                    "CASE WHEN status IN ('pending', 'running') THEN unique_key END",
+                    persisted=True,
+                ),
+            )
+        )
+    jobs = sa.Table(f"{prefix}jobs", metadata, *columns)
     c = jobs.c
     pending = c.status == PENDING
     running = c.status == RUNNING
     unfinished = sa.and_(c.unique_key.is_not(None), c.status.in_(UNFINISHED))
-    # The claim query walks this index in order and stops after LIMIT rows; being
-    # partial, it holds only the ready set however many finished jobs pile up.
-    sa.Index(
-        f"{prefix}jobs_claim",
-        c.queue,
-        c.priority.desc(),
-        c.run_at,
-        c.id,
-        postgresql_where=pending,
-        sqlite_where=pending,
-    )
-    sa.Index(
-        f"{prefix}jobs_lease",
-        c.lease_expires_at,
-        postgresql_where=running,
-        sqlite_where=running,
-    )
-    sa.Index(
-        f"{prefix}jobs_unique",
-        c.unique_key,
-        unique=True,
-        postgresql_where=unfinished,
-        sqlite_where=unfinished,
-    )
+    if on_mysql:
+        sa.Index(f"{prefix}jobs_claim", c.status, c.queue, c.priority.desc(), c.run_at, c.id)
+        sa.Index(f"{prefix}jobs_lease", c.status, c.lease_expires_at)
+        sa.Index(f"{prefix}jobs_unique", c.active_unique_key, unique=True)
+    else:
+        # The claim query walks this index in order and stops after LIMIT rows; being
+        # partial, it holds only the ready set however many finished jobs pile up.
+        sa.Index(
+            f"{prefix}jobs_claim",
+            c.queue,
+            c.priority.desc(),
+            c.run_at,
+            c.id,
+            postgresql_where=pending,
+            sqlite_where=pending,
+        )
+        sa.Index(
+            f"{prefix}jobs_lease",
+            c.lease_expires_at,
+            postgresql_where=running,
+            sqlite_where=running,
+        )
+        sa.Index(
+            f"{prefix}jobs_unique",
+            c.unique_key,
+            unique=True,
+            postgresql_where=unfinished,
+            sqlite_where=unfinished,
+        )
     sa.Index(f"{prefix}jobs_status", c.status, c.queue, c.id)
     sa.Index(f"{prefix}jobs_finished", c.status, c.finished_at)
     version = sa.Table(

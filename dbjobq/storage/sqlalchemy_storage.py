@@ -1,4 +1,4 @@
-"""SQLAlchemyStorage: jobs in a SQLite or PostgreSQL table."""
+"""SQLAlchemyStorage: jobs in a SQLite, PostgreSQL or MySQL/MariaDB table."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -44,7 +44,10 @@ _DRIVERS = {
     # backend: (default driver, extra that installs it, driver's module name)
     "postgresql": ("psycopg", "postgres", "psycopg"),
     "sqlite": ("pysqlite", "", "sqlite3"),
+    "mysql": ("pymysql", "mysql", "pymysql"),
+    "mariadb": ("pymysql", "mysql", "pymysql"),
 }
+_MYSQL = ("mysql", "mariadb")
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 _RETRIES = 5  # transient errors retried inside one call before StorageError
 
@@ -74,7 +77,7 @@ def _is_transient(error: exc.DBAPIError) -> bool:
 
 
 class SQLAlchemyStorage(Storage):
-    """Stores jobs in a table of a SQLite or PostgreSQL database.
+    """Stores jobs in a table of a SQLite, PostgreSQL or MySQL/MariaDB database.
 
     * **SQLite** (`sqlite:///path/jobs.db`, the embedded default): the file is put in
       WAL mode; every write is a short `BEGIN IMMEDIATE` transaction with a busy
@@ -84,16 +87,18 @@ class SQLAlchemyStorage(Storage):
     * **PostgreSQL** (`postgresql://...`, driver psycopg 3 from the `postgres` extra):
       jobs are claimed with `FOR UPDATE SKIP LOCKED`, so any number of processes on
       any number of hosts share one table.
+    * **MySQL 8+ / MariaDB 10.6+** (`mysql://...` or `mariadb://...`, driver PyMySQL
+      from the `mysql` extra): the same, in READ COMMITTED transactions.
 
     Times (`run_at`, leases) come from the database clock. Tables are created on first
     use (`initialize`), named `<table_prefix>jobs` and `<table_prefix>schema`.
 
     Args:
         url: A database URL or an existing SQLAlchemy `Engine`. A URL without a
-            driver uses psycopg for PostgreSQL.
+            driver uses psycopg for PostgreSQL and PyMySQL for MySQL/MariaDB.
         table_prefix: Prefix of the table and index names (letters, digits, `_`).
-        schema: PostgreSQL schema holding the tables (created if missing);
-            `None` uses the connection's search path.
+        schema: PostgreSQL schema holding the tables (created if missing), or the
+            MySQL database; `None` uses the connection's default.
         busy_timeout: SQLite only: seconds a writer waits for the file lock.
         engine_options: Extra keyword arguments for `sqlalchemy.create_engine`.
 
@@ -123,18 +128,20 @@ class SQLAlchemyStorage(Storage):
         self._backend = self._engine.dialect.name
         if self._backend not in _DRIVERS:
             raise ConfigurationError(
-                f"SQLAlchemyStorage supports SQLite and PostgreSQL, not {self._backend!r}"
+                "SQLAlchemyStorage supports SQLite, PostgreSQL and MySQL/MariaDB, "
+                f"not {self._backend!r}"
             )
         if self._backend == "sqlite" and self.schema is not None:
             raise ConfigurationError("schema is not supported on SQLite; use table_prefix")
         self._is_sqlite = self._backend == "sqlite"
+        self._is_mysql = self._backend in _MYSQL
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
         # One shared connection (StaticPool) can only run one transaction at a time.
         self._serial = threading.RLock() if memory else None
         if self._is_sqlite:
             self._install_sqlite_hooks(self._engine, wal=not memory)
         metadata = sa.MetaData(schema=self.schema)
-        self._jobs, self._version = build_tables(metadata, self.table_prefix)
+        self._jobs, self._version = build_tables(metadata, self.table_prefix, self._backend)
         self._metadata = metadata
         self._initialized = False
         self._init_lock = threading.Lock()
@@ -153,7 +160,7 @@ class SQLAlchemyStorage(Storage):
             raise ConfigurationError(
                 f"unsupported database {backend!r} in "
                 f"{parsed.render_as_string(hide_password=True)!r}; "
-                "use sqlite:///path.db or postgresql://user@host/db"
+                "use sqlite:///path.db, postgresql://user@host/db or mysql://user@host/db"
             )
         default_driver, extra, module = _DRIVERS[backend]
         if parsed.drivername == backend:
@@ -166,8 +173,15 @@ class SQLAlchemyStorage(Storage):
                 options.setdefault("poolclass", StaticPool)
         else:
             options.setdefault("pool_pre_ping", True)
-            if parsed.get_driver_name() == "psycopg":
+            if parsed.get_driver_name() in ("psycopg", "pymysql"):
                 connect_args.setdefault("connect_timeout", 10)
+        if backend in _MYSQL:
+            # Each statement sees the latest committed rows (REPEATABLE READ would pin
+            # a snapshot); servers drop idle connections after wait_timeout.
+            options.setdefault("isolation_level", "READ COMMITTED")
+            options.setdefault("pool_recycle", 3600)
+            if "charset" not in parsed.query:
+                parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         try:
             return sa.create_engine(parsed, connect_args=connect_args, **options)
         except exc.NoSuchModuleError as error:
@@ -227,14 +241,29 @@ class SQLAlchemyStorage(Storage):
                 self._initialized = True
 
     def _create_schema(self, conn: Connection) -> None:
+        lock_name = f"dbjobq:{self.schema}:{self.table_prefix}"
         if self._backend == "postgresql":
             # Concurrent CREATE ... IF NOT EXISTS can still collide in PostgreSQL's
             # catalogs; one advisory lock per table set serialises first start-ups.
-            key = zlib.crc32(f"dbjobq:{self.schema}:{self.table_prefix}".encode())
+            key = zlib.crc32(lock_name.encode())
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
             if self.schema is not None:
                 conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        elif self._is_mysql:
+            # DDL commits implicitly in MySQL, so a session lock does the serialising.
+            got = conn.execute(sa.text("SELECT GET_LOCK(:n, 60)"), {"n": lock_name}).scalar()
+            if got != 1:
+                raise StorageError("timed out waiting for another process creating the tables")
+            try:
+                self._metadata.create_all(conn, checkfirst=True)
+                self._check_version(conn)
+            finally:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
+            return
         self._metadata.create_all(conn, checkfirst=True)
+        self._check_version(conn)
+
+    def _check_version(self, conn: Connection) -> None:
         found = conn.execute(sa.select(sa.func.max(self._version.c.version))).scalar()
         if found is None:
             conn.execute(sa.insert(self._version).values(version=SCHEMA_VERSION))
@@ -307,9 +336,14 @@ class SQLAlchemyStorage(Storage):
         )
 
     def _insert(self) -> Any:
+        """INSERT that skips rows clashing with the primary key or an active unique key."""
         if self._backend == "postgresql":
-            return postgresql.insert(self._jobs)
-        return sqlite.insert(self._jobs)
+            return postgresql.insert(self._jobs).on_conflict_do_nothing()
+        if self._is_mysql:
+            # Not INSERT IGNORE: that also downgrades real errors to warnings.
+            # "id = id" keeps the existing row as it is (VALUES(id) would rename it).
+            return mysql.insert(self._jobs).on_duplicate_key_update(id=self._jobs.c.id)
+        return sqlite.insert(self._jobs).on_conflict_do_nothing()
 
     def _held(self, job_id: str, token: str) -> sa.ColumnElement[bool]:
         c = self._jobs.c
@@ -327,24 +361,21 @@ class SQLAlchemyStorage(Storage):
         if not jobs:
             return []
         c = self._jobs.c
-        # ON CONFLICT DO NOTHING without a target covers both the primary key (a
-        # retried call after a lost commit acknowledgement inserts nothing twice) and
-        # the partial unique index on unfinished unique keys.
-        stmt = (
-            self._insert()
-            .values(
-                run_at=sa.func.coalesce(
-                    sa.bindparam("p_run_at", type_=c.run_at.type),
-                    db_now_plus(sa.bindparam("p_delay", type_=sa.Double())),
-                ),
-                created_at=db_now(),
-                updated_at=db_now(),
-                status=PENDING,
-                attempts=0,
-            )
-            .on_conflict_do_nothing()
-            .returning(c.id)
+        # The INSERT skips rows that clash with the primary key (a retry after a lost
+        # commit acknowledgement inserts nothing twice) or with the unique index on
+        # unfinished unique keys; the loop below finds out who holds such a key.
+        stmt = self._insert().values(
+            run_at=sa.func.coalesce(
+                sa.bindparam("p_run_at", type_=c.run_at.type),
+                db_now_plus(sa.bindparam("p_delay", type_=sa.Double())),
+            ),
+            created_at=db_now(),
+            updated_at=db_now(),
+            status=PENDING,
+            attempts=0,
         )
+        if not self._is_mysql:
+            stmt = stmt.returning(c.id)
         rows = [
             {
                 "id": j.id,
@@ -363,30 +394,35 @@ class SQLAlchemyStorage(Storage):
         ]
 
         def run(conn: Connection) -> list[str]:
-            inserted = set(conn.execute(stmt, rows).scalars())
+            done = conn.execute(stmt, rows)
+            inserted = set() if self._is_mysql else set(done.scalars())
             result: list[str] = []
             for job, row in zip(jobs, rows, strict=True):
-                if job.id in inserted or job.unique_key is None:
-                    # Not inserted and no unique key: the same id was stored by an
-                    # earlier try of this very call.
+                if job.unique_key is None or job.id in inserted:
                     result.append(job.id)
-                    continue
-                result.append(self._resolve_unique(conn, stmt, row))
+                else:
+                    result.append(self._resolve_unique(conn, stmt, row))
             return result
 
         return self._run("enqueue", run, write=True)
 
     def _resolve_unique(self, conn: Connection, stmt: Any, row: dict[str, Any]) -> str:
+        """Return the id of the unfinished job holding `row`'s unique key."""
         c = self._jobs.c
-        lookup = sa.select(c.id).where(c.unique_key == row["unique_key"], c.status.in_(UNFINISHED))
+        key = row["unique_key"]
+        holder = (
+            c.active_unique_key == key
+            if self._is_mysql
+            else sa.and_(c.unique_key == key, c.status.in_(UNFINISHED))
+        )
+        lookup = sa.select(c.id).where(holder)
         for _ in range(10):
             existing = conn.execute(lookup).scalar()
             if existing is not None:
                 return str(existing)
             # The holder finished between our insert and the lookup: insert again.
-            if conn.execute(stmt, [row]).scalar() is not None:
-                return str(row["id"])
-        raise StorageError(f"unique key {row['unique_key']!r} keeps changing hands")
+            conn.execute(stmt, [row])
+        raise StorageError(f"unique key {key!r} keeps changing hands")
 
     def claim(
         self,
@@ -400,33 +436,61 @@ class SQLAlchemyStorage(Storage):
         if not queues or (types is not None and not types) or limit < 1:
             return []
         c = self._jobs.c
-        # The CTE is an optimisation fence: PostgreSQL evaluates the locking SELECT
-        # once, so LIMIT really bounds how many rows the UPDATE takes. SQLite ignores
-        # FOR UPDATE; BEGIN IMMEDIATE already makes the statement exclusive there.
-        ready = self._ready(queues, types, limit).cte("ready")
-        stmt = (
-            sa.update(self._jobs)
-            .where(c.id == ready.c.id)
-            .values(
-                status=RUNNING,
-                attempts=c.attempts + 1,
-                worker_id=worker_id,
-                lease_token=uuid.uuid4().hex,
-                lease_expires_at=db_now_plus(_seconds("lease", lease_seconds)),
-                started_at=db_now(),
-                updated_at=db_now(),
-                progress=None,
-                progress_message=None,
+        values = {
+            "status": RUNNING,
+            "attempts": c.attempts + 1,
+            "worker_id": worker_id,
+            "lease_token": uuid.uuid4().hex,
+            "lease_expires_at": db_now_plus(_seconds("lease", lease_seconds)),
+            "started_at": db_now(),
+            "updated_at": db_now(),
+            "progress": None,
+            "progress_message": None,
+        }
+        if self._is_mysql:
+            run = self._claim_in_steps(queues, types, limit, values)
+        else:
+            # The CTE is an optimisation fence: PostgreSQL evaluates the locking
+            # SELECT once, so LIMIT really bounds how many rows the UPDATE takes.
+            # SQLite ignores FOR UPDATE; BEGIN IMMEDIATE makes the statement exclusive.
+            ready = self._ready(queues, types, limit).cte("ready")
+            stmt = (
+                sa.update(self._jobs)
+                .where(c.id == ready.c.id)
+                .values(**values)
+                .returning(*self._jobs.c)
             )
-            .returning(*self._jobs.c)
-        )
 
-        def run(conn: Connection) -> list[Job]:
-            return [self._to_job(row) for row in conn.execute(stmt)]
+            def run(conn: Connection) -> list[Job]:
+                return [self._to_job(row) for row in conn.execute(stmt)]
 
         claimed = self._run("claim", run, write=True)
         claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         return claimed
+
+    def _claim_in_steps(
+        self,
+        queues: Sequence[str],
+        types: Collection[str] | None,
+        limit: int,
+        values: Mapping[str, Any],
+    ) -> Callable[[Connection], list[Job]]:
+        """Claim in three statements of one transaction: lock, update, read back.
+
+        MySQL has neither UPDATE ... RETURNING nor LIMIT inside an IN subquery.
+        """
+        c = self._jobs.c
+        select_ready = self._ready(queues, types, limit)
+
+        def run(conn: Connection) -> list[Job]:
+            ids = list(conn.execute(select_ready).scalars())
+            if not ids:
+                return []
+            conn.execute(sa.update(self._jobs).where(c.id.in_(ids)).values(**values))
+            rows = conn.execute(sa.select(self._jobs).where(c.id.in_(ids)))
+            return [self._to_job(row) for row in rows]
+
+        return run
 
     def _ready(
         self, queues: Sequence[str], types: Collection[str] | None, limit: int
