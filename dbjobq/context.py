@@ -8,8 +8,9 @@ import threading
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from dbjobq.errors import InvalidJobError
+from dbjobq.errors import InvalidJobError, StorageError
 from dbjobq.job import Job
+from dbjobq.payload import check_json
 
 if TYPE_CHECKING:
     from dbjobq.queue import JobQueue
@@ -78,15 +79,16 @@ class JobContext:
 
         The value is written to storage at once, where `JobQueue.get_job` shows it.
         If the write reveals that this worker no longer holds the job (it was
-        cancelled or rescued), `cancelled` is set.
+        cancelled or rescued), `cancelled` is set. Progress is informational: if
+        the storage cannot be reached, the failure is logged and the job goes on.
 
         Args:
             value: Any finite number; dbjobq gives it no unit.
             message: A short human-readable note.
 
         Raises:
-            InvalidJobError: If `value` is not a finite number or `message` not a str.
-            StorageError: If the storage cannot be reached.
+            InvalidJobError: If `value` is not a finite number or `message` is not
+                a str without NUL characters.
         """
         if (
             isinstance(value, bool)
@@ -94,9 +96,18 @@ class JobContext:
             or not math.isfinite(value)
         ):
             raise InvalidJobError(f"progress value must be a finite number, got {value!r}")
-        if message is not None and not isinstance(message, str):
-            raise InvalidJobError(f"progress message must be a str, got {type(message).__name__}")
-        if not self._report_progress(float(value), message):
+        if message is not None:
+            if not isinstance(message, str):
+                raise InvalidJobError(
+                    f"progress message must be a str, got {type(message).__name__}"
+                )
+            check_json(message, what="progress message")
+        try:
+            held = self._report_progress(float(value), message)
+        except StorageError as error:
+            self.logger.warning("progress not stored: %s", error)
+            return
+        if not held:
             self.cancelled.set()
 
     def __repr__(self) -> str:

@@ -534,6 +534,12 @@ class FlakyStorage(MemoryStorage):
         self._maybe_fail("heartbeat")
         return super().heartbeat(job_id, token, lease_seconds=lease_seconds)
 
+    def set_progress(
+        self, job_id: str, token: str, *, progress: float, message: str | None
+    ) -> bool:
+        self._maybe_fail("set_progress")
+        return super().set_progress(job_id, token, progress=progress, message=message)
+
 
 def test_worker_survives_failing_polls_and_logs_them_once(caplog: pytest.LogCaptureFixture) -> None:
     storage = FlakyStorage(claim=8)
@@ -587,3 +593,35 @@ def test_an_outcome_that_cannot_be_recorded_in_time_is_rescued_and_run_again() -
     job = queue.get_job(job_id)
     assert (job.status, job.result, job.attempts) == ("completed", "recorded", 2)
     assert runs == [1, 2]
+
+
+def test_progress_that_cannot_be_stored_does_not_fail_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = FlakyStorage(set_progress=1)
+    queue = JobQueue(storage)
+
+    @queue.handler("t")
+    def handler(ctx: JobContext) -> str:
+        ctx.progress(10)
+        ctx.progress(90, "nearly")
+        return "done"
+
+    job_id = queue.enqueue("t")
+    with caplog.at_level(logging.WARNING, logger="dbjobq.job"):
+        Worker(queue).run_until_empty()
+    job = queue.get_job(job_id)
+    assert (job.status, job.progress, job.progress_message) == ("completed", 90.0, "nearly")
+    assert f"[t {job_id}] progress not stored" in caplog.text
+
+
+def test_bad_progress_values_fail_the_attempt(queue: JobQueue) -> None:
+    @queue.handler("t", max_retries=0)
+    def handler(ctx: JobContext) -> None:
+        ctx.progress(float("nan"))
+
+    job_id = queue.enqueue("t")
+    Worker(queue).run_until_empty()
+    job = queue.get_job(job_id)
+    assert job.status == "failed"
+    assert job.last_error is not None and job.last_error.startswith("InvalidJobError: progress")

@@ -1,0 +1,54 @@
+"""Any strict-JSON payload comes back exactly as it went in, on every backend."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dbjobq import JobQueue
+from dbjobq.payload import check_json
+
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(text, children, max_size=5),
+    max_leaves=25,
+)
+payloads = st.dictionaries(text, json_values, max_size=6)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and of the same JSON kind all the way down (1.0 stays a float, -0.0 its sign)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=payloads)
+def test_any_valid_json_payload_round_trips_exactly(
+    queue: JobQueue, payload: dict[str, Any]
+) -> None:
+    check_json(payload)
+    job_id = queue.enqueue("echo", payload, meta={"copy": payload})
+    job = queue.get_job(job_id)
+    assert same(job.payload, payload), (job.payload, payload)
+    assert same(job.meta, {"copy": payload})
