@@ -18,6 +18,8 @@ Handlers may raise any exception; `JobError` only exists so that a handler can s
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 __all__ = [
     "ConfigurationError",
     "DBJobQError",
@@ -57,8 +59,9 @@ class InvalidJobError(DBJobQError, ValueError, TypeError):
 class PayloadError(InvalidJobError):
     r"""A payload, `meta` or handler result is not strict JSON, or is too large or too deep.
 
-    Strict JSON means: objects with string keys, arrays (`list`), strings without
-    `\\u0000`, finite numbers, booleans and `None`. Tuples, sets, bytes, dates,
+    Strict JSON means: objects with string keys, arrays (`list`), strings of valid
+    Unicode without `\u0000`, integers within 64 bits, finite floats, booleans and
+    `None`. Tuples, sets, bytes, dates,
     `NaN` and `Infinity` are rejected rather than silently converted, so a handler
     always receives exactly what was enqueued.
     """
@@ -86,8 +89,9 @@ class JobError(DBJobQError):
     Args:
         message: Why the attempt failed; stored in `Job.last_error`.
         retryable: `False` fails the job at once, whatever retries are left.
-        retry_in: Seconds to wait before the next attempt, instead of the retry
-            policy's back-off. Ignored when `retryable` is false.
+        retry_in: Seconds (or a `timedelta`) to wait before the next attempt,
+            instead of the retry policy's back-off; at most 100 years. Ignored when
+            `retryable` is false.
     """
 
     retryable_default = True
@@ -97,7 +101,7 @@ class JobError(DBJobQError):
         message: str | None = None,
         *,
         retryable: bool | None = None,
-        retry_in: float | None = None,
+        retry_in: float | timedelta | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = self.retryable_default if retryable is None else retryable

@@ -8,15 +8,35 @@ from typing import Any
 
 from dbjobq.errors import PayloadError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "check_json", "dumps"]
+__all__ = ["DEFAULT_MAX_DEPTH", "INT_RANGE", "check_json", "clean_text", "dumps"]
 
 DEFAULT_MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in a payload, `meta` or result."""
+
+INT_RANGE = (-(2**63), 2**64 - 1)
+"""Integers outside 64 bits are rejected: several databases' JSON types cannot hold them."""
+
+
+def _bad_text(value: str) -> str | None:
+    """Why `value` cannot be stored as JSON text, or `None` if it can."""
+    if "\x00" in value:
+        return "contains a NUL character (\\u0000), which PostgreSQL cannot store"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (it contains a lone surrogate)"
+    return None
 
 
 def dumps(value: Any) -> str:
     """Serialise an already checked value compactly (UTF-8 text, no NaN)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def clean_text(text: str) -> str:
+    """Make any text storable: NUL characters and lone surrogates become escapes."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _where(path: list[str | int]) -> str:
@@ -32,9 +52,10 @@ def check_json(
 ) -> None:
     """Raise `PayloadError` unless `value` is strict JSON within the limits.
 
-    Strict JSON: `dict` with `str` keys, `list`, `str` without NUL characters, `int`,
-    finite `float`, `bool` and `None`. The walk is iterative, so a deeply nested
-    value yields a `PayloadError` rather than a `RecursionError`.
+    Strict JSON: `dict` with `str` keys, `list`, `str` (valid Unicode, no NUL
+    characters), `int` within 64 bits, finite `float`, `bool` and `None`. The walk
+    is iterative, so a deeply nested value yields a `PayloadError` rather than a
+    `RecursionError`.
 
     Args:
         value: The value to check.
@@ -48,7 +69,13 @@ def check_json(
     stack: list[tuple[Any, list[str | int], int]] = [(value, [], 0)]
     while stack:
         item, path, depth = stack.pop()
-        if item is None or isinstance(item, (bool, int)):
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not INT_RANGE[0] <= item <= INT_RANGE[1]:
+                raise PayloadError(
+                    f"{what} is not storable: {_where(path)} is an integer outside 64 bits"
+                )
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -58,11 +85,9 @@ def check_json(
                 )
             continue
         if isinstance(item, str):
-            if "\x00" in item:
-                raise PayloadError(
-                    f"{what} is not strict JSON: {_where(path)} contains a NUL "
-                    "character (\\u0000), which PostgreSQL's jsonb cannot store"
-                )
+            problem = _bad_text(item)
+            if problem:
+                raise PayloadError(f"{what} is not strict JSON: {_where(path)} {problem}")
             continue
         if isinstance(item, (dict, list)):
             if depth >= max_depth:
@@ -77,11 +102,9 @@ def check_json(
                             f"{key!r} of type {type(key).__name__}; JSON object keys "
                             "must be str"
                         )
-                    if "\x00" in key:
-                        raise PayloadError(
-                            f"{what} is not strict JSON: key {key!r} contains a NUL "
-                            "character (\\u0000)"
-                        )
+                    problem = _bad_text(key)
+                    if problem:
+                        raise PayloadError(f"{what} is not strict JSON: key {key!r} {problem}")
                     stack.append((child, [*path, key], depth + 1))
             else:
                 for index, child in enumerate(item):

@@ -5,18 +5,18 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds
 from dbjobq._ids import new_job_id
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
 from dbjobq.job import Job, JobSpec, JobStatus, NewJob
-from dbjobq.payload import check_json
+from dbjobq.payload import check_json, clean_text
 from dbjobq.retry import RetryPolicy
 from dbjobq.storage.base import Storage
 
@@ -32,8 +32,7 @@ DEFAULT_URL = "sqlite:///jobs.db"
 directory."""
 
 _INT32 = (-(2**31), 2**31 - 1)
-_NAME_MAX = 200
-_KEY_MAX = 255
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,37 +56,6 @@ class Handler:
     def is_async(self) -> bool:
         """Whether `fn` is a coroutine function."""
         return inspect.iscoroutinefunction(self.fn)
-
-
-def _check_name(value: Any, what: str, limit: int = _NAME_MAX) -> str:
-    if not isinstance(value, str):
-        raise InvalidJobError(f"{what} must be a str, got {type(value).__name__}")
-    if not value or not value.strip():
-        raise InvalidJobError(f"{what} must not be empty")
-    if len(value) > limit:
-        raise InvalidJobError(f"{what} is longer than {limit} characters")
-    if "\x00" in value:
-        raise InvalidJobError(f"{what} must not contain NUL characters")
-    return value
-
-
-def _check_int(value: Any, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidJobError(f"{what} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise InvalidJobError(f"{what} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _check_seconds(value: Any, what: str, *, allow_zero: bool = True) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidJobError(f"{what} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "zero or more" if allow_zero else "more than zero"
-        raise InvalidJobError(f"{what} must be a finite number {bound}, got {value!r}")
-    return float(value)
 
 
 class JobQueue:
@@ -128,8 +96,8 @@ class JobQueue:
                 f"storage must be a Storage or a URL, got {type(storage).__name__}"
             )
         try:
-            self.default_queue = _check_name(default_queue, "default_queue")
-            self.max_retries = _check_int(max_retries, "max_retries", 0, 1000)
+            self.default_queue = check_name(default_queue, "default_queue")
+            self.max_retries = check_int(max_retries, "max_retries", 0, 1000)
         except InvalidJobError as error:
             raise ConfigurationError(str(error)) from None
         if max_payload_bytes is not None and (
@@ -236,11 +204,11 @@ class JobQueue:
                 invalid.
         """
         try:
-            _check_name(type, "job type")
+            check_name(type, "job type")
             if max_retries is not None:
-                _check_int(max_retries, "max_retries", 0, 1000)
+                check_int(max_retries, "max_retries", 0, 1000)
             if timeout is not None:
-                timeout = _check_seconds(timeout, "timeout", allow_zero=False)
+                timeout = check_seconds(timeout, "timeout", allow_zero=False)
         except InvalidJobError as error:
             raise ConfigurationError(str(error)) from None
         if not callable(fn):
@@ -347,13 +315,18 @@ class JobQueue:
         if not jobs:
             return []
         ids = self._store().enqueue(jobs)
-        due_now = [job for job in jobs if job.run_at is None and job.delay == 0]
+        now = datetime.now(timezone.utc)
+        due_now = [
+            job
+            for job in jobs
+            if (job.run_at is None and job.delay == 0) or (job.run_at and job.run_at <= now)
+        ]
         self._wake_workers({(job.queue, job.type) for job in due_now}, len(due_now))
         return ids
 
     def _validate(self, spec: JobSpec) -> NewJob:
-        job_type = _check_name(spec.type, "job type")
-        queue = self.default_queue if spec.queue is None else _check_name(spec.queue, "queue")
+        job_type = check_name(spec.type, "job type")
+        queue = self.default_queue if spec.queue is None else check_name(spec.queue, "queue")
         payload = {} if spec.payload is None else spec.payload
         if not isinstance(payload, dict):
             raise PayloadError(
@@ -364,7 +337,7 @@ class JobQueue:
         if not isinstance(meta, dict):
             raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
         check_json(meta, what="meta", max_bytes=self.max_payload_bytes)
-        priority = _check_int(spec.priority, "priority", *_INT32)
+        priority = check_int(spec.priority, "priority", *_INT32)
         if spec.run_at is not None and spec.delay is not None:
             raise InvalidJobError("give either run_at or delay, not both")
         run_at = spec.run_at
@@ -376,20 +349,23 @@ class JobQueue:
                     "run_at must be timezone-aware, e.g. datetime.now(timezone.utc)"
                 )
             run_at = run_at.astimezone(timezone.utc)
-        delay = 0.0 if spec.delay is None else _check_seconds(spec.delay, "delay")
+            latest = datetime.now(timezone.utc) + timedelta(seconds=MAX_DELAY)
+            if not _EARLIEST <= run_at <= latest:
+                raise InvalidJobError("run_at must be between 1970 and 100 years from now")
+        delay = 0.0 if spec.delay is None else check_seconds(spec.delay, "delay")
         handler = self._handlers.get(job_type)
         if spec.max_retries is not None:
-            max_retries = _check_int(spec.max_retries, "max_retries", 0, 1000)
+            max_retries = check_int(spec.max_retries, "max_retries", 0, 1000)
         elif handler is not None and handler.max_retries is not None:
             max_retries = handler.max_retries
         else:
             max_retries = self.max_retries
         unique_key = spec.unique_key
         if unique_key is not None:
-            unique_key = _check_name(unique_key, "unique_key", _KEY_MAX)
+            unique_key = check_name(unique_key, "unique_key", KEY_MAX)
         timeout = spec.timeout
         if timeout is not None:
-            timeout = _check_seconds(timeout, "timeout", allow_zero=False)
+            timeout = check_seconds(timeout, "timeout", allow_zero=False)
         return NewJob(
             id=new_job_id(),
             type=job_type,
@@ -454,7 +430,7 @@ class JobQueue:
                 known = ", ".join(s.value for s in JobStatus)
                 raise InvalidJobError(f"unknown status {status!r}; use one of: {known}") from None
         if limit is not None:
-            _check_int(limit, "limit", 0, 2**31 - 1)
+            check_int(limit, "limit", 0, 2**31 - 1)
         return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit)
 
     def get_pending_jobs(self, limit: int | None = 100) -> list[Job]:
@@ -538,7 +514,7 @@ class JobQueue:
                 unfinished.
             StorageError: If the storage cannot be reached.
         """
-        age = _check_seconds(older_than, "older_than")
+        age = check_seconds(older_than, "older_than")
         states = []
         for status in statuses:
             try:
@@ -553,17 +529,27 @@ class JobQueue:
     # -- used by Worker -------------------------------------------------------------------
 
     def _failure(self, job: Job, error: BaseException, trace: str) -> tuple[str, float | None]:
-        """Decide what a failed attempt means: the error text and the retry delay."""
-        summary = f"{type(error).__name__}: {error}".rstrip(": ")
-        text = f"{summary}\n\n{trace}" if trace else summary
+        """Decide what a failed attempt means: the error text and the retry delay.
+
+        Never raises: whatever the handler threw, the outcome must be recordable.
+        """
+        try:
+            summary = f"{type(error).__name__}: {error}".rstrip(": ")
+        except Exception:  # noqa: BLE001 - a broken __str__ must not lose the outcome
+            summary = type(error).__name__
+        text = clean_text(f"{summary}\n\n{trace}" if trace else summary)
         if isinstance(error, JobError) and not error.retryable:
             return text, None
         if isinstance(error, PayloadError):
             return text, None  # a bad result: running the job again will not fix it
         if job.attempts > job.max_retries:
             return text, None
-        if isinstance(error, JobError) and error.retry_in is not None:
-            return text, max(0.0, float(error.retry_in))
         handler = self._handlers.get(job.type)
         policy = (handler and handler.retry_policy) or self.retry_policy
-        return text, policy.delay(job.attempts)
+        delay = policy.delay(job.attempts)
+        if isinstance(error, JobError) and error.retry_in is not None:
+            try:
+                delay = check_seconds(error.retry_in, "JobError.retry_in")
+            except InvalidJobError as bad:
+                logger.warning("job %s (%s): ignoring %s", job.id, job.type, bad)
+        return text, delay

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 from dbjobq.errors import ConfigurationError
 
 __all__ = ["RetryPolicy"]
+
+MAX_RETRY_DELAY = 100 * 365.25 * 86400
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,8 +41,16 @@ class RetryPolicy:
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
+        for name in ("base_delay", "factor", "max_delay", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigurationError(f"RetryPolicy.{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigurationError(f"RetryPolicy.{name} must be finite, got {value!r}")
         if self.base_delay < 0 or self.max_delay < 0:
             raise ConfigurationError("RetryPolicy delays must not be negative")
+        if self.max_delay > MAX_RETRY_DELAY:
+            raise ConfigurationError("RetryPolicy.max_delay must be at most 100 years")
         if self.factor < 1:
             raise ConfigurationError("RetryPolicy.factor must be at least 1")
         if not 0 <= self.jitter <= 1:
@@ -54,8 +65,9 @@ class RetryPolicy:
         Returns:
             The delay in seconds, jitter applied.
         """
-        exponent = max(0, retry - 1)
-        # Cap the exponent so a large retry count cannot overflow the float.
-        raw = self.base_delay * self.factor ** min(exponent, 64)
+        try:
+            raw = self.base_delay * self.factor ** max(0, retry - 1)
+        except OverflowError:
+            raw = math.inf
         capped = min(self.max_delay, raw)
         return capped * (1.0 - self.jitter * random.random())

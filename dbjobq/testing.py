@@ -323,6 +323,26 @@ class StorageContract:
         assert back.last_error is not None and "lease expired" in back.last_error
         assert "dead-worker" in back.last_error
 
+    def test_rescue_can_delay_the_retry(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage, lease=0)
+        assert storage.rescue_expired(retry_in=3600) == 1
+        back = storage.get(job.id)
+        assert back.status is JobStatus.PENDING
+        assert back.run_at - back.updated_at >= timedelta(seconds=3599)
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+
+    def test_enqueue_of_an_already_stored_id_stores_it_once(self, storage: Storage) -> None:
+        """A retried enqueue (after a lost commit acknowledgement) adds nothing."""
+        job = make_job(payload={"n": 1})
+        assert storage.enqueue([job]) == [job.id]
+        assert storage.enqueue([job, job]) == [job.id, job.id]
+        assert [j.id for j in storage.list_jobs()] == [job.id]
+
+    def test_list_jobs_accepts_status_strings(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        assert len(storage.list_jobs(status="pending")) == 1  # type: ignore[arg-type]
+
     def test_rescue_fails_an_expired_lease_without_retries(self, storage: Storage) -> None:
         storage.enqueue([make_job(max_retries=0)])
         job = _claim_one(storage, lease=0)

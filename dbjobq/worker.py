@@ -17,8 +17,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dbjobq._checks import check_name
 from dbjobq.context import JobContext
-from dbjobq.errors import ConfigurationError, JobTimeoutError, PayloadError, StorageError
+from dbjobq.errors import (
+    ConfigurationError,
+    InvalidJobError,
+    JobTimeoutError,
+    PayloadError,
+    StorageError,
+)
 from dbjobq.job import Job
 from dbjobq.payload import check_json
 from dbjobq.queue import Handler, JobQueue
@@ -28,6 +35,7 @@ __all__ = ["Worker"]
 logger = logging.getLogger(__name__)
 
 _GRACE = 1.0  # seconds a cancelled handler gets to return before its thread is abandoned
+_LONGEST = 86400.0  # upper bound of intervals and leases: catches unit mistakes
 
 
 class _Attempt:
@@ -196,8 +204,15 @@ class Worker:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
         names = [queue.default_queue] if queues is None else list(queues)
-        if isinstance(queues, str) or not names or not all(isinstance(n, str) and n for n in names):
+        if isinstance(queues, str) or not names:
             raise ConfigurationError(f"queues must be a non-empty list of names, got {queues!r}")
+        try:
+            for name in names:
+                check_name(name, "queue name")
+            if worker_id is not None:
+                check_name(worker_id, "worker_id")
+        except InvalidJobError as error:
+            raise ConfigurationError(str(error)) from None
         for what, value in (
             ("poll_interval", poll_interval),
             ("max_poll_interval", max_poll_interval),
@@ -208,9 +223,11 @@ class Worker:
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
                 or not math.isfinite(value)
-                or value <= 0
+                or not 0 < value <= _LONGEST
             ):
-                raise ConfigurationError(f"{what} must be a positive number, got {value!r}")
+                raise ConfigurationError(
+                    f"{what} must be a positive number of seconds (at most a day), got {value!r}"
+                )
         if max_poll_interval < poll_interval:
             raise ConfigurationError("max_poll_interval must not be less than poll_interval")
         heartbeat_interval = heartbeat_interval or lease_seconds / 3
@@ -301,6 +318,8 @@ class Worker:
         thread = self._thread
         if thread is None:
             return True
+        if timeout is not None:
+            timeout = min(max(0.0, timeout), _LONGEST * 365)
         if self._stop_deadline is None or timeout is None:
             self._stop_deadline = None if timeout is None else time.monotonic() + timeout
         self._stopping.set()
@@ -324,12 +343,17 @@ class Worker:
         self.queue.initialize()
         before = self.jobs_processed
         self._last_rescue = -math.inf  # always look for expired leases first
-        while not self._stopping.is_set() and not self._reached_max_jobs():
-            self._rescue_if_due()
-            jobs = self._claim()
-            if not jobs:
-                break
-            self._process(jobs[0])
+        try:
+            while not self._stopping.is_set() and not self._reached_max_jobs():
+                self._rescue_if_due()
+                jobs = self._claim()
+                if not jobs:
+                    break
+                self._process(jobs[0])
+        finally:
+            if self._runner is not None:
+                self._runner.retire()
+                self._runner = None
         return self.jobs_processed - before
 
     # -- the loop ---------------------------------------------------------------------
@@ -354,11 +378,15 @@ class Worker:
         if now - self._last_rescue < self.rescue_interval:
             return
         self._last_rescue = now
-        rescued = self.queue._store().rescue_expired()
+        # Back off like a failed attempt: a job that killed its worker (out of memory,
+        # a segfault) should not take down the next one at once.
+        rescued = self.queue._store().rescue_expired(retry_in=self.queue.retry_policy.delay(1))
         if rescued:
             logger.warning("worker %s rescued %d job(s) with expired leases", self.id, rescued)
 
     def _idle_wait(self, seconds: float) -> None:
+        if self._stopping.is_set():
+            return  # stop() may have set the wake flag just before the loop cleared it
         self._idle = True
         try:
             self._wake.wait(seconds)
@@ -376,7 +404,7 @@ class Worker:
                 try:
                     self._rescue_if_due()
                     jobs = self._claim()
-                except StorageError as error:
+                except Exception as error:  # noqa: BLE001 - StorageError, or a bug: back off
                     self._poll_errors.failed(f"worker {self.id}: polling", error)
                     self._idle_wait(delay * (0.5 + random.random() / 2))
                     delay = min(delay * 2, self.max_poll_interval)
@@ -391,10 +419,11 @@ class Worker:
                 for job in jobs:
                     try:
                         self._process(job)
-                    except Exception:  # a bug of ours must not end the worker
+                    except Exception as error:  # a bug of ours must not end the worker
                         logger.exception(
                             "worker %s: error while processing job %s", self.id, job.id
                         )
+                        self._fail_after_bug(job, error)
         except BaseException:
             logger.critical("worker %s crashed", self.id, exc_info=True)
             raise
@@ -494,6 +523,17 @@ class Worker:
                     )
                 except StorageError as error:
                     self._write_errors.failed(f"worker {self.id}: heartbeat", error)
+                    if now >= lease.until and not attempt.ctx.cancelled.is_set():
+                        # Another worker may have rescued the job by now: ask the handler
+                        # to stop. Its outcome is still recorded if the lease turns out
+                        # to be ours after all (the fence decides).
+                        logger.warning(
+                            "job %s (%s): lease could not be renewed before it expired; "
+                            "signalling the handler to stop",
+                            job.id,
+                            job.type,
+                        )
+                        attempt.ctx.cancelled.set()
                     continue
                 self._write_errors.recovered(f"worker {self.id}: heartbeat")
                 if held:
@@ -518,6 +558,9 @@ class Worker:
                 )
             except PayloadError as invalid:
                 error, attempt.trace = invalid, ""
+            except Exception as invalid:  # noqa: BLE001 - e.g. a result whose str() fails
+                error = PayloadError(f"handler result is not storable: {invalid}")
+                attempt.trace = ""
         if error is None:
             logger.debug("job %s (%s) completed", job.id, job.type)
             self._record(lease, result=attempt.result)
@@ -537,6 +580,17 @@ class Worker:
                 text.splitlines()[0],
             )
         self._record(lease, error=text, retry_in=retry_in)
+
+    def _fail_after_bug(self, job: Job, error: Exception) -> None:
+        """Record an attempt dbjobq itself could not finish, so it is not re-run blindly."""
+        token = job.lease_token or ""
+        text, retry_in = self.queue._failure(job, error, traceback.format_exc())
+        try:
+            self.queue.storage.fail(
+                job.id, token, error=f"internal error: {text}", retry_in=retry_in
+            )
+        except Exception:
+            logger.exception("worker %s: could not record the failure of job %s", self.id, job.id)
 
     def _record(
         self,

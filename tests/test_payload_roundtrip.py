@@ -9,13 +9,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbjobq import JobQueue
-from dbjobq.payload import check_json
+from dbjobq.payload import INT_RANGE, check_json
 
 text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
 scalars = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=INT_RANGE[0], max_value=INT_RANGE[1])
     | st.floats(allow_nan=False, allow_infinity=False)
     | text
 )

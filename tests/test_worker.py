@@ -19,6 +19,7 @@ from dbjobq import (
     JobQueue,
     JobSpec,
     JobValidationError,
+    RetryPolicy,
     StorageError,
     Worker,
 )
@@ -575,7 +576,7 @@ def test_a_failed_completion_write_is_retried_while_the_lease_holds() -> None:
 
 def test_an_outcome_that_cannot_be_recorded_in_time_is_rescued_and_run_again() -> None:
     storage = FlakyStorage(complete=1000, heartbeat=1000)
-    queue = JobQueue(storage)
+    queue = JobQueue(storage, retry_policy=RetryPolicy(base_delay=0))
     runs: list[int] = []
 
     @queue.handler("t")

@@ -137,13 +137,13 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def rescue_expired(self) -> int:
+    def rescue_expired(self, *, retry_in: float = 0.0) -> int:
         """Recover `running` jobs whose lease has expired (`lease_expires_at <= now`).
 
         A job with retries left (`attempts <= max_retries`) goes back to `pending`,
-        due now; one without becomes `failed`. In both cases the lease is cleared (so
-        the old holder's `complete`/`fail` return `False`) and `last_error` says
-        that the lease expired.
+        due `retry_in` seconds from now; one without becomes `failed`. In both
+        cases the lease is cleared (so the old holder's `complete`/`fail` return
+        `False`) and `last_error` says that the lease expired.
 
         Returns:
             How many jobs were rescued.

@@ -73,12 +73,18 @@ class MemoryStorage(Storage):
         with self._lock:
             now = self._now()
             ids: list[str] = []
+            added: dict[str, Job] = {}
+            unique = dict(self._unique)
+            # Build everything first and commit at the end: all or nothing.
             for new in jobs:
-                if new.unique_key is not None and new.unique_key in self._unique:
-                    ids.append(self._unique[new.unique_key])
+                if new.unique_key is not None and new.unique_key in unique:
+                    ids.append(unique[new.unique_key])
                     continue
+                ids.append(new.id)
+                if new.id in self._jobs or new.id in added:
+                    continue  # the same job again: stored once, like a primary key
                 run_at = new.run_at or now + timedelta(seconds=new.delay)
-                self._jobs[new.id] = Job(
+                added[new.id] = Job(
                     id=new.id,
                     type=new.type,
                     payload=_copy(new.payload),
@@ -95,8 +101,9 @@ class MemoryStorage(Storage):
                     meta=_copy(new.meta),
                 )
                 if new.unique_key is not None:
-                    self._unique[new.unique_key] = new.id
-                ids.append(new.id)
+                    unique[new.unique_key] = new.id
+            self._jobs.update(added)
+            self._unique = unique
             return ids
 
     def claim(
@@ -211,7 +218,7 @@ class MemoryStorage(Storage):
                 )
             return True
 
-    def rescue_expired(self) -> int:
+    def rescue_expired(self, *, retry_in: float = 0.0) -> int:
         with self._lock:
             now = self._now()
             expired = [
@@ -227,7 +234,7 @@ class MemoryStorage(Storage):
                     self._set(
                         job,
                         status=JobStatus.PENDING,
-                        run_at=now,
+                        run_at=now + timedelta(seconds=retry_in),
                         last_error=error,
                         updated_at=now,
                         **self._RELEASED,
@@ -263,7 +270,7 @@ class MemoryStorage(Storage):
                 (
                     job
                     for job in self._jobs.values()
-                    if (status is None or job.status is status)
+                    if (status is None or job.status == status)
                     and (queue is None or job.queue == queue)
                     and (type is None or job.type == type)
                 ),

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -76,6 +77,49 @@ def _is_transient(error: exc.DBAPIError) -> bool:
     )
 
 
+_engine_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_engine_locks_guard = threading.Lock()
+
+
+def _engine_lock(engine: Engine) -> threading.RLock:
+    """One lock per engine, shared by every storage object that uses the engine."""
+    with _engine_locks_guard:
+        return _engine_locks.setdefault(engine, threading.RLock())
+
+
+def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")  # a no-op ("memory") in memory
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    if dbapi_connection.in_transaction:
+        return  # someone else's "begin" hook got there first
+    if dbapi_connection.isolation_level is not None:
+        dbapi_connection.isolation_level = None  # pooled before dbjobq saw the engine
+    write = conn.get_execution_options().get("dbjobq_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    """Take transaction control away from the sqlite3 module.
+
+    This is SQLAlchemy's documented recipe: with the module's own transaction
+    handling off, dbjobq starts writes with BEGIN IMMEDIATE. A deferred BEGIN that
+    later upgrades to a write lock fails at once with SQLITE_BUSY instead of waiting
+    out the busy timeout. Installed once per engine, however many storages share it;
+    the engine's other users get correct BEGINs too.
+    """
+    if not event.contains(engine, "begin", _sqlite_begin):
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+
+
 class SQLAlchemyStorage(Storage):
     """Stores jobs in a table of a SQLite, PostgreSQL or MySQL/MariaDB database.
 
@@ -136,10 +180,18 @@ class SQLAlchemyStorage(Storage):
         self._is_sqlite = self._backend == "sqlite"
         self._is_mysql = self._backend in _MYSQL
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
-        # One shared connection (StaticPool) can only run one transaction at a time.
-        self._serial = threading.RLock() if memory else None
+        self._serial: threading.RLock | None = None
+        if memory:
+            if not isinstance(self._engine.pool, StaticPool):
+                raise ConfigurationError(
+                    "an in-memory SQLite engine must use poolclass=StaticPool (and "
+                    "check_same_thread=False), or each thread sees its own empty "
+                    'database; pass the URL "sqlite://" instead to have this done'
+                )
+            # One shared connection can only run one transaction at a time.
+            self._serial = _engine_lock(self._engine)
         if self._is_sqlite:
-            self._install_sqlite_hooks(self._engine, wal=not memory)
+            _install_sqlite_hooks(self._engine)
         metadata = sa.MetaData(schema=self.schema)
         self._jobs, self._version = build_tables(metadata, self.table_prefix, self._backend)
         self._metadata = metadata
@@ -196,27 +248,6 @@ class SQLAlchemyStorage(Storage):
             ) from error
         except (exc.ArgumentError, TypeError) as error:
             raise ConfigurationError(f"bad engine options: {error}") from error
-
-    @staticmethod
-    def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
-        # Take transaction control away from the sqlite3 module (SQLAlchemy's
-        # documented recipe), so that writes can start with BEGIN IMMEDIATE: a
-        # deferred BEGIN that later upgrades to a write lock fails at once with
-        # SQLITE_BUSY instead of waiting out the busy timeout.
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, record: Any) -> None:
-            dbapi_connection.isolation_level = None
-            if wal:
-                cursor = dbapi_connection.cursor()
-                try:
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                finally:
-                    cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get("dbjobq_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     def __repr__(self) -> str:
         url = self._engine.url.render_as_string(hide_password=True)
@@ -541,7 +572,7 @@ class SQLAlchemyStorage(Storage):
             values.update(status=JobStatus.PENDING.value, run_at=db_now_plus(delay))
         return self._update_held("fail", job_id, token, values)
 
-    def rescue_expired(self) -> int:
+    def rescue_expired(self, *, retry_in: float = 0.0) -> int:
         c = self._jobs.c
         expired = sa.and_(c.status == RUNNING, c.lease_expires_at <= db_now())
         error = (
@@ -553,7 +584,7 @@ class SQLAlchemyStorage(Storage):
         to_retry = (
             sa.update(self._jobs)
             .where(expired, c.attempts <= c.max_retries)
-            .values(status=PENDING, run_at=db_now(), **common)
+            .values(status=PENDING, run_at=db_now_plus(_seconds("retry_in", retry_in)), **common)
         )
         to_fail = (
             sa.update(self._jobs)
