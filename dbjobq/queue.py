@@ -239,6 +239,7 @@ class JobQueue:
         unique_key: str | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        connection: Any = None,
     ) -> str:
         """Add a job and return its id.
 
@@ -259,6 +260,10 @@ class JobQueue:
             meta: Free-form JSON object stored with the job.
             timeout: Seconds an attempt may run before failing with
                 `JobTimeoutError`.
+            connection: Join the application's open transaction instead of using
+                one of the queue's own (SQL backends: a SQLAlchemy `Connection` or
+                ORM `Session` on the same database). The job then exists if and
+                only if that transaction commits; workers are woken after the commit.
 
         Returns:
             The new job's id, or the id of the unfinished job holding `unique_key`.
@@ -268,6 +273,8 @@ class JobQueue:
             PayloadError: If `payload` or `meta` is not a strict-JSON object or is
                 too large.
             StorageError: If the storage cannot be reached.
+            ConfigurationError: If `connection` is given but the backend cannot
+                join it (see `Storage.enqueue_in_transaction`).
         """
         spec = JobSpec(
             type=type,
@@ -281,15 +288,16 @@ class JobQueue:
             meta=meta,
             timeout=timeout,
         )
-        return self._enqueue([self._validate(spec)])[0]
+        return self._enqueue([self._validate(spec)], connection)[0]
 
-    def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[str]:
+    def enqueue_many(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[str]:
         """Add many jobs in one transaction (one round trip on SQL backends).
 
         All jobs are validated first; if any is invalid, none is written.
 
         Args:
             jobs: The jobs to add.
+            connection: Join the application's open transaction (see `enqueue`).
 
         Returns:
             Their ids, in order (see `enqueue` for `unique_key`).
@@ -309,19 +317,25 @@ class JobQueue:
                 new_jobs.append(self._validate(spec))
             except InvalidJobError as error:
                 raise type(error)(f"job {index}: {error}") from None
-        return self._enqueue(new_jobs)
+        return self._enqueue(new_jobs, connection)
 
-    def _enqueue(self, jobs: list[NewJob]) -> list[str]:
-        if not jobs:
-            return []
-        ids = self._store().enqueue(jobs)
+    def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
         now = datetime.now(timezone.utc)
         due_now = [
             job
             for job in jobs
             if (job.run_at is None and job.delay == 0) or (job.run_at and job.run_at <= now)
         ]
-        self._wake_workers({(job.queue, job.type) for job in due_now}, len(due_now))
+
+        def wake() -> None:
+            self._wake_workers({(job.queue, job.type) for job in due_now}, len(due_now))
+
+        if connection is not None:
+            return self.storage.enqueue_in_transaction(connection, jobs, on_commit=wake)
+        if not jobs:
+            return []
+        ids = self._store().enqueue(jobs)
+        wake()
         return ids
 
     def _validate(self, spec: JobSpec) -> NewJob:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from dbjobq.errors import ConfigurationError
+from dbjobq.payload import dumps
 
 SCHEMA_VERSION = 1
 """Version of the table layout below; stored in the `<prefix>schema` table."""
@@ -129,10 +131,23 @@ def _now_plus_mysql(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> s
     return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
 
 
+class JSONText(sa.types.TypeDecorator[Any]):
+    """JSON kept as the exact text dbjobq wrote (MySQL's native JSON type rewrites it)."""
+
+    impl = mysql.LONGTEXT
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else dumps(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
 def _json() -> sa.types.TypeEngine[Any]:
     # PostgreSQL's `json`, not `jsonb`: jsonb rewrites numbers (1e300 comes back as a
     # 301-digit integer), so payloads would not round-trip exactly.
-    return sa.JSON(none_as_null=True)
+    return sa.JSON(none_as_null=True).with_variant(JSONText(), "mysql", "mariadb")
 
 
 # Literal (not bound) state names: SQLite and PostgreSQL only use a partial index when

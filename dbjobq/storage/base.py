@@ -16,9 +16,10 @@ The reusable conformance suite in `dbjobq.testing` checks every rule written her
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from dbjobq.errors import ConfigurationError
 from dbjobq.job import Job, JobStatus, NewJob
 
 __all__ = ["Storage"]
@@ -60,6 +61,30 @@ class Storage(abc.ABC):
             One id per input job, in order: the given id, or the id of the existing
             unfinished job that holds the same `unique_key`.
         """
+
+    def enqueue_in_transaction(
+        self,
+        connection: Any,
+        jobs: Sequence[NewJob],
+        *,
+        on_commit: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Store new jobs inside the caller's own open transaction (optional).
+
+        Same rules as `enqueue`, but nothing is committed here: the jobs exist if and
+        only if the caller's transaction commits. `on_commit` is called after that
+        commit. Backends that cannot join a transaction keep this default, which
+        raises `ConfigurationError`.
+
+        Args:
+            connection: The caller's connection, in whatever form the backend takes.
+            jobs: Validated jobs with their ids already assigned.
+            on_commit: Called once the caller's transaction has committed.
+
+        Returns:
+            The ids, as `enqueue` returns them.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot join an application's transaction")
 
     @abc.abstractmethod
     def claim(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -391,10 +392,56 @@ class SQLAlchemyStorage(Storage):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
             return []
+        return self._run("enqueue", lambda conn: self._insert_jobs(conn, jobs), write=True)
+
+    def enqueue_in_transaction(
+        self,
+        connection: Any,
+        jobs: Sequence[NewJob],
+        *,
+        on_commit: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Store jobs in the application's open transaction.
+
+        `connection` is a SQLAlchemy `Connection` or ORM `Session` in a transaction;
+        the jobs are committed or rolled back with the application's own rows.
+
+        Raises:
+            ConfigurationError: If `connection` is not a SQLAlchemy connection or
+                session in a transaction on this storage's kind of database.
+            StorageError: If the insert fails; roll the transaction back.
+        """
+        if isinstance(connection, sa.orm.Session):
+            connection = connection.connection()
+        if not isinstance(connection, Connection):
+            raise ConfigurationError(
+                "connection must be a SQLAlchemy Connection or Session, got "
+                f"{type(connection).__name__}"
+            )
+        if not connection.in_transaction():
+            raise ConfigurationError("begin a transaction on the connection first")
+        if connection.dialect.name != self._backend:
+            raise ConfigurationError(
+                f"the connection is to {connection.dialect.name}, the job tables are "
+                f"on {self._backend}"
+            )
+        self.initialize()
+        if not jobs:
+            return []
+        try:
+            ids = self._insert_jobs(connection, jobs)
+        except exc.SQLAlchemyError as error:
+            raise StorageError(f"enqueue failed: {error}") from error
+        if on_commit is not None:
+            callback = on_commit
+            event.listen(connection, "commit", lambda conn: callback(), once=True)
+        return ids
+
+    def _insert_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> list[str]:
         c = self._jobs.c
         # The INSERT skips rows that clash with the primary key (a retry after a lost
         # commit acknowledgement inserts nothing twice) or with the unique index on
-        # unfinished unique keys; the loop below finds out who holds such a key.
+        # unfinished unique keys; _resolve_unique finds out who holds such a key.
         stmt = self._insert().values(
             run_at=sa.func.coalesce(
                 sa.bindparam("p_run_at", type_=c.run_at.type),
@@ -423,19 +470,15 @@ class SQLAlchemyStorage(Storage):
             }
             for j in jobs
         ]
-
-        def run(conn: Connection) -> list[str]:
-            done = conn.execute(stmt, rows)
-            inserted = set() if self._is_mysql else set(done.scalars())
-            result: list[str] = []
-            for job, row in zip(jobs, rows, strict=True):
-                if job.unique_key is None or job.id in inserted:
-                    result.append(job.id)
-                else:
-                    result.append(self._resolve_unique(conn, stmt, row))
-            return result
-
-        return self._run("enqueue", run, write=True)
+        done = conn.execute(stmt, rows)
+        inserted = set() if self._is_mysql else set(done.scalars())
+        result: list[str] = []
+        for job, row in zip(jobs, rows, strict=True):
+            if job.unique_key is None or job.id in inserted:
+                result.append(job.id)
+            else:
+                result.append(self._resolve_unique(conn, stmt, row))
+        return result
 
     def _resolve_unique(self, conn: Connection, stmt: Any, row: dict[str, Any]) -> str:
         """Return the id of the unfinished job holding `row`'s unique key."""
