@@ -65,8 +65,9 @@ class JobQueue:
     jobs from it. The storage's tables are created on first use.
 
     Args:
-        storage: A `Storage` backend, or a database URL for `SQLAlchemyStorage`.
-            Defaults to `sqlite:///jobs.db` in the current directory.
+        storage: A `Storage` backend, or a database URL or SQLAlchemy `Engine` for
+            `SQLAlchemyStorage`. Defaults to `sqlite:///jobs.db` in the current
+            directory.
         default_queue: Queue name used when `enqueue` gets none.
         max_retries: Retries allowed after a failed first attempt, for jobs whose
             type has no handler default and that do not set their own.
@@ -80,21 +81,18 @@ class JobQueue:
 
     def __init__(
         self,
-        storage: Storage | str | None = None,
+        storage: Storage | str | Any | None = None,
         *,
         default_queue: str = "default",
         max_retries: int = 3,
         retry_policy: RetryPolicy | None = None,
         max_payload_bytes: int | None = 1_048_576,
     ) -> None:
-        if storage is None or isinstance(storage, str):
+        if not isinstance(storage, Storage):
+            # A URL, a sqlalchemy URL or Engine: SQLAlchemyStorage says if it is none.
             from dbjobq.storage.sqlalchemy_storage import SQLAlchemyStorage
 
-            storage = SQLAlchemyStorage(storage or DEFAULT_URL)
-        if not isinstance(storage, Storage):
-            raise ConfigurationError(
-                f"storage must be a Storage or a URL, got {type(storage).__name__}"
-            )
+            storage = SQLAlchemyStorage(DEFAULT_URL if storage is None else storage)
         try:
             self.default_queue = check_name(default_queue, "default_queue")
             self.max_retries = check_int(max_retries, "max_retries", 0, 1000)

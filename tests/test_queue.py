@@ -283,8 +283,8 @@ def test_queue_options_are_validated() -> None:
         JobQueue(MemoryStorage(), default_queue="")
     with pytest.raises(ConfigurationError):
         JobQueue(MemoryStorage(), max_payload_bytes=0)
-    with pytest.raises(ConfigurationError, match="must be a Storage or a URL"):
-        JobQueue(42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="must be a Storage, a database URL or"):
+        JobQueue(42)
 
 
 def test_default_queue_is_a_sqlite_file_in_the_working_directory(

@@ -10,11 +10,11 @@ from pathlib import Path
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-def python_block(after_heading: str) -> str:
-    section = README.split(after_heading, 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, f"no python block after {after_heading!r}"
-    return match.group(1)
+def python_block(after_heading: str, index: int = 0) -> str:
+    section = README.split(after_heading, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) > index, f"no python block {index} after {after_heading!r}"
+    return str(blocks[index])
 
 
 def run(code: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,3 +55,16 @@ def test_custom_backend_example_runs_the_conformance_suite(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"\d{2,} passed", done.stdout), done.stdout
+
+
+def test_transactional_enqueue_example_runs(tmp_path: Path) -> None:
+    prelude = (
+        "import sqlalchemy as sa\n"
+        "from dbjobq import JobQueue\n"
+        "engine = sa.create_engine('sqlite:///app.db')\n"
+        "users = sa.Table('users', sa.MetaData(), sa.Column('name', sa.String))\n"
+        "users.create(engine)\n"
+    )
+    check = "\nassert [j.payload for j in queue.list_jobs()] == [{'name': 'ada'}]\n"
+    done = run(prelude + python_block("## Enqueueing", 1) + check, tmp_path)
+    assert done.returncode == 0, done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -92,3 +94,14 @@ def test_joining_needs_an_open_transaction_on_the_same_kind_of_database(
         queue.enqueue("t", connection="not a connection")
     with pytest.raises(ConfigurationError, match="cannot join"):
         JobQueue(MemoryStorage()).enqueue("t", connection=object())
+
+
+def test_on_sqlite_the_tables_must_exist_before_joining(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    queue = JobQueue(engine)
+    with engine.begin() as conn, pytest.raises(ConfigurationError, match="initialize"):
+        queue.enqueue("t", connection=conn)
+    queue.initialize()
+    with engine.begin() as conn:
+        job_id = queue.enqueue("t", connection=conn)
+    assert queue.get_job(job_id).type == "t"

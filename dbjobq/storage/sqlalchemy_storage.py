@@ -162,6 +162,11 @@ class SQLAlchemyStorage(Storage):
         busy_timeout: float = 30.0,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if not isinstance(url, (str, URL, Engine)):
+            raise ConfigurationError(
+                "storage must be a Storage, a database URL or a SQLAlchemy Engine, got "
+                f"{type(url).__name__}"
+            )
         self.table_prefix = check_identifier(table_prefix, "table_prefix")
         self.schema = None if schema is None else check_identifier(schema, "schema")
         self._owns_engine = not isinstance(url, Engine)
@@ -425,7 +430,16 @@ class SQLAlchemyStorage(Storage):
                 f"the connection is to {connection.dialect.name}, the job tables are "
                 f"on {self._backend}"
             )
-        self.initialize()
+        if not self._initialized:
+            if not self._is_sqlite:
+                self.initialize()
+            elif not sa.inspect(connection).has_table(self._jobs.name):
+                # Creating them from another connection would wait forever for the
+                # write lock this very transaction may hold.
+                raise ConfigurationError(
+                    "the job tables do not exist yet: call JobQueue.initialize() once at "
+                    "start-up, outside any transaction"
+                )
         if not jobs:
             return []
         try:
