@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from dbjobq import JobQueue, RetryPolicy
 from dbjobq.storage import MemoryStorage, SQLAlchemyStorage, Storage
@@ -38,32 +37,37 @@ class StorageConfig:
         return SQLAlchemyStorage(self.url, table_prefix=self.table_prefix, schema=self.schema)
 
 
+def _scratch_schema(
+    url: str | None, variable: str, create: str, drop: str
+) -> Iterator[tuple[str, str]]:
+    """A schema (a database, on MySQL) of this test session's own, dropped at the end."""
+    if not url:
+        pytest.skip(f"set {variable} to run these tests")
+    name = f"dbjobq_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = SQLAlchemyStorage(url).engine
+    with engine.begin() as conn:
+        conn.exec_driver_sql(create.format(name))
+    yield url, name
+    with engine.begin() as conn:
+        conn.exec_driver_sql(drop.format(name))
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_schema() -> Iterator[tuple[str, str]]:
-    if not POSTGRES_URL:
-        pytest.skip("set DBJOBQ_TEST_POSTGRES_URL to run the PostgreSQL tests")
-    schema = f"dbjobq_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    engine = SQLAlchemyStorage(POSTGRES_URL).engine
-    with engine.begin() as conn:
-        conn.execute(sa.schema.CreateSchema(schema))
-    yield POSTGRES_URL, schema
-    with engine.begin() as conn:
-        conn.execute(sa.schema.DropSchema(schema, cascade=True))
-    engine.dispose()
+    yield from _scratch_schema(
+        POSTGRES_URL, "DBJOBQ_TEST_POSTGRES_URL", "CREATE SCHEMA {}", "DROP SCHEMA {} CASCADE"
+    )
 
 
 @pytest.fixture(scope="session")
 def mysql_database() -> Iterator[tuple[str, str]]:
-    if not MYSQL_URL:
-        pytest.skip("set DBJOBQ_TEST_MYSQL_URL to run the MySQL/MariaDB tests")
-    database = f"dbjobq_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    engine = SQLAlchemyStorage(MYSQL_URL).engine
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
-    yield MYSQL_URL, database
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE {database}")
-    engine.dispose()
+    yield from _scratch_schema(
+        MYSQL_URL,
+        "DBJOBQ_TEST_MYSQL_URL",
+        "CREATE DATABASE {} CHARACTER SET utf8mb4",
+        "DROP DATABASE {}",
+    )
 
 
 @pytest.fixture
