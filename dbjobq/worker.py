@@ -41,10 +41,11 @@ _LONGEST = 86400.0  # upper bound of intervals and leases: catches unit mistakes
 class _Attempt:
     """One handler call, run on a `_Runner` thread; the worker thread watches it."""
 
-    def __init__(self, handler: Handler, ctx: JobContext) -> None:
+    def __init__(self, handler: Handler, ctx: JobContext, watcher: threading.Event) -> None:
         self.handler = handler
         self.ctx = ctx
         self.done = threading.Event()
+        self._watcher = watcher
         self.result: Any = None
         self.error: BaseException | None = None
         self.trace = ""
@@ -63,6 +64,7 @@ class _Attempt:
             self.trace = traceback.format_exc()
         finally:
             self.done.set()
+            self._watcher.set()
 
     async def _run_async(self) -> Any:
         self._task = asyncio.ensure_future(self.handler.fn(self.ctx))
@@ -250,6 +252,7 @@ class Worker:
         self._current: Job | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        self._signal = threading.Event()  # wakes _watch: handler returned, or stop()
         self._idle = False
         self._stop_deadline: float | None = None
         self._thread: threading.Thread | None = None
@@ -298,34 +301,65 @@ class Worker:
         self.queue._workers.add(self)
         self._thread.start()
 
-    def stop(self, timeout: float | None = 30.0) -> bool:
+    def stop(self, timeout: float | None = 30.0, *, wait: bool = True) -> bool:
         """Stop taking jobs and wait for the current one to finish.
 
         Wakes a sleeping worker at once. If the current job is still running when
-        `timeout` seconds have passed, the worker gives up on it: its
-        `JobContext.cancelled` is set, its lease is no longer renewed and its outcome
-        will be discarded; once the lease expires, another worker rescues the job.
-        Safe to call several times, and before `start()`.
+        `timeout` seconds have passed, its `JobContext.cancelled` is set and it gets
+        one more second to return (its outcome is then recorded as usual). After
+        that the worker gives up on it: its lease is no longer renewed, its outcome
+        will be discarded, and once the lease expires another worker rescues the job.
+
+        Safe to call several times, and before `start()`. A later call with a
+        shorter timeout brings the deadline forward; a longer one (or `None`) does
+        not push it back.
 
         Args:
             timeout: Seconds to wait for the current job; `None` waits for as long
                 as it takes.
+            wait: `False` returns at once, without waiting for the thread to end;
+                the worker still stops as described. See also `Worker.stop_all`.
 
         Returns:
-            `True` if the worker thread has ended, `False` if it is still busy (for
-            example blocked on an unreachable database) after the timeout.
+            `True` if the worker thread has ended, `False` if it is still busy: with
+            `wait=False`, or after the timeout (for example while blocked on an
+            unreachable database).
         """
         thread = self._thread
         if thread is None:
             return True
         if timeout is not None:
-            timeout = min(max(0.0, timeout), _LONGEST * 365)
-        if self._stop_deadline is None or timeout is None:
-            self._stop_deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = time.monotonic() + min(max(0.0, timeout), _LONGEST * 365)
+            if self._stop_deadline is None or deadline < self._stop_deadline:
+                self._stop_deadline = deadline
         self._stopping.set()
         self._wake.set()
-        thread.join(None if timeout is None else timeout + 0.5)
+        self._signal.set()
+        if wait:
+            if self._stop_deadline is None:
+                thread.join()
+            else:
+                thread.join(max(0.0, self._stop_deadline - time.monotonic()) + _GRACE + 0.5)
         return not thread.is_alive()
+
+    @staticmethod
+    def stop_all(workers: Iterable[Worker], timeout: float | None = 30.0) -> bool:
+        """Stop several workers side by side, within one `timeout` for all of them.
+
+        Stopping workers one after the other would take longer, and the ones not yet
+        told to stop would keep taking new jobs meanwhile.
+
+        Args:
+            workers: The workers to stop.
+            timeout: As for `stop`, counted once for all the workers.
+
+        Returns:
+            `True` if every worker thread has ended.
+        """
+        workers = list(workers)
+        for worker in workers:
+            worker.stop(timeout, wait=False)
+        return all([worker.stop(timeout) for worker in workers])
 
     def run_until_empty(self) -> int:
         """Process jobs in the calling thread until none is due, then return.
@@ -458,8 +492,8 @@ class Worker:
         try:
             self._run_job(job)
         finally:
+            self.jobs_processed += 1  # counted before current_job shows the worker idle
             self._current = None
-            self.jobs_processed += 1
 
     def _run_job(self, job: Job) -> None:
         token = job.lease_token or ""
@@ -475,7 +509,8 @@ class Worker:
             return storage.set_progress(job.id, token, progress=value, message=message)
 
         ctx = JobContext(job, self.queue, report_progress=report_progress)
-        attempt = _Attempt(handler, ctx)
+        self._signal.clear()
+        attempt = _Attempt(handler, ctx, self._signal)
         if self._runner is None:
             self._runner = self._new_runner()
         self._runner.submit(attempt)
@@ -495,10 +530,17 @@ class Worker:
                 until.append(started + timeout)
             if self._stop_deadline is not None:
                 until.append(self._stop_deadline)
-            if attempt.done.wait(max(0.0, min(until) - now)):
+            # The signal is set when the handler returns and when stop() sets or
+            # moves the deadline, so neither waits for the next heartbeat.
+            self._signal.wait(max(0.0, min(until) - now))
+            self._signal.clear()
+            if attempt.done.is_set():
                 return True
             now = time.monotonic()
             if self._stop_deadline is not None and now >= self._stop_deadline:
+                attempt.abort()
+                if attempt.done.wait(_GRACE):
+                    return True  # it stopped when asked: record its outcome as usual
                 logger.warning(
                     "worker %s: stop timeout reached during job %s; leaving it to be "
                     "rescued when its lease expires",

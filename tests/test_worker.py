@@ -472,6 +472,65 @@ def test_stop_gives_up_on_a_stuck_job_which_is_later_rescued(queue: JobQueue) ->
     assert job.last_error is not None and "lease expired" in job.last_error
 
 
+def test_a_handler_that_stops_when_asked_has_its_outcome_recorded(queue: JobQueue) -> None:
+    started = threading.Event()
+
+    @queue.handler("polite")
+    def polite(ctx: JobContext) -> str:
+        started.set()
+        ctx.cancelled.wait(30)
+        return "stopped cleanly"
+
+    job_id = queue.enqueue("polite")
+    worker = Worker(queue, poll_interval=0.01)
+    worker.start()
+    assert started.wait(10)
+    assert worker.stop(timeout=0.2)
+    job = queue.get_job(job_id)
+    assert (job.status, job.result, job.attempts) == ("completed", "stopped cleanly", 1)
+
+
+def test_stop_all_stops_workers_side_by_side(queue: JobQueue) -> None:
+    count = 4
+    barrier = threading.Barrier(count + 1)
+
+    @queue.handler("slow")
+    def slow(ctx: JobContext) -> str:
+        barrier.wait(10)
+        ctx.cancelled.wait(30)  # returns only when told to
+        return "done"
+
+    ids = [queue.enqueue("slow") for _ in range(count)]
+    workers = [Worker(queue, poll_interval=0.01) for _ in range(count)]
+    for w in workers:
+        w.start()
+    barrier.wait(10)  # every worker is inside a job
+    began = time.monotonic()
+    assert Worker.stop_all(workers, timeout=0.5)
+    # One timeout (plus the grace second) for all four, not four in a row.
+    assert time.monotonic() - began < 0.5 + 1.0 + 1.0
+    assert [queue.get_job(i).result for i in ids] == ["done"] * count
+
+
+def test_a_second_stop_can_only_bring_the_deadline_forward(queue: JobQueue) -> None:
+    started = threading.Event()
+
+    @queue.handler("slow")
+    def slow(ctx: JobContext) -> str:
+        started.set()
+        ctx.cancelled.wait(30)
+        return "done"
+
+    queue.enqueue("slow")
+    worker = Worker(queue, poll_interval=0.01)
+    worker.start()
+    assert started.wait(10)
+    assert not worker.stop(timeout=60, wait=False)  # returns at once
+    began = time.monotonic()
+    assert worker.stop(timeout=0.2)  # the shorter deadline wins
+    assert time.monotonic() - began < 0.2 + 1.0 + 1.0
+
+
 # -- many threads -------------------------------------------------------------------------
 
 
