@@ -17,9 +17,14 @@ class TestMyStorage(StorageContract):
         backend.close()
 ```
 
+To also check that two storage objects on the same store (two processes, say) never
+claim the same job, override `other_storage` to open a second object on the store
+that `storage` uses.
+
 The suite needs pytest (`pip install pytest`). It never sleeps: lease expiry is
-tested with zero-length leases, scheduling with delays far in the future or
-instants in the past, so it passes on backends whose clock it cannot control.
+tested with zero-length leases, scheduling with delays an hour away or instants an
+hour in the past, so it passes on backends whose clock it cannot control, as long as
+that clock is within minutes of the test machine's.
 """
 
 from __future__ import annotations
@@ -73,6 +78,11 @@ class StorageContract:
     def storage(self) -> Storage:
         """Return (or yield) a fresh, initialised, empty backend; override it."""
         raise NotImplementedError("subclasses of StorageContract provide a storage fixture")
+
+    @pytest.fixture
+    def other_storage(self, storage: Storage) -> Storage:
+        """A second storage object on the same store; by default the same object."""
+        return storage
 
     concurrency_threads = 8
     """Threads used by the concurrency tests; lower it for slow backends."""
@@ -243,6 +253,7 @@ class StorageContract:
         assert done.finished_at is not None and done.started_at is not None
         assert done.finished_at >= done.started_at
         assert done.lease_token is None and done.lease_expires_at is None
+        assert done.worker_id is None
 
     def test_complete_with_a_wrong_token_changes_nothing(self, storage: Storage) -> None:
         storage.enqueue([make_job()])
@@ -286,7 +297,29 @@ class StorageContract:
         assert failed.status is JobStatus.FAILED
         assert failed.last_error == "fatal"
         assert failed.finished_at is not None
+        assert (failed.lease_token, failed.lease_expires_at, failed.worker_id) == (None, None, None)
         assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+
+    def test_a_new_attempt_starts_without_progress(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        storage.set_progress(job.id, job.lease_token or "", progress=50, message="half")
+        storage.fail(job.id, job.lease_token or "", error="x", retry_in=0.0)
+        again = _claim_one(storage)
+        assert (again.progress, again.progress_message) == (None, None)
+
+    def test_unknown_ids_hold_no_lease(self, storage: Storage) -> None:
+        missing = new_job_id()
+        assert not storage.heartbeat(missing, "t", lease_seconds=60)
+        assert not storage.set_progress(missing, "t", progress=1, message=None)
+        assert not storage.complete(missing, "t", result=None)
+        assert not storage.fail(missing, "t", error="x", retry_in=None)
+
+    def test_claim_with_nothing_to_ask_for_returns_nothing(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        assert storage.claim(queues=[], worker_id="w", lease_seconds=60) == []
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=0) == []
+        assert storage.get(storage.list_jobs()[0].id).status is JobStatus.PENDING
 
     def test_fail_with_a_wrong_token_changes_nothing(self, storage: Storage) -> None:
         storage.enqueue([make_job()])
@@ -341,7 +374,7 @@ class StorageContract:
 
     def test_list_jobs_accepts_status_strings(self, storage: Storage) -> None:
         storage.enqueue([make_job()])
-        assert len(storage.list_jobs(status="pending")) == 1  # type: ignore[arg-type]
+        assert len(storage.list_jobs(status="pending")) == 1
 
     def test_rescue_fails_an_expired_lease_without_retries(self, storage: Storage) -> None:
         storage.enqueue([make_job(max_retries=0)])
@@ -438,6 +471,7 @@ class StorageContract:
         assert storage.cancel(new.id)
         job = storage.get(new.id)
         assert job.status is JobStatus.CANCELLED and job.finished_at is not None
+        assert job.lease_token is None and job.worker_id is None
         assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
 
     def test_cancel_a_running_job_fences_its_worker(self, storage: Storage) -> None:
@@ -462,12 +496,14 @@ class StorageContract:
     def test_retry_a_failed_job(self, storage: Storage) -> None:
         storage.enqueue([make_job(max_retries=0)])
         job = _claim_one(storage)
+        storage.set_progress(job.id, job.lease_token or "", progress=3, message="m")
         storage.fail(job.id, job.lease_token or "", error="bad", retry_in=None)
         assert storage.retry(job.id)
         back = storage.get(job.id)
         assert back.status is JobStatus.PENDING
         assert back.attempts == 0 and back.finished_at is None
         assert back.last_error == "bad"
+        assert (back.progress, back.progress_message) == (None, None)
         assert _claim_one(storage).id == job.id
 
     def test_retry_a_cancelled_job(self, storage: Storage) -> None:
@@ -541,8 +577,13 @@ class StorageContract:
 
     # -- concurrency ------------------------------------------------------------------------
 
-    def test_concurrent_claims_never_share_a_job(self, storage: Storage) -> None:
-        """Threads start together and claim until empty: each job is claimed once."""
+    def test_concurrent_claims_never_share_a_job(
+        self, storage: Storage, other_storage: Storage
+    ) -> None:
+        """Threads start together and claim until empty: each job is claimed once.
+
+        Half of the threads go through `other_storage`.
+        """
         total = 200
         storage.enqueue([make_job() for _ in range(total)])
         barrier = threading.Barrier(self.concurrency_threads)
@@ -550,14 +591,15 @@ class StorageContract:
         errors: list[BaseException] = []
 
         def work(n: int) -> None:
+            mine = storage if n % 2 else other_storage
             try:
                 barrier.wait()
-                while jobs := storage.claim(
+                while jobs := mine.claim(
                     queues=["default"], worker_id=f"w{n}", lease_seconds=60, limit=3
                 ):
                     for job in jobs:
                         claimed.append(job.id)
-                        assert storage.complete(job.id, job.lease_token or "", result=n)
+                        assert mine.complete(job.id, job.lease_token or "", result=n)
             except BaseException as error:
                 errors.append(error)
 

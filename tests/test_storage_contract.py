@@ -16,10 +16,23 @@ class TestMemoryStorage(StorageContract):
         return memory_storage
 
 
+def _second(storage: SQLAlchemyStorage) -> Iterator[Storage]:
+    """Another storage object, with its own connection pool, on the same tables."""
+    other = SQLAlchemyStorage(
+        storage.engine.url, table_prefix=storage.table_prefix, schema=storage.schema
+    )
+    yield other
+    other.close()
+
+
 class TestSQLiteFileStorage(StorageContract):
     @pytest.fixture
     def storage(self, sqlite_storage: SQLAlchemyStorage) -> Storage:
         return sqlite_storage
+
+    @pytest.fixture
+    def other_storage(self, sqlite_storage: SQLAlchemyStorage) -> Iterator[Storage]:
+        yield from _second(sqlite_storage)
 
 
 class TestSQLiteInMemoryStorage(StorageContract):
@@ -36,8 +49,16 @@ class TestPostgresStorage(StorageContract):
     def storage(self, postgres_storage: SQLAlchemyStorage) -> Storage:
         return postgres_storage
 
+    @pytest.fixture
+    def other_storage(self, postgres_storage: SQLAlchemyStorage) -> Iterator[Storage]:
+        yield from _second(postgres_storage)
+
 
 class TestMySQLStorage(StorageContract):
     @pytest.fixture
     def storage(self, mysql_storage: SQLAlchemyStorage) -> Storage:
         return mysql_storage
+
+    @pytest.fixture
+    def other_storage(self, mysql_storage: SQLAlchemyStorage) -> Iterator[Storage]:
+        yield from _second(mysql_storage)

@@ -10,6 +10,14 @@ Time belongs to the backend. Methods take durations (`lease_seconds`, `retry_in`
 `older_than`) rather than instants and measure them on the backend's own clock (the
 database's for SQL backends), so workers on hosts with skewed clocks agree.
 
+Words used below:
+
+* **now**: the backend's current time, read once per operation.
+* **the lease is cleared**: `lease_token`, `lease_expires_at` and `worker_id` become
+  `None`.
+* **holds the lease**: the job is `running` and its `lease_token` equals the given
+  token. Unknown ids never hold a lease.
+
 The reusable conformance suite in `dbjobq.testing` checks every rule written here.
 """
 
@@ -54,6 +62,9 @@ class Storage(abc.ABC):
         `running`) job with the same key exists: that job's id is returned in its
         place. The same applies between jobs of one batch: the first one wins.
 
+        A job whose id is already stored is not stored again and its id is returned:
+        a call retried after a lost commit acknowledgement must not duplicate jobs.
+
         Args:
             jobs: Validated jobs with their ids already assigned.
 
@@ -73,8 +84,9 @@ class Storage(abc.ABC):
 
         Same rules as `enqueue`, but nothing is committed here: the jobs exist if and
         only if the caller's transaction commits. `on_commit` is called after that
-        commit. Backends that cannot join a transaction keep this default, which
-        raises `ConfigurationError`.
+        commit. `JobQueue` may call this before `initialize`; create what is missing
+        or raise `ConfigurationError` saying so. Backends that cannot join a
+        transaction keep this default, which raises `ConfigurationError`.
 
         Args:
             connection: The caller's connection, in whatever form the backend takes.
@@ -103,13 +115,15 @@ class Storage(abc.ABC):
         `priority` (highest first), then `run_at`, then `id`.
 
         Each claimed job becomes `running` with `attempts + 1`, `worker_id` set,
-        `started_at = now`, `lease_expires_at = now + lease_seconds` and a fresh
-        `lease_token` that no earlier claim of the job has had. Two concurrent
-        callers never claim the same job.
+        `started_at = now`, `lease_expires_at = now + lease_seconds`, `progress` and
+        `progress_message` cleared, and a fresh `lease_token` that no earlier claim
+        of the job has had. Two concurrent callers never claim the same job, even
+        through different storage objects on the same store.
 
         Returns:
             The claimed jobs as stored after the claim, in claim order; an empty
-            list when nothing is due.
+            list when nothing is due, `queues` is empty, `types` is empty or `limit`
+            is below 1.
         """
 
     @abc.abstractmethod
@@ -137,9 +151,9 @@ class Storage(abc.ABC):
     def complete(self, job_id: str, token: str, *, result: Any) -> bool:
         """Mark a job `completed` and store its JSON `result`.
 
-        Only the holder of the current lease can do this: the job must be `running`
-        under `token`. An expired lease that nobody has rescued yet still counts.
-        Sets `finished_at`, clears the lease.
+        Only the holder of the lease can do this. An expired lease that nobody has
+        rescued yet still counts. Sets `finished_at` and `updated_at`, clears the
+        lease.
 
         Returns:
             `True` if recorded; `False` (and no change) if `token` does not hold
@@ -152,9 +166,9 @@ class Storage(abc.ABC):
         """Record a failed attempt; same lease rule as `complete`.
 
         With `retry_in` set, the job goes back to `pending` with
-        `run_at = now + retry_in`. With `retry_in=None` it becomes `failed` with
-        `finished_at` set. Either way `last_error` becomes `error` and the lease
-        is cleared.
+        `run_at = now + retry_in` (and `finished_at` stays `None`). With
+        `retry_in=None` it becomes `failed` with `finished_at = now`. Either way
+        `last_error` becomes `error` and the lease is cleared.
 
         Returns:
             `True` if recorded; `False` (and no change) if `token` does not hold
@@ -168,7 +182,8 @@ class Storage(abc.ABC):
         A job with retries left (`attempts <= max_retries`) goes back to `pending`,
         due `retry_in` seconds from now; one without becomes `failed`. In both
         cases the lease is cleared (so the old holder's `complete`/`fail` return
-        `False`) and `last_error` says that the lease expired.
+        `False`) and `last_error` says that the lease expired, naming the worker that
+        held it. A failed job gets `finished_at = now`.
 
         Returns:
             How many jobs were rescued.
@@ -186,7 +201,7 @@ class Storage(abc.ABC):
     def list_jobs(
         self,
         *,
-        status: JobStatus | None = None,
+        status: JobStatus | str | None = None,
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
@@ -194,7 +209,7 @@ class Storage(abc.ABC):
         """Return jobs matching every given filter, oldest first (by id).
 
         Args:
-            status: Only jobs in this state.
+            status: Only jobs in this state (a `JobStatus` or its string).
             queue: Only jobs in this queue.
             type: Only jobs of this type.
             limit: At most this many; `None` for all.
@@ -206,7 +221,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> bool:
-        """Move a `pending` or `running` job to `cancelled` and clear its lease.
+        """Move a `pending` or `running` job to `cancelled`, with `finished_at = now`.
+
+        The lease is cleared, so a running job's worker learns at its next heartbeat
+        that it lost the job.
 
         Returns:
             `True` if cancelled; `False` if the job was already finished.
@@ -219,8 +237,8 @@ class Storage(abc.ABC):
     def retry(self, job_id: str) -> bool:
         """Move a `failed` or `cancelled` job back to `pending`, due now.
 
-        `attempts` restarts at 0; `finished_at` and `result` are cleared and
-        `last_error` is kept.
+        `attempts` restarts at 0; `finished_at`, `result`, `progress` and
+        `progress_message` are cleared and `last_error` is kept.
 
         Returns:
             `True` if requeued; `False` if the job is not failed or cancelled, or if
@@ -235,7 +253,8 @@ class Storage(abc.ABC):
         """Delete finished jobs that finished more than `older_than` seconds ago.
 
         Only jobs whose status is in `statuses` are deleted; unfinished states in
-        `statuses` are ignored.
+        `statuses` are ignored. `older_than` may be zero or negative: everything
+        finished before `now - older_than`.
 
         Returns:
             How many jobs were deleted.

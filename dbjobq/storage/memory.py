@@ -260,7 +260,7 @@ class MemoryStorage(Storage):
     def list_jobs(
         self,
         *,
-        status: JobStatus | None = None,
+        status: JobStatus | str | None = None,
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,

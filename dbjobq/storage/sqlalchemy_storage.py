@@ -669,7 +669,7 @@ class SQLAlchemyStorage(Storage):
     def list_jobs(
         self,
         *,
-        status: JobStatus | None = None,
+        status: JobStatus | str | None = None,
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
