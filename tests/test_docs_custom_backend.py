@@ -1,0 +1,53 @@
+"""The example backend of "Writing a storage backend" passes the whole conformance suite.
+
+docs/examples/test_custom_backend.py is what the page tells backend authors to write;
+it is run here as they would run it: pytest in a process of its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from dbjobq.testing import StorageContract
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+TEST_FILE = EXAMPLES / "test_custom_backend.py"
+
+
+def contract_tests() -> list[str]:
+    return [
+        name
+        for name, _ in inspect.getmembers(StorageContract, inspect.isfunction)
+        if name.startswith("test_")
+    ]
+
+
+def test_the_docs_test_file_is_left_to_this_test() -> None:
+    assert TEST_FILE.read_text(encoding="utf-8").startswith("# docs-test: custom\n")
+
+
+def test_the_example_backend_passes_every_conformance_test(tmp_path: Path) -> None:
+    expected = len(contract_tests())
+    assert expected >= 50  # the suite is really there
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), path]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TEST_FILE)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    summary = output.strip().splitlines()[-1]
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary)}
+    assert counts.get("passed") == expected, output
+    for outcome in ("failed", "error", "errors", "skipped", "xfailed", "xpassed", "deselected"):
+        assert counts.get(outcome, 0) == 0, output
