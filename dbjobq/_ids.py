@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
+
+from dbjobq import _clock
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -19,7 +20,7 @@ def new_job_id() -> str:
     """
     global _last_ms, _seq
     with _lock:
-        ms = time.time_ns() // 1_000_000
+        ms = _clock.time_ns() // 1_000_000
         if ms > _last_ms:
             _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big") & 0x3FF
         else:

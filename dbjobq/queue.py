@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dbjobq import _clock
 from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds
 from dbjobq._ids import new_job_id
 from dbjobq.context import JobContext
@@ -318,7 +319,7 @@ class JobQueue:
         return self._enqueue(new_jobs, connection)
 
     def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
-        now = datetime.now(timezone.utc)
+        now = _clock.now()
         due_now = [
             job
             for job in jobs
@@ -361,7 +362,7 @@ class JobQueue:
                     "run_at must be timezone-aware, e.g. datetime.now(timezone.utc)"
                 )
             run_at = run_at.astimezone(timezone.utc)
-            latest = datetime.now(timezone.utc) + timedelta(seconds=MAX_DELAY)
+            latest = _clock.now() + timedelta(seconds=MAX_DELAY)
             if not _EARLIEST <= run_at <= latest:
                 raise InvalidJobError("run_at must be between 1970 and 100 years from now")
         delay = 0.0 if spec.delay is None else check_seconds(spec.delay, "delay")

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dbjobq import _faults
 from dbjobq._checks import check_name
 from dbjobq.context import JobContext
 from dbjobq.errors import (
@@ -383,6 +384,7 @@ class Worker:
                 jobs = self._claim()
                 if not jobs:
                     break
+                _faults.reach("after_claim")
                 self._process(jobs[0])
         finally:
             if self._runner is not None:
@@ -450,6 +452,7 @@ class Worker:
                     delay = min(delay * 2, self.max_poll_interval)
                     continue
                 delay = self.poll_interval
+                _faults.reach("after_claim")
                 for job in jobs:
                     try:
                         self._process(job)
@@ -560,6 +563,7 @@ class Worker:
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval
                 try:
+                    _faults.reach("heartbeat")
                     held = self.queue.storage.heartbeat(
                         job.id, lease.token, lease_seconds=self.lease_seconds
                     )
@@ -647,10 +651,12 @@ class Worker:
         delay = 0.05
         while True:
             try:
+                _faults.reach("before_outcome")
                 if error is None:
                     held = storage.complete(job.id, lease.token, result=result)
                 else:
                     held = storage.fail(job.id, lease.token, error=error, retry_in=retry_in)
+                _faults.reach("after_outcome")
             except StorageError as failure:
                 self._write_errors.failed(f"worker {self.id}: recording job {job.id}", failure)
                 stop_by = self._stop_deadline if self._stop_deadline is not None else math.inf

@@ -19,6 +19,7 @@ from dbjobq import (
     JobValidationError,
     PayloadError,
     RetryPolicy,
+    StorageError,
     Worker,
 )
 from dbjobq.storage import MemoryStorage, SQLAlchemyStorage
@@ -273,3 +274,82 @@ def test_two_storages_can_share_one_sqlite_engine(tmp_path: Path) -> None:
 def test_an_in_memory_sqlite_engine_without_static_pool_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="StaticPool"):
         SQLAlchemyStorage(sa.create_engine("sqlite://"))
+
+
+# -- rows edited by hand ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def sql_queue(request: pytest.FixtureRequest) -> JobQueue:
+    storage: SQLAlchemyStorage = request.getfixturevalue(f"{request.param}_storage")
+    queue = JobQueue(storage)
+    queue.register("t", lambda ctx: ctx.payload["n"])
+    return queue
+
+
+def corrupt(queue: JobQueue, job_id: str, **values: Any) -> None:
+    storage = queue.storage
+    assert isinstance(storage, SQLAlchemyStorage)
+    table = storage._jobs
+    with storage.engine.begin() as conn:
+        for column, raw in values.items():
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id == job_id)
+                .values({column: sa.literal_column(raw)})
+            )
+
+
+def raw_row(queue: JobQueue, job_id: str) -> Any:
+    storage = queue.storage
+    assert isinstance(storage, SQLAlchemyStorage)
+    table = storage._jobs
+    with storage.engine.connect() as conn:
+        return conn.execute(
+            sa.select(table.c.status, table.c.last_error).where(table.c.id == job_id)
+        ).one()
+
+
+@pytest.mark.parametrize(
+    ("column", "raw", "reason"),
+    [
+        ("payload", "'[1, 2]'", "payload is not a JSON object"),
+        ("meta", "'\"text\"'", "meta is not"),
+    ],
+)
+def test_a_job_with_a_payload_edited_into_nonsense_is_failed_and_the_rest_run(
+    sql_queue: JobQueue, column: str, raw: str, reason: str
+) -> None:
+    ids = [sql_queue.enqueue("t", {"n": n}, priority=-n) for n in range(3)]
+    corrupt(sql_queue, ids[0], **{column: raw})  # the head of the queue
+    assert Worker(sql_queue).run_until_empty() == 2
+    assert [sql_queue.get_job(i).result for i in ids[1:]] == [1, 2]
+    status, last_error = raw_row(sql_queue, ids[0])
+    assert status == "failed"
+    assert reason in last_error
+    with pytest.raises(StorageError, match=f"job {ids[0]} is corrupt: {reason}"):
+        sql_queue.get_job(ids[0])
+
+
+def test_text_that_is_not_json_at_all_is_failed_too(sqlite_storage: SQLAlchemyStorage) -> None:
+    queue = JobQueue(sqlite_storage)
+    queue.register("t", lambda ctx: "ran")
+    bad, good = queue.enqueue("t"), queue.enqueue("t")
+    corrupt(queue, bad, payload="'{not json'")
+    assert Worker(queue).run_until_empty() == 1
+    assert queue.get_job(good).result == "ran"
+    status, last_error = raw_row(queue, bad)
+    assert (status, "payload is not valid JSON" in last_error) == ("failed", True)
+
+
+def test_an_unknown_status_is_reported_not_fatal(
+    sql_queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    odd, fine = sql_queue.enqueue("t", {"n": 1}), sql_queue.enqueue("t", {"n": 2})
+    corrupt(sql_queue, odd, status="'paused'")
+    assert Worker(sql_queue).run_until_empty() == 1
+    assert sql_queue.get_job(fine).result == 2
+    assert sql_queue.counts()["default"]["completed"] == 1
+    assert "unknown status 'paused'" in caplog.text
+    with pytest.raises(StorageError, match="unknown status 'paused'"):
+        sql_queue.get_job(odd)

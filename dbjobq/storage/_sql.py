@@ -131,23 +131,50 @@ def _now_plus_mysql(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> s
     return f"TIMESTAMPADD(MICROSECOND, ROUND(({seconds}) * 1000000), UTC_TIMESTAMP(6))"
 
 
-class JSONText(sa.types.TypeDecorator[Any]):
-    """JSON kept as the exact text dbjobq wrote (MySQL's native JSON type rewrites it)."""
+class Corrupt:
+    """Stands for a stored JSON value that does not parse (a row edited by hand)."""
 
-    impl = mysql.LONGTEXT
+    def __init__(self, raw: str, error: Exception) -> None:
+        self.raw = raw
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<corrupt JSON {self.raw[:40]!r}: {self.error}>"
+
+
+class JSONText(sa.types.TypeDecorator[Any]):
+    """JSON kept as the exact text dbjobq wrote, in a text column.
+
+    Used where the database does not check JSON itself (SQLite's TEXT) or rewrites it
+    (MySQL's JSON type). Text that does not parse comes back as `Corrupt` instead of
+    breaking the whole query.
+    """
+
+    impl = sa.Text
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if _is_mysql(dialect):
+            return dialect.type_descriptor(mysql.LONGTEXT())
+        return dialect.type_descriptor(sa.Text())
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         return None if value is None else dumps(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        return None if value is None else json.loads(value)
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except ValueError as error:
+            return Corrupt(value, error)
 
 
 def _json() -> sa.types.TypeEngine[Any]:
     # PostgreSQL's `json`, not `jsonb`: jsonb rewrites numbers (1e300 comes back as a
-    # 301-digit integer), so payloads would not round-trip exactly.
-    return sa.JSON(none_as_null=True).with_variant(JSONText(), "mysql", "mariadb")
+    # 301-digit integer), so payloads would not round-trip exactly. PostgreSQL rejects
+    # invalid JSON itself; elsewhere JSONText keeps the exact text.
+    return JSONText().with_variant(sa.JSON(none_as_null=True), "postgresql")
 
 
 # Literal (not bound) state names: SQLite and PostgreSQL only use a partial index when

@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from dbjobq import _clock
 from dbjobq.errors import ConfigurationError, JobNotFound
 from dbjobq.job import Job, JobStatus, NewJob
 from dbjobq.payload import dumps
@@ -21,7 +22,7 @@ _UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return _clock.now()
 
 
 def _copy(value: Any) -> Any:

@@ -29,6 +29,7 @@ from dbjobq.storage._sql import (
     RUNNING,
     SCHEMA_VERSION,
     UNFINISHED,
+    Corrupt,
     build_tables,
     check_identifier,
     db_now,
@@ -50,6 +51,7 @@ _DRIVERS = {
     "mariadb": ("pymysql", "mysql", "pymysql"),
 }
 _MYSQL = ("mysql", "mariadb")
+_STATUSES = frozenset(s.value for s in JobStatus)
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 _RETRIES = 5  # transient errors retried inside one call before StorageError
 
@@ -344,8 +346,12 @@ class SQLAlchemyStorage(Storage):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _to_job(self, row: sa.Row[Any]) -> Job:
+        """Build a Job from a row; `StorageError` names the job if the row is corrupt."""
         m = row._mapping
         c = self._jobs.c
+        problem = self._corruption(row)
+        if problem:
+            raise StorageError(f"job {m[c.id]} is corrupt: {problem}")
         return Job(
             id=m[c.id],
             type=m[c.type],
@@ -371,6 +377,20 @@ class SQLAlchemyStorage(Storage):
             lease_token=m[c.lease_token],
             lease_expires_at=m[c.lease_expires_at],
         )
+
+    def _corruption(self, row: sa.Row[Any]) -> str | None:
+        """What is wrong with a row edited by hand, or `None` if nothing is."""
+        m = row._mapping
+        c = self._jobs.c
+        for column in (c.payload, c.meta, c.result):
+            if isinstance(m[column], Corrupt):
+                return f"{column.name} is not valid JSON ({m[column].error})"
+        for column in (c.payload, c.meta):
+            if not isinstance(m[column], dict):
+                return f"{column.name} is not a JSON object"
+        if m[c.status] not in _STATUSES:
+            return f"unknown status {m[c.status]!r}"
+        return None
 
     def _insert(self) -> Any:
         """INSERT that skips rows clashing with the primary key or an active unique key."""
@@ -523,6 +543,23 @@ class SQLAlchemyStorage(Storage):
     ) -> list[Job]:
         if not queues or (types is not None and not types) or limit < 1:
             return []
+        for _ in range(100):
+            jobs, corrupt = self._claim_once(queues, worker_id, lease_seconds, types, limit)
+            # Corrupt rows were failed on the way: look again rather than report an
+            # empty queue, so that a bad row never stalls a worker.
+            if jobs or not corrupt:
+                break
+        jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+        return jobs
+
+    def _claim_once(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_seconds: float,
+        types: Collection[str] | None,
+        limit: int,
+    ) -> tuple[list[Job], int]:
         c = self._jobs.c
         values = {
             "status": RUNNING,
@@ -549,12 +586,10 @@ class SQLAlchemyStorage(Storage):
                 .returning(*self._jobs.c)
             )
 
-            def run(conn: Connection) -> list[Job]:
-                return [self._to_job(row) for row in conn.execute(stmt)]
+            def run(conn: Connection) -> tuple[list[Job], int]:
+                return self._claimed(conn, list(conn.execute(stmt)))
 
-        claimed = self._run("claim", run, write=True)
-        claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        return claimed
+        return self._run("claim", run, write=True)
 
     def _claim_in_steps(
         self,
@@ -562,7 +597,7 @@ class SQLAlchemyStorage(Storage):
         types: Collection[str] | None,
         limit: int,
         values: Mapping[str, Any],
-    ) -> Callable[[Connection], list[Job]]:
+    ) -> Callable[[Connection], tuple[list[Job], int]]:
         """Claim in three statements of one transaction: lock, update, read back.
 
         MySQL has neither UPDATE ... RETURNING nor LIMIT inside an IN subquery.
@@ -570,15 +605,43 @@ class SQLAlchemyStorage(Storage):
         c = self._jobs.c
         select_ready = self._ready(queues, types, limit)
 
-        def run(conn: Connection) -> list[Job]:
+        def run(conn: Connection) -> tuple[list[Job], int]:
             ids = list(conn.execute(select_ready).scalars())
             if not ids:
-                return []
+                return [], 0
             conn.execute(sa.update(self._jobs).where(c.id.in_(ids)).values(**values))
             rows = conn.execute(sa.select(self._jobs).where(c.id.in_(ids)))
-            return [self._to_job(row) for row in rows]
+            return self._claimed(conn, list(rows))
 
         return run
+
+    def _claimed(self, conn: Connection, rows: list[sa.Row[Any]]) -> tuple[list[Job], int]:
+        """Jobs from claimed rows.
+
+        A corrupt row (edited by hand) is failed with the reason, in the same
+        transaction, instead of blocking the head of the queue forever.
+        """
+        jobs: list[Job] = []
+        c = self._jobs.c
+        for row in rows:
+            problem = self._corruption(row)
+            if problem is None:
+                jobs.append(self._to_job(row))
+                continue
+            job_id = row._mapping[c.id]
+            logger.error("job %s is corrupt and was failed: %s", job_id, problem)
+            conn.execute(
+                sa.update(self._jobs)
+                .where(c.id == job_id)
+                .values(
+                    status=JobStatus.FAILED.value,
+                    last_error=f"StorageError: the stored job is corrupt: {problem}",
+                    finished_at=db_now(),
+                    updated_at=db_now(),
+                    **self._RELEASED,
+                )
+            )
+        return jobs, len(rows) - len(jobs)
 
     def _ready(
         self, queues: Sequence[str], types: Collection[str] | None, limit: int
@@ -691,7 +754,13 @@ class SQLAlchemyStorage(Storage):
         stmt = sa.select(c.queue, c.status, sa.func.count()).group_by(c.queue, c.status)
 
         def run(conn: Connection) -> dict[tuple[str, JobStatus], int]:
-            return {(q, JobStatus(s)): n for q, s, n in conn.execute(stmt)}
+            counts = {}
+            for queue, status, n in conn.execute(stmt):
+                if status in _STATUSES:
+                    counts[(queue, JobStatus(status))] = n
+                else:
+                    logger.warning("%d job(s) in queue %r have unknown status %r", n, queue, status)
+            return counts
 
         return self._run("count_jobs", run, write=False)
 
