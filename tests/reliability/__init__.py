@@ -1,0 +1,1 @@
+"""The reliability harness: fault injection against real processes and databases."""
