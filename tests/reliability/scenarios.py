@@ -114,37 +114,55 @@ def crash(store: Store, work: Path, size: str) -> Report:
 
 
 def outage(store: Store, work: Path, size: str) -> Report:
-    """Terminate the workers' database connections again and again (PostgreSQL)."""
+    """Terminate the workers' database connections again and again."""
     jobs, seconds = (3_000, 20.0) if size == "full" else (600, 5.0)
     report = Report("connection kills", store.backend)
     store.install_audit()
     queue = store.queue()
-    admin = sa.create_engine(store.url, poolclass=sa.pool.NullPool)
+    admin = store.open()  # a connection pool of its own
     with processes(store, work, threads=2, lease=LEASE, max_poll=MAX_POLL) as group:
         for _ in range(2):
             group.start()
         ids = queue.enqueue_many(_work(jobs, lambda i: 10))
         began = time.monotonic()
         while time.monotonic() - began < seconds:
-            with admin.begin() as conn:
-                killed = conn.exec_driver_sql(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
-                    "current_database() AND pid <> pg_backend_pid() AND backend_type = "
-                    "'client backend'"
-                ).all()
-            report.faults += len(killed)
+            report.faults += _kill_connections(admin.engine)
             time.sleep(0.3)
         queue.close()
         queue = store.queue()
         wait_until(lambda: unfinished(queue, ids) == 0, 300, "the queue to drain")
         group.stop_all()
-    admin.dispose()
+    admin.close()
     queue.close()
     check(report, store, ids, work, explained=set(ids))
     _check_processes(report, group.summaries, max_logs_per_process=60)
     logged = max(sum(s["log_counts"].values()) for s in group.summaries)
     report.notes = f"at most {logged} log records per process"
     return report
+
+
+def _kill_connections(admin: sa.Engine) -> int:
+    """End every other client connection to the database; return how many."""
+    with admin.connect() as conn:
+        if admin.dialect.name == "postgresql":
+            return len(
+                conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                    "current_database() AND pid <> pg_backend_pid() AND backend_type = "
+                    "'client backend'"
+                ).all()
+            )
+        ids = conn.exec_driver_sql(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND "
+            "USER = SUBSTRING_INDEX(USER(), '@', 1) AND ID <> CONNECTION_ID() AND "
+            "COMMAND <> 'Daemon'"
+        ).scalars()
+        killed = 0
+        for connection_id in ids:
+            with contextlib.suppress(sa.exc.DBAPIError):  # it may be gone already
+                conn.exec_driver_sql(f"KILL CONNECTION {int(connection_id)}")
+                killed += 1
+        return killed
 
 
 def server_restart(store: Store, work: Path, size: str) -> Report:
@@ -466,7 +484,7 @@ class own_postgres:  # noqa: N801 - used as a context manager, like a function
 SCENARIOS: dict[str, tuple[Callable[[Store, Path, str], Report], tuple[str, ...]]] = {
     "contention": (contention, ("sqlite", "postgresql", "mysql")),
     "crash": (crash, ("sqlite", "postgresql", "mysql")),
-    "connection kills": (outage, ("postgresql",)),
+    "connection kills": (outage, ("postgresql", "mysql")),
     "server down": (server_restart, ("postgresql",)),
     "enqueue bursts": (bursts, ("sqlite",)),
     "hostile handlers": (hostile, ("sqlite", "postgresql", "mysql")),
