@@ -305,7 +305,16 @@ class SQLAlchemyStorage(Storage):
     def _check_version(self, conn: Connection) -> None:
         found = conn.execute(sa.select(sa.func.max(self._version.c.version))).scalar()
         if found is None:
-            conn.execute(sa.insert(self._version).values(version=SCHEMA_VERSION))
+            # Another process may insert the same row first (on MySQL the lock above is
+            # released before this transaction commits): a clash is no error.
+            table = self._version
+            if self._is_mysql:
+                stmt: Any = mysql.insert(table).on_duplicate_key_update(version=table.c.version)
+            elif self._backend == "postgresql":
+                stmt = postgresql.insert(table).on_conflict_do_nothing()
+            else:
+                stmt = sqlite.insert(table).on_conflict_do_nothing()
+            conn.execute(stmt.values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise ConfigurationError(
                 f"the job tables have schema version {found}, newer than this dbjobq "
