@@ -28,9 +28,13 @@ from dbjobq.errors import (
     PayloadError,
     StorageError,
 )
+from dbjobq.events import Event
 from dbjobq.job import Job, JobSpec, JobStatus
+from dbjobq.periodic import Schedule
 from dbjobq.queue import Handler, JobQueue
+from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
+from dbjobq.stats import QueueStats, Stats
 from dbjobq.worker import Worker
 
 __version__ = "0.1.0"
@@ -38,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError",
     "DBJobQError",
+    "Event",
     "Handler",
     "InvalidJobError",
     "Job",
@@ -50,7 +55,11 @@ __all__ = [
     "JobTimeoutError",
     "JobValidationError",
     "PayloadError",
+    "QueueStats",
     "RetryPolicy",
+    "Schedule",
+    "Stats",
     "StorageError",
     "Worker",
+    "WorkerInfo",
 ]

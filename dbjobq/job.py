@@ -7,7 +7,7 @@ import enum
 from datetime import datetime, timedelta
 from typing import Any, Union
 
-__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob"]
+__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup"]
 
 JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]
 """Any strict-JSON value (see `dbjobq.errors.PayloadError` for what strict means)."""
@@ -153,3 +153,17 @@ class NewJob:
     unique_key: str | None
     meta: dict[str, Any]
     timeout: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingGroup:
+    """Pending jobs of one type in one queue (see `Storage.pending_summary`)."""
+
+    queue: str
+    """The queue."""
+    type: str
+    """The job type."""
+    count: int
+    """How many jobs are pending."""
+    oldest_run_at: datetime
+    """The earliest `run_at` among them."""

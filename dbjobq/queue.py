@@ -9,16 +9,20 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from dbjobq import _clock
 from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds
 from dbjobq._ids import new_job_id
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
+from dbjobq.events import H, Hooks
 from dbjobq.job import Job, JobSpec, JobStatus, NewJob
 from dbjobq.payload import check_json, clean_text
+from dbjobq.periodic import Schedule
+from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
+from dbjobq.stats import Stats, collect_stats
 from dbjobq.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -109,6 +113,8 @@ class JobQueue:
         self.retry_policy = retry_policy or RetryPolicy()
         self.max_payload_bytes = max_payload_bytes
         self._handlers: dict[str, Handler] = {}
+        self._schedules: dict[str, Schedule] = {}
+        self._hooks = Hooks()
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -222,6 +228,187 @@ class JobQueue:
     def handlers(self) -> Mapping[str, Handler]:
         """The registered handlers by job type (read-only view)."""
         return dict(self._handlers)
+
+    # -- periodic jobs --------------------------------------------------------------------
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        type: str | None = None,  # noqa: A002 - the job field's name
+        tz: str = "UTC",
+        payload: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        unique_key: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as a handler and run it on a schedule.
+
+        ```python
+        @queue.periodic("0 3 * * *", tz="Europe/Berlin")   # every night at 03:00
+        def nightly_report(ctx: JobContext) -> None: ...
+
+        @queue.periodic(every=timedelta(minutes=5))
+        def refresh_cache(ctx: JobContext) -> None: ...
+        ```
+
+        Each tick enqueues one job of type `type` (by default the schedule's name,
+        by default the function's name), however many workers run; see
+        `dbjobq.periodic` for how ticks are chosen and caught up. Workers that handle
+        the type and the queue enqueue the ticks, so run at least one.
+
+        Args:
+            cron: A five-field cron expression (needs `dbjobq[cron]`).
+            every: Or a fixed interval, seconds or a `timedelta` (at least 1 s);
+                ticks fall on multiples of it counted from 1970-01-01 UTC.
+            name: The schedule's name, unique per queue object.
+            type: The job type; the function becomes its handler unless that type
+                already has one.
+            tz: IANA time zone for `cron`.
+            payload: Payload of each job.
+            queue: Queue of each job.
+            priority: Priority of each job.
+            max_retries: Retries of each job.
+            timeout: Timeout of each attempt.
+            unique_key: Set it to skip a tick while the previous tick's job is
+                still unfinished.
+
+        Raises:
+            ConfigurationError: If the schedule is invalid or its name is taken.
+        """
+
+        def register(fn: F) -> F:
+            schedule_name = name or type or fn.__name__
+            job_type = type or schedule_name
+            if job_type not in self._handlers:
+                self.register(job_type, fn, max_retries=max_retries, timeout=timeout)
+            self.schedule(
+                job_type,
+                cron=cron,
+                every=every,
+                name=schedule_name,
+                tz=tz,
+                payload=payload,
+                queue=queue,
+                priority=priority,
+                max_retries=max_retries,
+                timeout=timeout,
+                unique_key=unique_key,
+            )
+            return fn
+
+        return register
+
+    def schedule(
+        self,
+        type: str,  # noqa: A002 - the job field's name
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        tz: str = "UTC",
+        payload: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        unique_key: str | None = None,
+    ) -> Schedule:
+        """Enqueue a job of `type` on a schedule; the non-decorator form of `periodic`.
+
+        Returns:
+            The `Schedule`.
+
+        Raises:
+            ConfigurationError: If the schedule is invalid or its name is taken.
+        """
+        try:
+            spec = self._validate(
+                JobSpec(
+                    type=type,
+                    payload=payload,
+                    queue=queue,
+                    priority=priority,
+                    max_retries=max_retries,
+                    unique_key=unique_key,
+                    timeout=timeout,
+                )
+            )
+            schedule_name = check_name(name or type, "schedule name")
+            interval = None if every is None else check_seconds(every, "every")
+        except InvalidJobError as error:
+            raise ConfigurationError(str(error)) from None
+        if schedule_name in self._schedules:
+            raise ConfigurationError(f"a schedule named {schedule_name!r} exists already")
+        schedule = Schedule(
+            name=schedule_name,
+            type=spec.type,
+            cron=cron,
+            every=interval,
+            tz=tz,
+            payload=spec.payload,
+            queue=spec.queue,
+            priority=spec.priority,
+            max_retries=spec.max_retries,
+            timeout=spec.timeout,
+            unique_key=spec.unique_key,
+        )
+        self._schedules[schedule_name] = schedule
+        return schedule
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]:
+        """The schedules by name (read-only view)."""
+        return dict(self._schedules)
+
+    # -- events and workers ------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, hook: H) -> H: ...
+
+    def on(self, event: str, hook: H | None = None) -> H | Callable[[H], H]:
+        """Run `hook(event)` whenever `event` happens in any worker of this queue.
+
+        Use it directly (`queue.on("job:failed", alert)`) or as a decorator
+        (`@queue.on("job:failed")`). See `dbjobq.events` for the events and what
+        each carries.
+
+        Raises:
+            ConfigurationError: If the event name is unknown.
+        """
+        if hook is None:
+            return lambda fn: self._hooks.on(event, fn)
+        return self._hooks.on(event, hook)
+
+    def list_workers(self, seen_within: float = 60.0) -> list[WorkerInfo]:
+        """Live workers of every process, with their queues, types and current job.
+
+        A worker is listed if it saved its record in the last `seen_within` seconds;
+        running workers do so every few seconds.
+
+        Raises:
+            StorageError: If the storage cannot be reached.
+        """
+        return self._store().list_workers(seen_within=seen_within)
+
+    def stats(self) -> Stats:
+        """A snapshot of the queue for monitoring.
+
+        Per queue: counts per status, the age of the oldest due job, throughput over
+        the last 1, 5 and 15 minutes, and pending job types that no live worker
+        handles; and the live workers.
+
+        Raises:
+            StorageError: If the storage cannot be reached.
+        """
+        return collect_stats(self._store())
 
     # -- enqueue ----------------------------------------------------------------------
 
@@ -511,6 +698,7 @@ class JobQueue:
         older_than: float | timedelta,
         *,
         statuses: Iterable[JobStatus | str] = (JobStatus.COMPLETED, JobStatus.CANCELLED),
+        batch_size: int = 1000,
     ) -> int:
         """Delete finished jobs that finished more than `older_than` ago.
 
@@ -518,6 +706,7 @@ class JobQueue:
             older_than: Age in seconds or as a `timedelta`.
             statuses: Which finished states to delete; failed jobs are kept unless
                 asked for, since they usually need a look first.
+            batch_size: Jobs deleted per transaction.
 
         Returns:
             How many jobs were deleted.
@@ -528,6 +717,7 @@ class JobQueue:
             StorageError: If the storage cannot be reached.
         """
         age = check_seconds(older_than, "older_than")
+        check_int(batch_size, "batch_size", 1, 1_000_000)
         states = []
         for status in statuses:
             try:
@@ -537,7 +727,15 @@ class JobQueue:
             if not state.is_finished:
                 raise InvalidJobError(f"cannot purge {state.value} jobs, only finished ones")
             states.append(state)
-        return self._store().purge(statuses=states, older_than=age)
+        storage = self._store()
+        total = 0
+        # Short transactions: a big delete would hold locks, and on SQLite the whole
+        # file, for as long as it takes.
+        while True:
+            deleted = storage.purge(statuses=states, older_than=age, limit=batch_size)
+            total += deleted
+            if deleted < batch_size:
+                return total
 
     # -- used by Worker -------------------------------------------------------------------
 

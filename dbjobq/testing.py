@@ -39,6 +39,7 @@ import pytest
 from dbjobq._ids import new_job_id
 from dbjobq.errors import JobNotFound
 from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.registry import WorkerInfo
 from dbjobq.storage.base import Storage
 
 __all__ = ["StorageContract", "make_job"]
@@ -574,6 +575,129 @@ class StorageContract:
         assert storage.purge(statuses=statuses, older_than=-1) == 1
         remaining = {j.id for j in storage.list_jobs()}
         assert remaining == {cancelled.id, pending.id}
+
+    def test_count_jobs_finished_within_a_window(self, storage: Storage) -> None:
+        done, waiting = make_job(), make_job()
+        storage.enqueue([done, waiting])
+        job = _claim_one(storage)
+        storage.complete(job.id, job.lease_token or "", result=None)
+        assert storage.count_jobs(finished_within=3600) == {("default", JobStatus.COMPLETED): 1}
+
+    def test_pending_summary_groups_by_queue_and_type(self, storage: Storage) -> None:
+        late = datetime.now(timezone.utc) + timedelta(hours=1)
+        early = datetime.now(timezone.utc) - timedelta(hours=1)
+        storage.enqueue(
+            [
+                make_job("a", run_at=late),
+                make_job("a", run_at=early),
+                make_job("b", queue="other"),
+                make_job("c"),
+            ]
+        )
+        storage.cancel(storage.list_jobs(type="c")[0].id)
+        groups = storage.pending_summary()
+        assert [(g.queue, g.type, g.count) for g in groups] == [
+            ("default", "a", 2),
+            ("other", "b", 1),
+        ]
+        assert abs(groups[0].oldest_run_at - early) < timedelta(milliseconds=1)
+
+    def test_purge_with_a_limit_takes_the_oldest_first(self, storage: Storage) -> None:
+        jobs = [make_job() for _ in range(5)]
+        storage.enqueue(jobs)
+        for _ in jobs:
+            job = _claim_one(storage)
+            storage.complete(job.id, job.lease_token or "", result=None)
+        statuses = [JobStatus.COMPLETED]
+        assert storage.purge(statuses=statuses, older_than=-1, limit=2) == 2
+        assert storage.purge(statuses=statuses, older_than=-1, limit=10) == 3
+        assert storage.list_jobs() == []
+
+    # -- periodic ticks -----------------------------------------------------------------------
+
+    def test_a_tick_is_enqueued_once(self, storage: Storage) -> None:
+        tick = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+        assert storage.last_tick("nightly") is None
+        assert storage.enqueue_tick("nightly", tick, make_job("report"))
+        assert not storage.enqueue_tick("nightly", tick, make_job("report"))
+        assert not storage.enqueue_tick("nightly", tick - timedelta(days=1), make_job("report"))
+        assert storage.last_tick("nightly") == tick
+        assert storage.enqueue_tick("nightly", tick + timedelta(days=1), make_job("report"))
+        assert storage.enqueue_tick("hourly", tick, make_job("report"))  # schedules are apart
+        assert len(storage.list_jobs()) == 3
+
+    def test_concurrent_callers_enqueue_one_job_per_tick(
+        self, storage: Storage, other_storage: Storage
+    ) -> None:
+        tick = datetime(2030, 1, 1, tzinfo=timezone.utc)
+        barrier = threading.Barrier(self.concurrency_threads)
+        won: list[bool] = []
+        errors: list[BaseException] = []
+
+        def race(n: int) -> None:
+            mine = storage if n % 2 else other_storage
+            try:
+                barrier.wait()
+                won.append(mine.enqueue_tick("race", tick, make_job("t")))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [
+            threading.Thread(target=race, args=(n,)) for n in range(self.concurrency_threads)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(won) == [False] * (self.concurrency_threads - 1) + [True]
+        assert len(storage.list_jobs()) == 1
+
+    # -- the worker registry ----------------------------------------------------------------
+
+    def _worker(self, worker_id: str, **fields: Any) -> WorkerInfo:
+        values: dict[str, Any] = {
+            "id": worker_id,
+            "hostname": "host-1",
+            "pid": 42,
+            "queues": ("default", "mail"),
+            "types": ("a", "b"),
+            "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc),
+        }
+        values.update(fields)
+        return WorkerInfo(**values)
+
+    def test_workers_register_update_and_leave(self, storage: Storage) -> None:
+        storage.save_worker(self._worker("w2"))
+        storage.save_worker(self._worker("w1"))
+        storage.save_worker(self._worker("w1", current_job="job-9", jobs_processed=7))
+        found = storage.list_workers(seen_within=3600)
+        assert [w.id for w in found] == ["w1", "w2"]
+        w1 = found[0]
+        assert (w1.hostname, w1.pid, w1.queues, w1.types) == (
+            "host-1",
+            42,
+            ("default", "mail"),
+            ("a", "b"),
+        )
+        assert (w1.current_job, w1.jobs_processed) == ("job-9", 7)
+        assert w1.started_at == datetime(2030, 1, 1, tzinfo=timezone.utc)
+        assert w1.last_seen is not None and w1.last_seen.utcoffset() == timedelta(0)
+        storage.remove_worker("w2")
+        storage.remove_worker("never-there")
+        assert [w.id for w in storage.list_workers(seen_within=3600)] == ["w1"]
+
+    def test_workers_not_seen_recently_are_left_out_and_pruned(self, storage: Storage) -> None:
+        storage.save_worker(self._worker("w1"))
+        assert storage.list_workers(seen_within=-1) == []
+        assert storage.prune_workers(older_than=3600) == 0
+        assert storage.prune_workers(older_than=-1) == 1
+        assert storage.list_workers(seen_within=3600) == []
+
+    def test_now_is_aware_utc_and_close_to_real_time(self, storage: Storage) -> None:
+        now = storage.now()
+        assert now.utcoffset() == timedelta(0)
+        assert abs(now - datetime.now(timezone.utc)) < timedelta(minutes=5)
 
     # -- concurrency ------------------------------------------------------------------------
 

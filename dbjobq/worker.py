@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
 import os
-import queue as queue_module
 import random
 import socket
 import threading
@@ -15,10 +13,11 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
-from dbjobq import _faults
+from dbjobq import _clock, _faults
 from dbjobq._checks import check_name
+from dbjobq._runner import Attempt, Runner
 from dbjobq.context import JobContext
 from dbjobq.errors import (
     ConfigurationError,
@@ -27,9 +26,12 @@ from dbjobq.errors import (
     PayloadError,
     StorageError,
 )
+from dbjobq.events import Event, H, Hooks
 from dbjobq.job import Job
 from dbjobq.payload import check_json
-from dbjobq.queue import Handler, JobQueue
+from dbjobq.periodic import Ticker
+from dbjobq.queue import JobQueue
+from dbjobq.registry import WorkerInfo
 
 __all__ = ["Worker"]
 
@@ -37,82 +39,8 @@ logger = logging.getLogger(__name__)
 
 _GRACE = 1.0  # seconds a cancelled handler gets to return before its thread is abandoned
 _LONGEST = 86400.0  # upper bound of intervals and leases: catches unit mistakes
-
-
-class _Attempt:
-    """One handler call, run on a `_Runner` thread; the worker thread watches it."""
-
-    def __init__(self, handler: Handler, ctx: JobContext, watcher: threading.Event) -> None:
-        self.handler = handler
-        self.ctx = ctx
-        self.done = threading.Event()
-        self._watcher = watcher
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.trace = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Future[Any] | None = None
-
-    def run(self, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
-        try:
-            if self.handler.is_async:
-                self._loop = loop()
-                self.result = self._loop.run_until_complete(self._run_async())
-            else:
-                self.result = self.handler.fn(self.ctx)
-        except BaseException as error:  # noqa: BLE001 - SystemExit & co. must not kill the thread
-            self.error = error
-            self.trace = traceback.format_exc()
-        finally:
-            self.done.set()
-            self._watcher.set()
-
-    async def _run_async(self) -> Any:
-        self._task = asyncio.ensure_future(self.handler.fn(self.ctx))
-        return await self._task
-
-    def abort(self) -> None:
-        """Signal the handler to stop; an async handler's task is also cancelled."""
-        self.ctx.cancelled.set()
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(task.cancel)
-
-
-class _Runner:
-    """A long-lived thread that runs handlers one at a time.
-
-    Handlers run off the worker thread so that the worker can heartbeat, enforce
-    timeouts and honour stop deadlines while they run. The thread is reused so that
-    per-thread resources of user code (database connections, sessions) are too; it
-    is only replaced when a handler overruns and has to be abandoned.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._inbox: queue_module.SimpleQueue[_Attempt | None] = queue_module.SimpleQueue()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self.thread.start()
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop
-
-    def _serve(self) -> None:
-        try:
-            while (attempt := self._inbox.get()) is not None:
-                attempt.run(self._event_loop)
-        finally:
-            if self._loop is not None:
-                self._loop.close()
-
-    def submit(self, attempt: _Attempt) -> None:
-        self._inbox.put(attempt)
-
-    def retire(self) -> None:
-        """Exit after the current handler, if any, returns."""
-        self._inbox.put(None)
+_REGISTRY_EVERY = 5.0  # seconds between saves of a worker's registry record
+_FORGET_AFTER = 86400.0  # seconds after which a silent worker's record is deleted
 
 
 @dataclasses.dataclass
@@ -122,6 +50,7 @@ class _Lease:
     job: Job
     token: str
     until: float
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class _Throttle:
@@ -257,11 +186,18 @@ class Worker:
         self._idle = False
         self._stop_deadline: float | None = None
         self._thread: threading.Thread | None = None
-        self._runner: _Runner | None = None
+        self._runner: Runner | None = None
         self._runners = 0
+        self._hooks = Hooks()
+        self._ticker: Ticker | None = None
+        self._next_tick = -math.inf
+        self._last_saved = -math.inf
+        self._last_pruned = -math.inf
+        self._started_at = _clock.now()
         self._last_rescue = -math.inf
         self._poll_errors = _Throttle()
         self._write_errors = _Throttle()
+        self._registry_errors = _Throttle()
 
     def __repr__(self) -> str:
         state = "running" if self.is_alive else "stopped"
@@ -275,6 +211,69 @@ class Worker:
         self.stop()
 
     # -- public API -------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, hook: H) -> H: ...
+
+    def on(self, event: str, hook: H | None = None) -> H | Callable[[H], H]:
+        """Run `hook(event)` whenever `event` happens in this worker.
+
+        Like `JobQueue.on`, for one worker; see `dbjobq.events`.
+
+        Raises:
+            ConfigurationError: If the event name is unknown.
+        """
+        if hook is None:
+            return lambda fn: self._hooks.on(event, fn)
+        return self._hooks.on(event, hook)
+
+    def _emit(self, name: str, job: Job | None = None, **fields: Any) -> None:
+        if self._hooks or self.queue._hooks:
+            event = Event(name=name, worker_id=self.id, job=job, **fields)
+            self.queue._hooks.emit(event)
+            self._hooks.emit(event)
+
+    def info(self) -> WorkerInfo:
+        """This worker's registry record (see `JobQueue.list_workers`)."""
+        current = self._current
+        return WorkerInfo(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            types=tuple(sorted(self.queue._handlers)),
+            started_at=self._started_at,
+            current_job=None if current is None else current.id,
+            jobs_processed=self.jobs_processed,
+        )
+
+    def _save_info_if_due(self) -> None:
+        """Keep this worker's registry record fresh (and prune dead workers' hourly)."""
+        now = time.monotonic()
+        if now - self._last_saved < _REGISTRY_EVERY:
+            return
+        self._last_saved = now
+        storage = self.queue.storage
+        try:
+            storage.save_worker(self.info())
+            if now - self._last_pruned >= 3600:
+                self._last_pruned = now
+                storage.prune_workers(older_than=_FORGET_AFTER)
+        except StorageError as error:
+            self._registry_errors.failed(f"worker {self.id}: saving its registry record", error)
+            return
+        self._registry_errors.recovered(f"worker {self.id}: saving its registry record")
+
+    def _tick_if_due(self) -> None:
+        """Enqueue due ticks of the schedules this worker takes part in."""
+        if self._ticker is None or time.monotonic() < self._next_tick:
+            return
+        wait = self._ticker.run()
+        # A little after the tick, so that it is due on the storage's clock too.
+        self._next_tick = time.monotonic() + wait + 0.005
 
     @property
     def current_job(self) -> Job | None:
@@ -423,6 +422,8 @@ class Worker:
     def _idle_wait(self, seconds: float) -> None:
         if self._stopping.is_set():
             return  # stop() may have set the wake flag just before the loop cleared it
+        if self._ticker is not None:  # wake up for the next tick of a schedule
+            seconds = min(seconds, max(0.0, self._next_tick - time.monotonic()))
         self._idle = True
         try:
             self._wake.wait(seconds)
@@ -433,15 +434,26 @@ class Worker:
         logger.info("worker %s started on queues %s", self.id, ", ".join(self.queues))
         if not self.queue._handlers:
             logger.warning("worker %s has no handlers registered: it will take no jobs", self.id)
+        handlers = self.queue._handlers
+        schedules = [
+            s
+            for s in self.queue._schedules.values()
+            if s.queue in self.queues and s.type in handlers
+        ]
+        self._ticker = Ticker(self.queue.storage, schedules) if schedules else None
+        self._emit("worker:started")
         delay = self.poll_interval
         try:
             while not self._stopping.is_set() and not self._reached_max_jobs():
                 self._wake.clear()
                 try:
+                    self._save_info_if_due()
+                    self._tick_if_due()
                     self._rescue_if_due()
                     jobs = self._claim()
                 except Exception as error:  # noqa: BLE001 - StorageError, or a bug: back off
                     self._poll_errors.failed(f"worker {self.id}: polling", error)
+                    self._emit("worker:error", error=f"{type(error).__name__}: {error}")
                     self._idle_wait(delay * (0.5 + random.random() / 2))
                     delay = min(delay * 2, self.max_poll_interval)
                     continue
@@ -468,15 +480,22 @@ class Worker:
             self.queue._workers.discard(self)
             if self._runner is not None:
                 self._runner.retire()
+            try:
+                self.queue.storage.remove_worker(self.id)
+            except Exception as error:  # noqa: BLE001 - the record will be pruned later
+                logger.warning(
+                    "worker %s: could not remove its registry record: %s", self.id, error
+                )
             logger.info("worker %s stopped after %d job(s)", self.id, self.jobs_processed)
+            self._emit("worker:stopped")
 
     # -- one job ------------------------------------------------------------------------
 
-    def _new_runner(self) -> _Runner:
+    def _new_runner(self) -> Runner:
         self._runners += 1
-        return _Runner(f"dbjobq-runner-{self.id}-{self._runners}")
+        return Runner(f"dbjobq-runner-{self.id}-{self._runners}")
 
-    def _abandon(self, attempt: _Attempt, why: str, grace: float = _GRACE) -> None:
+    def _abandon(self, attempt: Attempt, why: str, grace: float = _GRACE) -> None:
         """Give up on a handler that will not return; its thread keeps running alone."""
         attempt.abort()
         if not attempt.done.wait(grace) and self._runner is not None:
@@ -492,6 +511,7 @@ class Worker:
 
     def _process(self, job: Job) -> None:
         self._current = job
+        self._emit("job:claimed", job)
         try:
             self._run_job(job)
         finally:
@@ -513,15 +533,17 @@ class Worker:
 
         ctx = JobContext(job, self.queue, report_progress=report_progress)
         self._signal.clear()
-        attempt = _Attempt(handler, ctx, self._signal)
+        attempt = Attempt(handler, ctx, self._signal)
         if self._runner is None:
             self._runner = self._new_runner()
+        lease.started = time.monotonic()
         self._runner.submit(attempt)
+        self._emit("job:started", job)
         timeout = job.timeout or handler.timeout
         if self._watch(lease, attempt, timeout):
             self._finish(lease, attempt)
 
-    def _watch(self, lease: _Lease, attempt: _Attempt, timeout: float | None) -> bool:
+    def _watch(self, lease: _Lease, attempt: Attempt, timeout: float | None) -> bool:
         """Heartbeat until the handler returns (`True`) or must be given up (`False`)."""
         job = lease.job
         started = time.monotonic()
@@ -584,6 +606,7 @@ class Worker:
                 self._write_errors.recovered(f"worker {self.id}: heartbeat")
                 if held:
                     lease.until = now + self.lease_seconds
+                    self._save_info_if_due()
                     continue
                 logger.warning(
                     "job %s (%s): lease lost (cancelled or rescued); stopping the handler "
@@ -594,7 +617,7 @@ class Worker:
                 self._abandon(attempt, "its lease was lost")
                 return False
 
-    def _finish(self, lease: _Lease, attempt: _Attempt) -> None:
+    def _finish(self, lease: _Lease, attempt: Attempt) -> None:
         job = lease.job
         error = attempt.error
         if error is None:
@@ -659,6 +682,7 @@ class Worker:
                 _faults.reach("after_outcome")
             except StorageError as failure:
                 self._write_errors.failed(f"worker {self.id}: recording job {job.id}", failure)
+                self._emit("worker:error", job, error=f"StorageError: {failure}")
                 stop_by = self._stop_deadline if self._stop_deadline is not None else math.inf
                 if time.monotonic() + delay >= min(lease.until, stop_by):
                     logger.error(
@@ -679,4 +703,15 @@ class Worker:
                     job.id,
                     job.type,
                 )
+                return
+            duration = time.monotonic() - lease.started
+            if error is None:
+                self._emit("job:completed", job, result=result, duration=duration)
+                return
+            will_retry = retry_in is not None
+            summary = error.splitlines()[0] if error else error
+            fields = {"error": summary, "will_retry": will_retry, "retry_in": retry_in}
+            self._emit("job:failed", job, duration=duration, **fields)
+            if will_retry:
+                self._emit("job:retried", job, **fields)
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -17,8 +17,12 @@ from sqlalchemy.sql.functions import FunctionElement
 from dbjobq.errors import ConfigurationError
 from dbjobq.payload import dumps
 
-SCHEMA_VERSION = 1
-"""Version of the table layout below; stored in the `<prefix>schema` table."""
+SCHEMA_VERSION = 2
+"""Version of the table layout below; stored in the `<prefix>schema` table.
+
+1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule);
+the upgrade from 1 only adds tables, which `create_all` does.
+"""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
@@ -189,8 +193,17 @@ def _long_text() -> sa.types.TypeEngine[str]:
     return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 
-def build_tables(metadata: sa.MetaData, prefix: str, backend: str) -> tuple[sa.Table, sa.Table]:
-    """Define the jobs table, its indexes and the schema-version table for a backend."""
+class Tables(NamedTuple):
+    """The tables of one `SQLAlchemyStorage`."""
+
+    jobs: sa.Table
+    version: sa.Table
+    workers: sa.Table
+    periodic: sa.Table
+
+
+def build_tables(metadata: sa.MetaData, prefix: str, backend: str) -> Tables:
+    """Define the tables and their indexes for a backend."""
     on_mysql = backend in ("mysql", "mariadb")
     columns: list[sa.Column[Any]] = [
         sa.Column("id", sa.String(36), primary_key=True),
@@ -272,4 +285,24 @@ def build_tables(metadata: sa.MetaData, prefix: str, backend: str) -> tuple[sa.T
         metadata,
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     )
-    return jobs, version
+    workers = sa.Table(
+        f"{prefix}workers",
+        metadata,
+        sa.Column("id", sa.String(255), primary_key=True),
+        sa.Column("hostname", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("queues", _json(), nullable=False),
+        sa.Column("types", _json(), nullable=False),
+        sa.Column("started_at", UTCDateTime, nullable=False),
+        sa.Column("last_seen", UTCDateTime, nullable=False),
+        sa.Column("current_job", sa.String(36)),
+        sa.Column("jobs_processed", sa.BigInteger, nullable=False),
+    )
+    sa.Index(f"{prefix}workers_seen", workers.c.last_seen)
+    periodic = sa.Table(
+        f"{prefix}periodic",
+        metadata,
+        sa.Column("name", sa.String(200), primary_key=True),
+        sa.Column("last_tick", UTCDateTime, nullable=False),
+    )
+    return Tables(jobs, version, workers, periodic)

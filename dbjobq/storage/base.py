@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any
 
+from dbjobq import _clock
 from dbjobq.errors import ConfigurationError
-from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.registry import WorkerInfo
 
 __all__ = ["Storage"]
 
@@ -216,8 +219,24 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def count_jobs(self) -> dict[tuple[str, JobStatus], int]:
-        """Count jobs per `(queue, status)`; pairs with no job are left out."""
+    def count_jobs(
+        self, *, finished_within: float | None = None
+    ) -> dict[tuple[str, JobStatus], int]:
+        """Count jobs per `(queue, status)`; pairs with no job are left out.
+
+        Args:
+            finished_within: Count only jobs whose `finished_at` is at most this
+                many seconds ago (for throughput); `None` counts every job.
+        """
+
+    @abc.abstractmethod
+    def pending_summary(self) -> list[PendingGroup]:
+        """Summarise pending jobs per `(queue, type)`.
+
+        Returns:
+            One group per pair that has pending jobs: how many, and the earliest
+            `run_at`.
+        """
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> bool:
@@ -249,13 +268,66 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def purge(self, *, statuses: Collection[JobStatus], older_than: float) -> int:
+    def purge(
+        self, *, statuses: Collection[JobStatus], older_than: float, limit: int | None = None
+    ) -> int:
         """Delete finished jobs that finished more than `older_than` seconds ago.
 
         Only jobs whose status is in `statuses` are deleted; unfinished states in
         `statuses` are ignored. `older_than` may be zero or negative: everything
-        finished before `now - older_than`.
+        finished before `now - older_than`. With `limit`, at most that many jobs are
+        deleted (those that finished first), so that callers can purge in short
+        transactions.
 
         Returns:
             How many jobs were deleted.
         """
+
+    # -- periodic jobs -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue_tick(self, schedule: str, tick: datetime, job: NewJob) -> bool:
+        """Enqueue the job of one tick of a periodic schedule, at most once per tick.
+
+        In one transaction: if no tick of `schedule` later than or equal to `tick`
+        has been recorded, record `tick` as the schedule's latest and enqueue `job`
+        (with `enqueue`'s rules). Otherwise do nothing. However many workers call
+        this for the same tick, one job results.
+
+        Returns:
+            `True` if the job was enqueued (or its `unique_key` matched an unfinished
+            job), `False` if this tick or a later one was already recorded.
+        """
+
+    @abc.abstractmethod
+    def last_tick(self, schedule: str) -> datetime | None:
+        """The latest tick recorded for `schedule`, or `None` if none was."""
+
+    # -- the worker registry --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace the record of worker `info.id`, with `last_seen = now`."""
+
+    @abc.abstractmethod
+    def remove_worker(self, worker_id: str) -> None:
+        """Delete the record of a worker; nothing happens if there is none."""
+
+    @abc.abstractmethod
+    def list_workers(self, *, seen_within: float) -> list[WorkerInfo]:
+        """Workers whose `last_seen` is at most `seen_within` seconds ago, by id."""
+
+    @abc.abstractmethod
+    def prune_workers(self, *, older_than: float) -> int:
+        """Delete worker records not seen for more than `older_than` seconds.
+
+        Returns:
+            How many were deleted.
+        """
+
+    def now(self) -> datetime:
+        """The storage's current time (aware, UTC): the clock leases and schedules use.
+
+        The default is the host's clock; SQL backends ask the database.
+        """
+        return _clock.now()

@@ -12,8 +12,9 @@ from typing import Any
 
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError, JobNotFound
-from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
+from dbjobq.registry import WorkerInfo
 from dbjobq.storage.base import Storage
 
 __all__ = ["MemoryStorage"]
@@ -44,9 +45,11 @@ class MemoryStorage(Storage):
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or _utcnow
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
         self._unique: dict[str, str] = {}
+        self._ticks: dict[str, datetime] = {}
+        self._workers: dict[str, WorkerInfo] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStorage(jobs={len(self._jobs)})"
@@ -279,13 +282,32 @@ class MemoryStorage(Storage):
             )
             return [self._out(job) for job in found[:limit]]
 
-    def count_jobs(self) -> dict[tuple[str, JobStatus], int]:
+    def count_jobs(
+        self, *, finished_within: float | None = None
+    ) -> dict[tuple[str, JobStatus], int]:
         with self._lock:
+            since = None
+            if finished_within is not None:
+                since = self._now() - timedelta(seconds=finished_within)
             counts: dict[tuple[str, JobStatus], int] = {}
             for job in self._jobs.values():
+                if since is not None and (job.finished_at is None or job.finished_at < since):
+                    continue
                 key = (job.queue, job.status)
                 counts[key] = counts.get(key, 0) + 1
             return counts
+
+    def pending_summary(self) -> list[PendingGroup]:
+        with self._lock:
+            groups: dict[tuple[str, str], tuple[int, datetime]] = {}
+            for job in self._jobs.values():
+                if job.status is JobStatus.PENDING:
+                    count, oldest = groups.get((job.queue, job.type), (0, job.run_at))
+                    groups[(job.queue, job.type)] = (count + 1, min(oldest, job.run_at))
+            return [
+                PendingGroup(queue, job_type, count, oldest)
+                for (queue, job_type), (count, oldest) in sorted(groups.items())
+            ]
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
@@ -329,17 +351,63 @@ class MemoryStorage(Storage):
             )
             return True
 
-    def purge(self, *, statuses: Collection[JobStatus], older_than: float) -> int:
+    def purge(
+        self, *, statuses: Collection[JobStatus], older_than: float, limit: int | None = None
+    ) -> int:
         with self._lock:
             cutoff = self._now() - timedelta(seconds=older_than)
-            doomed = [
-                job.id
-                for job in self._jobs.values()
-                if job.status in statuses
-                and job.status.is_finished
-                and job.finished_at is not None
-                and job.finished_at < cutoff
-            ]
-            for job_id in doomed:
-                del self._jobs[job_id]
+            doomed = sorted(
+                (
+                    job
+                    for job in self._jobs.values()
+                    if job.status in statuses
+                    and job.status.is_finished
+                    and job.finished_at is not None
+                    and job.finished_at < cutoff
+                ),
+                key=lambda j: (j.finished_at, j.id),
+            )[:limit]
+            for job in doomed:
+                del self._jobs[job.id]
             return len(doomed)
+
+    def enqueue_tick(self, schedule: str, tick: datetime, job: NewJob) -> bool:
+        with self._lock:
+            last = self._ticks.get(schedule)
+            if last is not None and last >= tick:
+                return False
+            self._ticks[schedule] = tick
+            # enqueue() takes the lock again: it is reentrant, and this stays atomic.
+            self.enqueue([job])
+            return True
+
+    def last_tick(self, schedule: str) -> datetime | None:
+        with self._lock:
+            return self._ticks.get(schedule)
+
+    def save_worker(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self._workers[info.id] = dataclasses.replace(info, last_seen=self._now())
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    def list_workers(self, *, seen_within: float) -> list[WorkerInfo]:
+        with self._lock:
+            since = self._now() - timedelta(seconds=seen_within)
+            return sorted(
+                (w for w in self._workers.values() if w.last_seen and w.last_seen >= since),
+                key=lambda w: w.id,
+            )
+
+    def prune_workers(self, *, older_than: float) -> int:
+        with self._lock:
+            cutoff = self._now() - timedelta(seconds=older_than)
+            gone = [w.id for w in self._workers.values() if w.last_seen and w.last_seen < cutoff]
+            for worker_id in gone:
+                del self._workers[worker_id]
+            return len(gone)
+
+    def now(self) -> datetime:
+        return self._now()

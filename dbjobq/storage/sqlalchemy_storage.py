@@ -13,6 +13,7 @@ import uuid
 import weakref
 import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -23,7 +24,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
-from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.registry import WorkerInfo
 from dbjobq.storage._sql import (
     PENDING,
     RUNNING,
@@ -201,7 +203,9 @@ class SQLAlchemyStorage(Storage):
         if self._is_sqlite:
             _install_sqlite_hooks(self._engine)
         metadata = sa.MetaData(schema=self.schema)
-        self._jobs, self._version = build_tables(metadata, self.table_prefix, self._backend)
+        tables = build_tables(metadata, self.table_prefix, self._backend)
+        self._jobs, self._version = tables.jobs, tables.version
+        self._workers, self._periodic = tables.workers, tables.periodic
         self._metadata = metadata
         self._initialized = False
         self._init_lock = threading.Lock()
@@ -307,14 +311,10 @@ class SQLAlchemyStorage(Storage):
         if found is None:
             # Another process may insert the same row first (on MySQL the lock above is
             # released before this transaction commits): a clash is no error.
-            table = self._version
-            if self._is_mysql:
-                stmt: Any = mysql.insert(table).on_duplicate_key_update(version=table.c.version)
-            elif self._backend == "postgresql":
-                stmt = postgresql.insert(table).on_conflict_do_nothing()
-            else:
-                stmt = sqlite.insert(table).on_conflict_do_nothing()
-            conn.execute(stmt.values(version=SCHEMA_VERSION))
+            conn.execute(self._upsert_ignoring(self._version).values(version=SCHEMA_VERSION))
+        elif found < SCHEMA_VERSION:
+            # Upgrades so far only add tables, which create_all has just done.
+            conn.execute(sa.update(self._version).values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise ConfigurationError(
                 f"the job tables have schema version {found}, newer than this dbjobq "
@@ -400,6 +400,15 @@ class SQLAlchemyStorage(Storage):
         if m[c.status] not in _STATUSES:
             return f"unknown status {m[c.status]!r}"
         return None
+
+    def _upsert_ignoring(self, table: sa.Table) -> Any:
+        """An INSERT into `table` that does nothing when the row exists."""
+        if self._is_mysql:
+            first = next(iter(table.primary_key.columns))
+            return mysql.insert(table).on_duplicate_key_update({first.name: first})
+        if self._backend == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
 
     def _insert(self) -> Any:
         """INSERT that skips rows clashing with the primary key or an active unique key."""
@@ -758,9 +767,14 @@ class SQLAlchemyStorage(Storage):
             "list_jobs", lambda conn: [self._to_job(r) for r in conn.execute(stmt)], write=False
         )
 
-    def count_jobs(self) -> dict[tuple[str, JobStatus], int]:
+    def count_jobs(
+        self, *, finished_within: float | None = None
+    ) -> dict[tuple[str, JobStatus], int]:
         c = self._jobs.c
         stmt = sa.select(c.queue, c.status, sa.func.count()).group_by(c.queue, c.status)
+        if finished_within is not None:
+            since = db_now_plus(_seconds("within", -float(finished_within)))
+            stmt = stmt.where(c.finished_at >= since)
 
         def run(conn: Connection) -> dict[tuple[str, JobStatus], int]:
             counts = {}
@@ -772,6 +786,20 @@ class SQLAlchemyStorage(Storage):
             return counts
 
         return self._run("count_jobs", run, write=False)
+
+    def pending_summary(self) -> list[PendingGroup]:
+        c = self._jobs.c
+        stmt = (
+            sa.select(c.queue, c.type, sa.func.count(), sa.func.min(c.run_at))
+            .where(c.status == PENDING)
+            .group_by(c.queue, c.type)
+            .order_by(c.queue, c.type)
+        )
+
+        def run(conn: Connection) -> list[PendingGroup]:
+            return [PendingGroup(q, t, n, oldest) for q, t, n, oldest in conn.execute(stmt)]
+
+        return self._run("pending_summary", run, write=False)
 
     def _exists(self, conn: Connection, job_id: str) -> bool:
         return (
@@ -840,11 +868,120 @@ class SQLAlchemyStorage(Storage):
             raise JobNotFound(job_id)
         return done
 
-    def purge(self, *, statuses: Collection[JobStatus], older_than: float) -> int:
+    def purge(
+        self, *, statuses: Collection[JobStatus], older_than: float, limit: int | None = None
+    ) -> int:
         c = self._jobs.c
         finished = [JobStatus(s).value for s in statuses if JobStatus(s).is_finished]
         if not finished:
             return 0
         cutoff = db_now_plus(_seconds("age", -float(older_than)))
-        stmt = sa.delete(self._jobs).where(c.status.in_(finished), c.finished_at < cutoff)
-        return self._run("purge", lambda conn: conn.execute(stmt).rowcount, write=True)
+        doomed = sa.and_(c.status.in_(finished), c.finished_at < cutoff)
+        if limit is None:
+            stmt = sa.delete(self._jobs).where(doomed)
+            return self._run("purge", lambda conn: conn.execute(stmt).rowcount, write=True)
+        # Pick the batch first: MySQL allows no LIMIT inside an IN subquery.
+        batch = sa.select(c.id).where(doomed).order_by(c.finished_at, c.id).limit(limit)
+
+        def run(conn: Connection) -> int:
+            ids = list(conn.execute(batch).scalars())
+            if not ids:
+                return 0
+            return int(conn.execute(sa.delete(self._jobs).where(c.id.in_(ids))).rowcount)
+
+        return self._run("purge", run, write=True)
+
+    # -- periodic jobs -------------------------------------------------------------------
+
+    _NO_TICK = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def enqueue_tick(self, schedule: str, tick: datetime, job: NewJob) -> bool:
+        p = self._periodic.c
+        ensure = self._upsert_ignoring(self._periodic).values(
+            name=schedule, last_tick=self._NO_TICK
+        )
+        # Compare-and-set: of all the callers for one tick, exactly one moves it on.
+        advance = (
+            sa.update(self._periodic)
+            .where(p.name == schedule, p.last_tick < tick)
+            .values(last_tick=tick)
+        )
+
+        def run(conn: Connection) -> bool:
+            conn.execute(ensure)
+            if conn.execute(advance).rowcount != 1:
+                return False
+            self._insert_jobs(conn, [job])
+            return True
+
+        return self._run("enqueue_tick", run, write=True)
+
+    def last_tick(self, schedule: str) -> datetime | None:
+        p = self._periodic.c
+        stmt = sa.select(p.last_tick).where(p.name == schedule)
+        found = self._run("last_tick", lambda conn: conn.execute(stmt).scalar(), write=False)
+        return None if found is None or found <= self._NO_TICK else found
+
+    # -- the worker registry --------------------------------------------------------------
+
+    def save_worker(self, info: WorkerInfo) -> None:
+        w = self._workers.c
+        values = {
+            "hostname": info.hostname,
+            "pid": info.pid,
+            "queues": list(info.queues),
+            "types": list(info.types),
+            "started_at": info.started_at,
+            "last_seen": db_now(),
+            "current_job": info.current_job,
+            "jobs_processed": info.jobs_processed,
+        }
+        if self._is_mysql:
+            stmt: Any = mysql.insert(self._workers).values(id=info.id, **values)
+            stmt = stmt.on_duplicate_key_update(**values)
+        else:
+            dialect = postgresql if self._backend == "postgresql" else sqlite
+            stmt = dialect.insert(self._workers).values(id=info.id, **values)
+            stmt = stmt.on_conflict_do_update(index_elements=[w.id], set_=values)
+        self._run("save_worker", lambda conn: conn.execute(stmt), write=True)
+
+    def remove_worker(self, worker_id: str) -> None:
+        stmt = sa.delete(self._workers).where(self._workers.c.id == worker_id)
+        self._run("remove_worker", lambda conn: conn.execute(stmt), write=True)
+
+    def list_workers(self, *, seen_within: float) -> list[WorkerInfo]:
+        w = self._workers.c
+        since = db_now_plus(_seconds("seen", -float(seen_within)))
+        stmt = sa.select(self._workers).where(w.last_seen >= since).order_by(w.id)
+
+        def run(conn: Connection) -> list[WorkerInfo]:
+            return [
+                WorkerInfo(
+                    id=r.id,
+                    hostname=r.hostname,
+                    pid=r.pid,
+                    queues=tuple(r.queues),
+                    types=tuple(r.types),
+                    started_at=r.started_at,
+                    last_seen=r.last_seen,
+                    current_job=r.current_job,
+                    jobs_processed=r.jobs_processed,
+                )
+                for r in conn.execute(stmt)
+            ]
+
+        return self._run("list_workers", run, write=False)
+
+    def prune_workers(self, *, older_than: float) -> int:
+        w = self._workers.c
+        cutoff = db_now_plus(_seconds("age", -float(older_than)))
+        stmt = sa.delete(self._workers).where(w.last_seen < cutoff)
+        return self._run("prune_workers", lambda conn: conn.execute(stmt).rowcount, write=True)
+
+    def now(self) -> datetime:
+        """The database server's current time."""
+        found = self._run(
+            "now", lambda conn: conn.execute(sa.select(db_now())).scalar(), write=False
+        )
+        assert found is not None
+        return found

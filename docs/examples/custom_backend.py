@@ -19,7 +19,8 @@ from typing import Any
 
 from dbjobq import JobContext, JobQueue, Worker
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
-from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.registry import WorkerInfo
 from dbjobq.storage import Storage
 
 _TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "lease_expires_at")
@@ -30,6 +31,20 @@ _RELEASED: Mapping[str, Any] = {"lease_token": None, "lease_expires_at": None, "
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class _State(dict[str, Job]):
+    """The file's content: the jobs by id, plus periodic ticks and registered workers."""
+
+    def __init__(
+        self,
+        jobs: Mapping[str, Job] | None = None,
+        ticks: dict[str, datetime] | None = None,
+        workers: dict[str, WorkerInfo] | None = None,
+    ) -> None:
+        super().__init__(jobs or {})
+        self.ticks = ticks or {}
+        self.workers = workers or {}
 
 
 def _encode(job: Job) -> dict[str, Any]:
@@ -76,25 +91,34 @@ class JsonFileStorage(Storage):
             raise ConfigurationError("the clock must return aware datetimes")
         return now.astimezone(timezone.utc)
 
-    def _load(self) -> dict[str, Job]:
+    def _load(self) -> _State:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return {}  # nothing written yet
+            return _State()  # nothing written yet
         except OSError as error:
             raise StorageError(f"cannot read {self.path}: {error}") from error
         try:
-            return {record["id"]: _decode(record) for record in json.loads(text)["jobs"]}
+            data = json.loads(text)
+            return _State(
+                {record["id"]: _decode(record) for record in data["jobs"]},
+                {name: datetime.fromisoformat(t) for name, t in data["ticks"].items()},
+                {w["id"]: _decode_worker(w) for w in data["workers"]},
+            )
         except (ValueError, KeyError, TypeError) as error:
             raise StorageError(f"{self.path} is not a job file: {error}") from error
 
-    def _save(self, jobs: dict[str, Job]) -> None:
+    def _save(self, jobs: _State) -> None:
         # Write a temporary file, flush it to disk, then rename it over the old one:
         # a reader (or a crash) sees the old file or the new one, never half of one.
         temp = self.path.with_name(self.path.name + ".tmp")
         try:
             text = json.dumps(
-                {"jobs": [_encode(job) for job in jobs.values()]},
+                {
+                    "jobs": [_encode(job) for job in jobs.values()],
+                    "ticks": {name: t.isoformat() for name, t in jobs.ticks.items()},
+                    "workers": [_encode_worker(w) for w in jobs.workers.values()],
+                },
                 ensure_ascii=False,
                 allow_nan=False,
             )
@@ -122,42 +146,47 @@ class JsonFileStorage(Storage):
         """Store new jobs; a unique key held by an unfinished job returns that job."""
         with self._lock:
             stored, now = self._load(), self._now()
-            # Only unfinished jobs hold their unique key.
-            holders = {
-                job.unique_key: job.id
-                for job in stored.values()
-                if job.unique_key is not None and not job.status.is_finished
-            }
-            ids: list[str] = []
-            for new in jobs:
-                if new.unique_key is not None and new.unique_key in holders:
-                    ids.append(holders[new.unique_key])
-                    continue
-                ids.append(new.id)
-                if new.id in stored:
-                    continue  # the same job again (a retried call): keep it once
-                run_at = new.run_at or now + timedelta(seconds=new.delay)
-                stored[new.id] = Job(
-                    id=new.id,
-                    type=new.type,
-                    payload=new.payload,
-                    queue=new.queue,
-                    priority=new.priority,
-                    status=JobStatus.PENDING,
-                    attempts=0,
-                    max_retries=new.max_retries,
-                    run_at=run_at.astimezone(timezone.utc),
-                    created_at=now,
-                    updated_at=now,
-                    timeout=new.timeout,
-                    unique_key=new.unique_key,
-                    meta=new.meta,
-                )
-                if new.unique_key is not None:
-                    holders[new.unique_key] = new.id  # later jobs of this batch see it
+            ids = self._add(stored, jobs, now)
             if jobs:
                 self._save(stored)
             return ids
+
+    def _add(self, stored: _State, jobs: Sequence[NewJob], now: datetime) -> list[str]:
+        """Add jobs to the loaded state; the caller saves it."""
+        # Only unfinished jobs hold their unique key.
+        holders = {
+            job.unique_key: job.id
+            for job in stored.values()
+            if job.unique_key is not None and not job.status.is_finished
+        }
+        ids: list[str] = []
+        for new in jobs:
+            if new.unique_key is not None and new.unique_key in holders:
+                ids.append(holders[new.unique_key])
+                continue
+            ids.append(new.id)
+            if new.id in stored:
+                continue  # the same job again (a retried call): keep it once
+            run_at = new.run_at or now + timedelta(seconds=new.delay)
+            stored[new.id] = Job(
+                id=new.id,
+                type=new.type,
+                payload=new.payload,
+                queue=new.queue,
+                priority=new.priority,
+                status=JobStatus.PENDING,
+                attempts=0,
+                max_retries=new.max_retries,
+                run_at=run_at.astimezone(timezone.utc),
+                created_at=now,
+                updated_at=now,
+                timeout=new.timeout,
+                unique_key=new.unique_key,
+                meta=new.meta,
+            )
+            if new.unique_key is not None:
+                holders[new.unique_key] = new.id  # later jobs of this batch see it
+        return ids
 
     def claim(
         self,
@@ -275,7 +304,7 @@ class JsonFileStorage(Storage):
     def list_jobs(
         self,
         *,
-        status: JobStatus | None = None,
+        status: JobStatus | str | None = None,
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
@@ -296,14 +325,32 @@ class JsonFileStorage(Storage):
         )
         return found[:limit]
 
-    def count_jobs(self) -> dict[tuple[str, JobStatus], int]:
+    def count_jobs(
+        self, *, finished_within: float | None = None
+    ) -> dict[tuple[str, JobStatus], int]:
         """Count jobs per (queue, status); pairs without jobs are left out."""
         with self._lock:
-            stored = self._load()
+            stored, now = self._load(), self._now()
+        since = None if finished_within is None else now - timedelta(seconds=finished_within)
         counts: dict[tuple[str, JobStatus], int] = {}
         for job in stored.values():
+            if since is not None and (job.finished_at is None or job.finished_at < since):
+                continue
             counts[job.queue, job.status] = counts.get((job.queue, job.status), 0) + 1
         return counts
+
+    def pending_summary(self) -> list[PendingGroup]:
+        """Pending jobs per (queue, type): how many, and the earliest run_at."""
+        with self._lock:
+            stored = self._load()
+        groups: dict[tuple[str, str], list[datetime]] = {}
+        for job in stored.values():
+            if job.status is JobStatus.PENDING:
+                groups.setdefault((job.queue, job.type), []).append(job.run_at)
+        return [
+            PendingGroup(queue, job_type, len(times), min(times))
+            for (queue, job_type), times in sorted(groups.items())
+        ]
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a pending or running job; `False` if it had already finished."""
@@ -347,24 +394,105 @@ class JsonFileStorage(Storage):
             self._save(stored)
             return True
 
-    def purge(self, *, statuses: Collection[JobStatus], older_than: float) -> int:
-        """Delete jobs in `statuses` that finished more than `older_than` seconds ago."""
+    def purge(
+        self, *, statuses: Collection[JobStatus], older_than: float, limit: int | None = None
+    ) -> int:
+        """Delete jobs in `statuses` that finished more than `older_than` seconds ago,
+        at most `limit` of them, those that finished first."""
         with self._lock:
             stored = self._load()
             cutoff = self._now() - timedelta(seconds=older_than)
-            doomed = [
-                job.id
-                for job in stored.values()
-                if job.status in statuses
-                and job.status.is_finished  # pending or running jobs are never deleted
-                and job.finished_at is not None
-                and job.finished_at < cutoff
-            ]
-            for job_id in doomed:
-                del stored[job_id]
+            doomed = sorted(
+                (
+                    job
+                    for job in stored.values()
+                    if job.status in statuses
+                    and job.status.is_finished  # pending or running jobs are never deleted
+                    and job.finished_at is not None
+                    and job.finished_at < cutoff
+                ),
+                key=lambda job: (job.finished_at, job.id),
+            )[:limit]
+            for job in doomed:
+                del stored[job.id]
             if doomed:
                 self._save(stored)
             return len(doomed)
+
+    # -- periodic ticks and the worker registry ------------------------------------------
+
+    def enqueue_tick(self, schedule: str, tick: datetime, job: NewJob) -> bool:
+        """Record `tick` and enqueue its job, unless this tick or a later one was."""
+        with self._lock:
+            stored, now = self._load(), self._now()
+            last = stored.ticks.get(schedule)
+            if last is not None and last >= tick:
+                return False
+            stored.ticks[schedule] = tick
+            self._add(stored, [job], now)
+            self._save(stored)  # the tick and its job are written together
+            return True
+
+    def last_tick(self, schedule: str) -> datetime | None:
+        """The latest tick recorded for `schedule`."""
+        with self._lock:
+            return self._load().ticks.get(schedule)
+
+    def save_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace a worker's record, seen now."""
+        with self._lock:
+            stored, now = self._load(), self._now()
+            stored.workers[info.id] = replace(info, last_seen=now)
+            self._save(stored)
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker."""
+        with self._lock:
+            stored = self._load()
+            if stored.workers.pop(worker_id, None) is not None:
+                self._save(stored)
+
+    def list_workers(self, *, seen_within: float) -> list[WorkerInfo]:
+        """Workers seen in the last `seen_within` seconds, by id."""
+        with self._lock:
+            stored, now = self._load(), self._now()
+        since = now - timedelta(seconds=seen_within)
+        return sorted(
+            (w for w in stored.workers.values() if w.last_seen and w.last_seen >= since),
+            key=lambda w: w.id,
+        )
+
+    def prune_workers(self, *, older_than: float) -> int:
+        """Forget workers not seen for more than `older_than` seconds."""
+        with self._lock:
+            stored, now = self._load(), self._now()
+            cutoff = now - timedelta(seconds=older_than)
+            gone = [w.id for w in stored.workers.values() if w.last_seen and w.last_seen < cutoff]
+            for worker_id in gone:
+                del stored.workers[worker_id]
+            if gone:
+                self._save(stored)
+            return len(gone)
+
+    def now(self) -> datetime:
+        """This backend's clock."""
+        return self._now()
+
+
+def _encode_worker(info: WorkerInfo) -> dict[str, Any]:
+    record = asdict(info)
+    for name in ("started_at", "last_seen"):
+        if record[name] is not None:
+            record[name] = record[name].isoformat()
+    return record
+
+
+def _decode_worker(record: dict[str, Any]) -> WorkerInfo:
+    for name in ("started_at", "last_seen"):
+        if record[name] is not None:
+            record[name] = datetime.fromisoformat(record[name])
+    record["queues"], record["types"] = tuple(record["queues"]), tuple(record["types"])
+    return WorkerInfo(**record)
 
 
 def _finished(now: datetime) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+"""Running handlers off the worker thread, so that the worker can watch them."""
+
+from __future__ import annotations
+
+import asyncio
+import queue as queue_module
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from dbjobq.context import JobContext
+from dbjobq.queue import Handler
+
+
+class Attempt:
+    """One handler call, run on a `Runner` thread; the worker thread watches it."""
+
+    def __init__(self, handler: Handler, ctx: JobContext, watcher: threading.Event) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.done = threading.Event()
+        self._watcher = watcher
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.trace = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Future[Any] | None = None
+
+    def run(self, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        try:
+            if self.handler.is_async:
+                self._loop = loop()
+                self.result = self._loop.run_until_complete(self._run_async())
+            else:
+                self.result = self.handler.fn(self.ctx)
+        except BaseException as error:  # noqa: BLE001 - SystemExit & co. must not kill the thread
+            self.error = error
+            self.trace = traceback.format_exc()
+        finally:
+            self.done.set()
+            self._watcher.set()
+
+    async def _run_async(self) -> Any:
+        self._task = asyncio.ensure_future(self.handler.fn(self.ctx))
+        return await self._task
+
+    def abort(self) -> None:
+        """Signal the handler to stop; an async handler's task is also cancelled."""
+        self.ctx.cancelled.set()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+
+class Runner:
+    """A long-lived thread that runs handlers one at a time.
+
+    Handlers run off the worker thread so that the worker can heartbeat, enforce
+    timeouts and honour stop deadlines while they run. The thread is reused so that
+    per-thread resources of user code (database connections, sessions) are too; it
+    is only replaced when a handler overruns and has to be abandoned.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._inbox: queue_module.SimpleQueue[Attempt | None] = queue_module.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def _serve(self) -> None:
+        try:
+            while (attempt := self._inbox.get()) is not None:
+                attempt.run(self._event_loop)
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+
+    def submit(self, attempt: Attempt) -> None:
+        self._inbox.put(attempt)
+
+    def retire(self) -> None:
+        """Exit after the current handler, if any, returns."""
+        self._inbox.put(None)
