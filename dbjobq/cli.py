@@ -1,23 +1,593 @@
-"""The `dbjobq` command."""
+"""The `dbjobq` command: run workers, enqueue, inspect and manage jobs.
+
+Every option can also come from an environment variable, `DBJOBQ_` and the option's
+name in capitals (`--url` from `DBJOBQ_URL`, `--max-poll-interval` from
+`DBJOBQ_MAX_POLL_INTERVAL`); an option on the command line wins. Bad values are
+refused at start with one line naming the option, and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
 
 from dbjobq import __version__
+from dbjobq.errors import ConfigurationError, DBJobQError, InvalidJobError, JobNotFound
+from dbjobq.events import Event
+from dbjobq.job import Job, JobStatus
+from dbjobq.jsonlog import JSONFormatter
+from dbjobq.queue import JobQueue
+from dbjobq.worker import Worker
 
 __all__ = ["main"]
 
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UsageError(Exception):
+    """A bad option: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: easy to read in a service's log.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(f"DBJOBQ_{name.upper().replace('-', '_')}")
+
+
+def _option(args: argparse.Namespace, name: str) -> tuple[str | None, str]:
+    """The raw value of an option and where it came from, for error messages."""
+    value = getattr(args, name.replace("-", "_"), None)
+    if value is not None:
+        return str(value), f"--{name}"
+    env = _env(name)
+    return env, f"DBJOBQ_{name.upper().replace('-', '_')}"
+
+
+def _number(
+    args: argparse.Namespace,
+    name: str,
+    default: float | None,
+    *,
+    kind: type = float,
+    low: float = 0.0,
+    high: float = math.inf,
+    strictly_above: bool = True,
+) -> Any:
+    raw, source = _option(args, name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+        ok = math.isfinite(value) and (value > low if strictly_above else value >= low)
+        ok = ok and value <= high
+    except ValueError:
+        ok = False
+    if not ok:
+        what = "a whole number" if kind is int else "a number"
+        bound = f"above {low:g}" if strictly_above else f"at least {low:g}"
+        raise UsageError(f"{source} must be {what} {bound}, got {raw!r}")
+    return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(raw: str, source: str) -> float:
+    match = _DURATION.fullmatch(raw.strip().lower())
+    if not match:
+        raise UsageError(f"{source} must be a duration such as 90s, 15m, 12h or 7d, got {raw!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+# -- getting at the queue ---------------------------------------------------------------------
+
+
+def _load_app(spec: str, source: str) -> JobQueue:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"{source} must look like module:queue, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like python -m: the app is usually here
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"{source}: cannot import {module_name!r}: {error}") from error
+    queue = getattr(module, attribute, None)
+    if not isinstance(queue, JobQueue):
+        found = "nothing" if queue is None else type(queue).__name__
+        raise UsageError(f"{source}: {spec!r} is {found}, not a dbjobq.JobQueue")
+    return queue
+
+
+def _queue(args: argparse.Namespace) -> JobQueue:
+    """The queue from --app (with its handlers) or --url (or both: handlers, other URL)."""
+    app, app_source = _option(args, "app")
+    url, _ = _option(args, "url")
+    if app:
+        queue = _load_app(app, app_source)
+        return queue._with_storage(url) if url else queue
+    if url:
+        return JobQueue(url)
+    raise UsageError("give the database with --url (or DBJOBQ_URL), or an app with --app")
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, JobStatus):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(_jsonable(value), indent=2, ensure_ascii=False))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    line = (text or "").splitlines()[0] if text else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        payload = json.loads(args.payload) if args.payload else None
+    except ValueError as error:
+        raise UsageError(f"--payload is not JSON: {error}") from error
+    delay = None if args.delay is None else _duration(args.delay, "--delay")
+    priority = (
+        0
+        if args.priority is None
+        else _number(
+            args, "priority", 0, kind=int, low=-(2**31), high=2**31 - 1, strictly_above=False
+        )
+    )
+    job_id = queue.enqueue(
+        args.type,
+        payload,
+        queue=args.queue,
+        priority=priority,
+        delay=delay,
+        unique_key=args.unique_key,
+        max_retries=None if args.max_retries is None else int(args.max_retries),
+    )
+    if args.json:
+        _print_json({"id": job_id})
+    else:
+        print(job_id)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    limit = _number(args, "limit", 20, kind=int, low=1)
+    jobs = queue.list_jobs(args.status, queue=args.queue, type=args.type, limit=limit)
+    if args.json:
+        _print_json(jobs)
+        return 0
+    _table(
+        ["ID", "TYPE", "QUEUE", "STATUS", "TRIES", "PRIO", "CREATED", "LAST ERROR"],
+        [
+            (
+                j.id,
+                j.type,
+                j.queue,
+                j.status.value,
+                f"{j.attempts}/{j.max_retries + 1}",
+                j.priority,
+                _when(j.created_at),
+                _short(j.last_error, 50),
+            )
+            for j in jobs
+        ],
+    )
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    job = _queue(args).get_job(args.id)
+    if args.json:
+        _print_json(job)
+        return 0
+    _print_job(job)
+    return 0
+
+
+def _print_job(job: Job) -> None:
+    fields = [
+        ("id", job.id),
+        ("type", job.type),
+        ("queue", job.queue),
+        ("status", job.status.value),
+        ("priority", job.priority),
+        ("attempts", f"{job.attempts} of {job.max_retries + 1}"),
+        ("run at", _when(job.run_at)),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        ("worker", job.worker_id or "-"),
+        ("unique key", job.unique_key or "-"),
+        ("timeout", "-" if job.timeout is None else f"{job.timeout:g}s"),
+    ]
+    if job.progress is not None:
+        fields.append(("progress", f"{job.progress:g} {job.progress_message or ''}".rstrip()))
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name.ljust(width)}  {value}")
+    print(f"{'payload'.ljust(width)}  {json.dumps(job.payload, ensure_ascii=False)}")
+    if job.meta:
+        print(f"{'meta'.ljust(width)}  {json.dumps(job.meta, ensure_ascii=False)}")
+    if job.result is not None:
+        print(f"{'result'.ljust(width)}  {json.dumps(job.result, ensure_ascii=False)}")
+    if job.last_error:
+        print(f"\nlast error:\n{job.last_error}")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    stats = _queue(args).stats()
+    if args.json:
+        _print_json(stats)
+        return 0
+    rows = []
+    for q in stats.queues:
+        c = q.counts
+        rows.append(
+            (
+                q.queue,
+                c["pending"],
+                c["running"],
+                c["completed"],
+                c["failed"],
+                c["cancelled"],
+                _age(q.oldest_pending_age),
+                "/".join(str(q.finished[w]) for w in sorted(q.finished)),
+            )
+        )
+    _table(
+        [
+            "QUEUE",
+            "PENDING",
+            "RUNNING",
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "OLDEST DUE",
+            "DONE 1m/5m/15m",
+        ],
+        rows,
+    )
+    print(f"\n{len(stats.workers)} live worker(s)")
+    for q in stats.queues:
+        for job_type in q.unhandled_types:
+            print(f"warning: no live worker handles {job_type!r} jobs in queue {q.queue!r}")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    workers = queue.list_workers()
+    if args.json:
+        _print_json(workers)
+        return 0
+    now = queue.storage.now()
+    _table(
+        ["ID", "HOST", "PID", "QUEUES", "CURRENT JOB", "JOBS", "LAST SEEN"],
+        [
+            (
+                w.id,
+                w.hostname,
+                w.pid,
+                ",".join(w.queues),
+                w.current_job or "-",
+                w.jobs_processed,
+                "-" if w.last_seen is None else _age((now - w.last_seen).total_seconds()) + " ago",
+            )
+            for w in workers
+        ],
+    )
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    if args.all_failed == bool(args.id):
+        raise UsageError("give a job ID or --all-failed, not both")
+    ids = (
+        [args.id]
+        if args.id
+        else [j.id for j in queue.list_jobs("failed", queue=args.queue, limit=None)]
+    )
+    retried = [job_id for job_id in ids if queue.retry(job_id)]
+    if args.json:
+        _print_json({"retried": retried})
+    elif args.id and not retried:
+        print(
+            f"job {args.id} was not retried: it is not failed or cancelled, "
+            "or another unfinished job holds its unique key"
+        )
+        return EXIT_FAILURE
+    else:
+        print(f"retried {len(retried)} job(s)")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    done = _queue(args).cancel(args.id)
+    if args.json:
+        _print_json({"cancelled": done})
+    elif done:
+        print(f"cancelled {args.id}")
+    else:
+        print(f"job {args.id} had already finished")
+    return 0 if done else EXIT_FAILURE
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    age = _duration(args.older_than, "--older-than")
+    statuses = args.status or ["completed", "cancelled"]
+    deleted = _queue(args).purge(age, statuses=statuses)
+    if args.json:
+        _print_json({"deleted": deleted})
+    else:
+        print(f"deleted {deleted} job(s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dbjobq.demo import run_demo
+
+    if args.jobs < 1 or args.workers < 1:
+        raise UsageError("--jobs and --workers must be at least 1")
+    return run_demo(args.url or _env("url"), jobs=args.jobs, workers=args.workers)
+
+
+# -- the worker command -------------------------------------------------------------------------
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.app is None and _env("app") is None:
+        raise UsageError("give the app as module:queue (or DBJOBQ_APP)")
+    if args.app is None:
+        args.app = _env("app")
+    level, level_source = _option(args, "log-level")
+    level = (level or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise UsageError(f"{level_source} must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    log_format, format_source = _option(args, "log-format")
+    log_format = (log_format or "text").lower()
+    if log_format not in ("text", "json"):
+        raise UsageError(f"{format_source} must be text or json, got {log_format!r}")
+    concurrency = _number(args, "concurrency", 1, kind=int, low=1, high=1000, strictly_above=False)
+    poll = _number(args, "poll-interval", 1.0, high=86400)
+    max_poll = _number(args, "max-poll-interval", max(10.0, poll), high=86400)
+    if max_poll < poll:
+        raise UsageError("--max-poll-interval must not be less than --poll-interval")
+    lease = _number(args, "lease-seconds", 30.0, high=86400)
+    stop_timeout = _number(args, "stop-timeout", 30.0, high=86400, strictly_above=False)
+    max_jobs = _number(args, "max-jobs", None, kind=int, low=1, strictly_above=False)
+    queues_raw, _ = _option(args, "queues")
+    worker_id, _ = _option(args, "worker-id")
+    _configure_logging(level, log_format)
+    queue = _queue(args)
+    names = [q.strip() for q in queues_raw.split(",") if q.strip()] if queues_raw else None
+    try:
+        workers = [
+            Worker(
+                queue,
+                queues=names,
+                poll_interval=poll,
+                max_poll_interval=max_poll,
+                lease_seconds=lease,
+                worker_id=None
+                if worker_id is None
+                else (worker_id if concurrency == 1 else f"{worker_id}-{n + 1}"),
+            )
+            for n in range(concurrency)
+        ]
+    except DBJobQError as error:
+        raise UsageError(str(error)) from error
+    return _serve(queue, workers, stop_timeout, max_jobs)
+
+
+def _serve(
+    queue: JobQueue, workers: list[Worker], stop_timeout: float, max_jobs: int | None
+) -> int:
+    log = logging.getLogger("dbjobq.cli")
+    stop = threading.Event()
+    signals = {"count": 0}
+
+    def on_signal(signum: int, frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            # A second signal: leave now. Running jobs keep their leases, which expire,
+            # and other workers rescue them; nothing is lost.
+            os.write(2, b"dbjobq: second signal, exiting at once\n")
+            os._exit(EXIT_FAILURE)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    done = {"jobs": 0}
+    lock = threading.Lock()
+
+    def count(event: Event) -> None:
+        with lock:
+            done["jobs"] += 1
+            if max_jobs is not None and done["jobs"] >= max_jobs:
+                stop.set()
+
+    if max_jobs is not None:
+        queue.on("job:completed", count)
+        queue.on("job:failed", count)
+    try:
+        for worker in workers:
+            worker.start()
+        log.info(
+            "%d worker(s) on %s, queues %s; stop with SIGTERM or Ctrl-C",
+            len(workers),
+            queue.storage,
+            ", ".join(workers[0].queues),
+        )
+        while not stop.wait(0.5):
+            if not any(w.is_alive for w in workers):
+                break
+        log.info("stopping (waiting up to %gs for running jobs)", stop_timeout)
+        stopped = Worker.stop_all(workers, timeout=stop_timeout)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if not stopped:
+        log.error("some jobs did not finish in time; they will be rescued when their leases expire")
+        return EXIT_FAILURE
+    log.info("stopped after %d job(s)", sum(w.jobs_processed for w in workers))
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dbjobq", description="Background jobs in your database.")
+    parser = _Parser(prog="dbjobq", description="Background jobs in your database.")
     parser.add_argument("--version", action="version", version=f"dbjobq {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo", help="enqueue and process demo jobs on a local SQLite file, showing progress"
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
+
+    def command(
+        name: str, summary: str, run: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(run=run)
+        if name not in ("demo", "worker"):
+            sub.add_argument("--url", help="database URL (DBJOBQ_URL)")
+            sub.add_argument(
+                "--app", help="module:queue, for its storage and handlers (DBJOBQ_APP)"
+            )
+            sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
+        return sub
+
+    worker = command("worker", "run workers until SIGTERM or Ctrl-C", cmd_worker)
+    worker.add_argument("app", nargs="?", help="module:queue whose handlers to run (DBJOBQ_APP)")
+    worker.add_argument("--url", help="database URL, instead of the queue's own (DBJOBQ_URL)")
+    worker.add_argument(
+        "--queues", help="comma-separated queue names (default: the queue's default)"
+    )
+    worker.add_argument("--concurrency", help="worker threads in this process (default 1)")
+    worker.add_argument("--worker-id", help="worker id; -1, -2, ... are added for several")
+    worker.add_argument("--poll-interval", help="seconds to wait after an empty poll (default 1)")
+    worker.add_argument("--max-poll-interval", help="longest wait between polls (default 10)")
+    worker.add_argument("--lease-seconds", help="lease length in seconds (default 30)")
+    worker.add_argument("--max-jobs", help="exit after about this many jobs")
+    worker.add_argument(
+        "--stop-timeout", help="seconds to wait for running jobs on stop (default 30)"
+    )
+    worker.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+    worker.add_argument("--log-format", help="text (default) or json")
+
+    enqueue = command("enqueue", "add a job", cmd_enqueue)
+    enqueue.add_argument("type", help="job type")
+    enqueue.add_argument("--payload", help="payload as a JSON object")
+    enqueue.add_argument("--queue", help="queue name")
+    enqueue.add_argument("--priority", help="higher runs first")
+    enqueue.add_argument("--delay", help="wait before running, such as 30s or 2h")
+    enqueue.add_argument("--unique-key", help="return the unfinished job holding this key instead")
+    enqueue.add_argument("--max-retries", type=int, help="retries after a failed first attempt")
+
+    jobs = command("jobs", "list jobs, oldest first", cmd_jobs)
+    jobs.add_argument("--status", choices=[s.value for s in JobStatus])
+    jobs.add_argument("--queue")
+    jobs.add_argument("--type")
+    jobs.add_argument("--limit", help="at most this many (default 20)")
+
+    job = command("job", "show one job in full: payload, result, progress, error", cmd_job)
+    job.add_argument("id")
+
+    command("stats", "counts per queue and status, backlog age, throughput", cmd_stats)
+    command("workers", "live workers and what they are doing", cmd_workers)
+
+    retry = command("retry", "run failed (or cancelled) jobs again", cmd_retry)
+    retry.add_argument("id", nargs="?")
+    retry.add_argument("--all-failed", action="store_true", help="every failed job")
+    retry.add_argument("--queue", help="with --all-failed: only this queue")
+
+    cancel = command("cancel", "cancel a pending or running job", cmd_cancel)
+    cancel.add_argument("id")
+
+    purge = command("purge", "delete old finished jobs", cmd_purge)
+    purge.add_argument("--older-than", required=True, help="age such as 7d or 12h")
+    purge.add_argument(
+        "--status",
+        action="append",
+        choices=["completed", "failed", "cancelled"],
+        help="which finished jobs (default: completed and cancelled); repeatable",
+    )
+
+    demo = command("demo", "enqueue and process demo jobs on a local SQLite file", cmd_demo)
     demo.add_argument("--url", help="database URL (default: a fresh ./dbjobq-demo.db)")
     demo.add_argument("--jobs", type=int, default=300, help="how many jobs (default 300)")
     demo.add_argument("--workers", type=int, default=4, help="worker threads (default 4)")
@@ -25,16 +595,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `dbjobq` command line; returns the exit code."""
+    """Run the `dbjobq` command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from dbjobq.demo import run_demo
-
-        if args.jobs < 1 or args.workers < 1:
-            print("dbjobq demo: --jobs and --workers must be at least 1", file=sys.stderr)
-            return 2
-        return run_demo(args.url, jobs=args.jobs, workers=args.workers)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"dbjobq {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except JobNotFound as error:
+        print(f"dbjobq {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (ConfigurationError, InvalidJobError) as error:
+        print(f"dbjobq {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except DBJobQError as error:
+        print(f"dbjobq {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

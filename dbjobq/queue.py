@@ -122,6 +122,20 @@ class JobQueue:
     def __repr__(self) -> str:
         return f"JobQueue({self.storage!r})"
 
+    def _with_storage(self, storage: Storage | str) -> JobQueue:
+        """The same handlers, schedules and hooks on another storage (the CLI's --url)."""
+        other = JobQueue(
+            storage,
+            default_queue=self.default_queue,
+            max_retries=self.max_retries,
+            retry_policy=self.retry_policy,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        other._handlers = dict(self._handlers)
+        other._schedules = dict(self._schedules)
+        other._hooks = self._hooks
+        return other
+
     def __enter__(self) -> JobQueue:
         return self
 

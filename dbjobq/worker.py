@@ -43,6 +43,11 @@ _REGISTRY_EVERY = 5.0  # seconds between saves of a worker's registry record
 _FORGET_AFTER = 86400.0  # seconds after which a silent worker's record is deleted
 
 
+def _extra(job: Job) -> dict[str, str]:
+    """Attributes that put the job on a log record, for structured formatters."""
+    return {"job_id": job.id, "job_type": job.type}
+
+
 @dataclasses.dataclass
 class _Lease:
     """A claimed job, its fencing token, and until when (monotonic) we hold it."""
@@ -470,7 +475,10 @@ class Worker:
                         self._process(job)
                     except Exception as error:  # a bug of ours must not end the worker
                         logger.exception(
-                            "worker %s: error while processing job %s", self.id, job.id
+                            "worker %s: error while processing job %s",
+                            self.id,
+                            job.id,
+                            extra=_extra(job),
                         )
                         self._fail_after_bug(job, error)
         except BaseException:
@@ -505,6 +513,7 @@ class Worker:
                 attempt.ctx.job.id,
                 attempt.ctx.job.type,
                 why,
+                extra=_extra(attempt.ctx.job),
             )
             self._runner.retire()
             self._runner = None
@@ -571,6 +580,7 @@ class Worker:
                     "rescued when its lease expires",
                     self.id,
                     job.id,
+                    extra=_extra(job),
                 )
                 self._abandon(attempt, "the stop timeout", grace=0)
                 return False
@@ -578,7 +588,7 @@ class Worker:
                 attempt.abort()
                 error = JobTimeoutError(f"job exceeded its timeout of {timeout:g}s")
                 text, retry_in = self.queue._failure(job, error, "")
-                logger.error("job %s (%s): %s", job.id, job.type, error)
+                logger.error("job %s (%s): %s", job.id, job.type, error, extra=_extra(job))
                 self._record(lease, error=text, retry_in=retry_in)
                 self._abandon(attempt, "its timeout")
                 return False
@@ -600,6 +610,7 @@ class Worker:
                             "signalling the handler to stop",
                             job.id,
                             job.type,
+                            extra=_extra(job),
                         )
                         attempt.ctx.cancelled.set()
                     continue
@@ -613,6 +624,7 @@ class Worker:
                     "and discarding its outcome",
                     job.id,
                     job.type,
+                    extra=_extra(job),
                 )
                 self._abandon(attempt, "its lease was lost")
                 return False
@@ -631,14 +643,22 @@ class Worker:
                 error = PayloadError(f"handler result is not storable: {invalid}")
                 attempt.trace = ""
         if error is None:
-            logger.debug("job %s (%s) completed", job.id, job.type)
+            logger.debug("job %s (%s) completed", job.id, job.type, extra=_extra(job))
             self._record(lease, result=attempt.result)
             return
         text, retry_in = self.queue._failure(job, error, attempt.trace)
         if not isinstance(error, Exception):
-            logger.error("job %s (%s): handler raised %s", job.id, job.type, type(error).__name__)
+            logger.error(
+                "job %s (%s): handler raised %s",
+                job.id,
+                job.type,
+                type(error).__name__,
+                extra=_extra(job),
+            )
         if retry_in is None:
-            logger.error("job %s (%s) failed: %s", job.id, job.type, text.splitlines()[0])
+            logger.error(
+                "job %s (%s) failed: %s", job.id, job.type, text.splitlines()[0], extra=_extra(job)
+            )
         else:
             logger.warning(
                 "job %s (%s) attempt %d failed, retrying in %.1fs: %s",
@@ -647,6 +667,7 @@ class Worker:
                 job.attempts,
                 retry_in,
                 text.splitlines()[0],
+                extra=_extra(job),
             )
         self._record(lease, error=text, retry_in=retry_in)
 
@@ -659,7 +680,12 @@ class Worker:
                 job.id, token, error=f"internal error: {text}", retry_in=retry_in
             )
         except Exception:
-            logger.exception("worker %s: could not record the failure of job %s", self.id, job.id)
+            logger.exception(
+                "worker %s: could not record the failure of job %s",
+                self.id,
+                job.id,
+                extra=_extra(job),
+            )
 
     def _record(
         self,
@@ -690,6 +716,7 @@ class Worker:
                         "out; it will be rescued and run again",
                         job.id,
                         job.type,
+                        extra=_extra(job),
                     )
                     return
                 time.sleep(delay * (0.5 + random.random() / 2))
@@ -702,6 +729,7 @@ class Worker:
                     "discarded (the job was cancelled or rescued)",
                     job.id,
                     job.type,
+                    extra=_extra(job),
                 )
                 return
             duration = time.monotonic() - lease.started
