@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 _GRACE = 1.0  # seconds a cancelled handler gets to return before its thread is abandoned
 _LONGEST = 86400.0  # upper bound of intervals and leases: catches unit mistakes
 _REGISTRY_EVERY = 5.0  # seconds between saves of a worker's registry record
+_REGISTRY_CHANGED = 1.0  # ... or after its current job changed
 _FORGET_AFTER = 86400.0  # seconds after which a silent worker's record is deleted
 
 
@@ -197,6 +198,7 @@ class Worker:
         self._ticker: Ticker | None = None
         self._next_tick = -math.inf
         self._last_saved = -math.inf
+        self._info_dirty = True
         self._last_pruned = -math.inf
         self._started_at = _clock.now()
         self._last_rescue = -math.inf
@@ -255,11 +257,20 @@ class Worker:
             jobs_processed=self.jobs_processed,
         )
 
+    def _next_save(self) -> float:
+        """When (monotonic) the registry record is due to be saved again."""
+        return self._last_saved + (_REGISTRY_CHANGED if self._info_dirty else _REGISTRY_EVERY)
+
     def _save_info_if_due(self) -> None:
-        """Keep this worker's registry record fresh (and prune dead workers' hourly)."""
+        """Keep this worker's registry record fresh (and prune dead workers' hourly).
+
+        Saved every few seconds, and about a second after the current job changed:
+        current without a write per job.
+        """
         now = time.monotonic()
-        if now - self._last_saved < _REGISTRY_EVERY:
+        if now < self._next_save():
             return
+        self._info_dirty = False
         self._last_saved = now
         storage = self.queue.storage
         try:
@@ -425,13 +436,25 @@ class Worker:
             logger.warning("worker %s rescued %d job(s) with expired leases", self.id, rescued)
 
     def _idle_wait(self, seconds: float) -> None:
-        if self._stopping.is_set():
-            return  # stop() may have set the wake flag just before the loop cleared it
-        if self._ticker is not None:  # wake up for the next tick of a schedule
-            seconds = min(seconds, max(0.0, self._next_tick - time.monotonic()))
+        """Wait before the next poll; wake early on a wake-up, stop, or a due tick.
+
+        The registry record is refreshed meanwhile without polling, so that the
+        adaptive back-off between polls stays as documented.
+        """
+        deadline = time.monotonic() + seconds
         self._idle = True
         try:
-            self._wake.wait(seconds)
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                until = [deadline, self._next_save()]
+                if self._ticker is not None:
+                    until.append(self._next_tick)
+                if self._wake.wait(max(0.0, min(until) - now)):
+                    return
+                now = time.monotonic()
+                if now >= deadline or (self._ticker is not None and now >= self._next_tick):
+                    return
+                self._save_info_if_due()
         finally:
             self._idle = False
 
@@ -520,12 +543,15 @@ class Worker:
 
     def _process(self, job: Job) -> None:
         self._current = job
+        self._info_dirty = True
         self._emit("job:claimed", job)
+        self._save_info_if_due()
         try:
             self._run_job(job)
         finally:
             self.jobs_processed += 1  # counted before current_job shows the worker idle
             self._current = None
+            self._info_dirty = True
 
     def _run_job(self, job: Job) -> None:
         token = job.lease_token or ""
@@ -559,7 +585,7 @@ class Worker:
         next_beat = started + self.heartbeat_interval
         while True:
             now = time.monotonic()
-            until = [next_beat]
+            until = [next_beat, self._next_save()]
             if timeout is not None:
                 until.append(started + timeout)
             if self._stop_deadline is not None:
@@ -570,6 +596,7 @@ class Worker:
             self._signal.clear()
             if attempt.done.is_set():
                 return True
+            self._save_info_if_due()
             now = time.monotonic()
             if self._stop_deadline is not None and now >= self._stop_deadline:
                 attempt.abort()

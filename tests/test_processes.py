@@ -17,7 +17,11 @@ from dbjobq import JobContext, JobQueue, JobSpec, Worker
 from .conftest import StorageConfig
 from .helpers import wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # SQLite and PostgreSQL; the reliability scenarios cover MySQL/MariaDB.
+    pytest.mark.parametrize("sql_config", ["sqlite", "postgres"], indirect=True),
+]
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -534,7 +534,7 @@ def test_a_second_stop_can_only_bring_the_deadline_forward(queue: JobQueue) -> N
 # -- many threads -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 def test_eight_workers_drain_two_thousand_jobs_exactly_once(queue: JobQueue) -> None:
     seen: list[str] = []
     lock = threading.Lock()

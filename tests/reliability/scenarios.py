@@ -45,7 +45,7 @@ def _work(n: int, ms: Callable[[int], int]) -> list[JobSpec]:
 
 def contention(store: Store, work: Path, size: str, *, no_busy_wait: bool = False) -> Report:
     """4 processes x 4 worker threads drain a pile of no-op jobs: each exactly once."""
-    jobs = 20_000 if size == "full" else 2_000
+    jobs = 20_000 if size == "full" else 1_000
     name = "contention" + (" (no busy timeout)" if no_busy_wait else "")
     report = Report(name, store.backend)
     store.install_audit()
@@ -74,7 +74,7 @@ def crash(store: Store, work: Path, size: str) -> Report:
     """Kill a random worker process every ~2 s and start a replacement; arm each fault
     point once. Nothing may be lost or completed twice, and only jobs in flight at a
     kill may run again."""
-    jobs, kills, every = (5_000, 10, 2.0) if size == "full" else (800, 4, 1.0)
+    jobs, kills, every = (5_000, 10, 2.0) if size == "full" else (500, 4, 0.8)
     report = Report("crash", store.backend)
     store.install_audit()
     queue = store.queue()
@@ -201,7 +201,7 @@ def server_restart(store: Store, work: Path, size: str) -> Report:
 
 def bursts(store: Store, work: Path, size: str) -> Report:
     """3 worker processes while producers enqueue in bursts: no "database is locked"."""
-    rounds = 30 if size == "full" else 8
+    rounds = 30 if size == "full" else 4
     report = Report("enqueue bursts", store.backend)
     store.install_audit()
     ids: list[str] = []
