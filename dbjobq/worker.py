@@ -183,7 +183,7 @@ class Worker:
         self.heartbeat_interval = float(heartbeat_interval)
         self.max_jobs = max_jobs
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.rescue_interval = min(1.0, self.poll_interval)
+        self.rescue_interval = max(1.0, self.poll_interval)
         self.jobs_processed = 0
         self._current: Job | None = None
         self._stopping = threading.Event()

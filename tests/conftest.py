@@ -48,6 +48,7 @@ def _scratch_schema(
     with engine.begin() as conn:
         conn.exec_driver_sql(create.format(name))
     yield url, name
+    engine.dispose()  # its pooled connection may have been killed by a test
     with engine.begin() as conn:
         conn.exec_driver_sql(drop.format(name))
     engine.dispose()
@@ -92,6 +93,7 @@ def _opened(config: StorageConfig) -> Iterator[SQLAlchemyStorage]:
     storage.initialize()
     yield storage
     if config.schema is not None:
+        storage.engine.dispose()  # a test may have killed its pooled connections
         with storage.engine.begin() as conn:
             storage._metadata.drop_all(conn)
     storage.close()

@@ -189,6 +189,7 @@ class SQLAlchemyStorage(Storage):
             raise ConfigurationError("schema is not supported on SQLite; use table_prefix")
         self._is_sqlite = self._backend == "sqlite"
         self._is_mysql = self._backend in _MYSQL
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
         self._serial: threading.RLock | None = None
         if memory:
@@ -236,7 +237,9 @@ class SQLAlchemyStorage(Storage):
                 connect_args.setdefault("check_same_thread", False)
                 options.setdefault("poolclass", StaticPool)
         else:
-            options.setdefault("pool_pre_ping", True)
+            # No pool_pre_ping: a ping per checkout doubles the round trips of every
+            # operation. A connection found dead is invalidated and the operation
+            # retried (see _run), which covers the same ground.
             if parsed.get_driver_name() in ("psycopg", "pymysql"):
                 connect_args.setdefault("connect_timeout", 10)
         if backend in _MYSQL:
@@ -329,19 +332,31 @@ class SQLAlchemyStorage(Storage):
     # -- plumbing -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _transaction(self, write: bool) -> Iterator[Connection]:
+    def _transaction(self, write: bool, single: bool) -> Iterator[Connection]:
         serial = self._serial or contextlib.nullcontext()
+        if single and not self._is_sqlite:
+            # One statement is atomic by itself: in autocommit mode it costs one round
+            # trip instead of three (BEGIN, the statement, COMMIT).
+            with serial, self._autocommit.connect() as conn:
+                yield conn
+            return
         with serial, self._engine.connect() as conn:
             if write and self._is_sqlite:
                 conn = conn.execution_options(dbjobq_write=True)
             with conn.begin():
                 yield conn
 
-    def _run(self, what: str, fn: Callable[[Connection], T], *, write: bool) -> T:
-        """Run `fn` in one transaction, retrying transient errors a few times."""
+    def _run(
+        self, what: str, fn: Callable[[Connection], T], *, write: bool, single: bool = False
+    ) -> T:
+        """Run `fn` in one transaction, retrying transient errors a few times.
+
+        `single=True` promises that `fn` runs one statement, which then needs no
+        explicit transaction (except on SQLite, whose writes want BEGIN IMMEDIATE).
+        """
         for attempt in range(_RETRIES + 1):
             try:
-                with self._transaction(write) as conn:
+                with self._transaction(write, single) as conn:
                     return fn(conn)
             except exc.DBAPIError as error:
                 if attempt < _RETRIES and _is_transient(error):
@@ -607,7 +622,7 @@ class SQLAlchemyStorage(Storage):
             def run(conn: Connection) -> tuple[list[Job], int]:
                 return self._claimed(conn, list(conn.execute(stmt)))
 
-        return self._run("claim", run, write=True)
+        return self._run("claim", run, write=True, single=not self._is_mysql)
 
     def _claim_in_steps(
         self,
@@ -679,7 +694,9 @@ class SQLAlchemyStorage(Storage):
 
     def _update_held(self, what: str, job_id: str, token: str, values: Mapping[str, Any]) -> bool:
         stmt = sa.update(self._jobs).where(self._held(job_id, token)).values(**values)
-        return self._run(what, lambda conn: conn.execute(stmt).rowcount == 1, write=True)
+        return self._run(
+            what, lambda conn: conn.execute(stmt).rowcount == 1, write=True, single=True
+        )
 
     def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
         expires = db_now_plus(_seconds("lease", lease_seconds))
@@ -742,7 +759,7 @@ class SQLAlchemyStorage(Storage):
             row = conn.execute(stmt).first()
             return None if row is None else self._to_job(row)
 
-        job = self._run("get", run, write=False)
+        job = self._run("get", run, write=False, single=True)
         if job is None:
             raise JobNotFound(job_id)
         return job
@@ -764,7 +781,10 @@ class SQLAlchemyStorage(Storage):
         if type is not None:
             stmt = stmt.where(c.type == type)
         return self._run(
-            "list_jobs", lambda conn: [self._to_job(r) for r in conn.execute(stmt)], write=False
+            "list_jobs",
+            lambda conn: [self._to_job(r) for r in conn.execute(stmt)],
+            write=False,
+            single=True,
         )
 
     def count_jobs(
@@ -785,7 +805,7 @@ class SQLAlchemyStorage(Storage):
                     logger.warning("%d job(s) in queue %r have unknown status %r", n, queue, status)
             return counts
 
-        return self._run("count_jobs", run, write=False)
+        return self._run("count_jobs", run, write=False, single=True)
 
     def pending_summary(self) -> list[PendingGroup]:
         c = self._jobs.c
@@ -799,7 +819,7 @@ class SQLAlchemyStorage(Storage):
         def run(conn: Connection) -> list[PendingGroup]:
             return [PendingGroup(q, t, n, oldest) for q, t, n, oldest in conn.execute(stmt)]
 
-        return self._run("pending_summary", run, write=False)
+        return self._run("pending_summary", run, write=False, single=True)
 
     def _exists(self, conn: Connection, job_id: str) -> bool:
         return (
@@ -981,7 +1001,10 @@ class SQLAlchemyStorage(Storage):
     def now(self) -> datetime:
         """The database server's current time."""
         found = self._run(
-            "now", lambda conn: conn.execute(sa.select(db_now())).scalar(), write=False
+            "now",
+            lambda conn: conn.execute(sa.select(db_now())).scalar(),
+            write=False,
+            single=True,
         )
         assert found is not None
         return found

@@ -146,6 +146,7 @@ def scratch_store(backend: str, work: Path) -> Iterator[Store]:
     try:
         yield Store(backend, url, prefix, name)
     finally:
+        engine.dispose()  # its pooled connection may have been killed by the scenario
         with engine.begin() as conn:
             conn.exec_driver_sql(drop.format(name))
         engine.dispose()
