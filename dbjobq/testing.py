@@ -39,8 +39,10 @@ import pytest
 from dbjobq._ids import new_job_id
 from dbjobq.errors import JobNotFound
 from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.queue import JobQueue
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage.base import Storage
+from dbjobq.worker import Worker
 
 __all__ = ["StorageContract", "make_job"]
 
@@ -268,6 +270,54 @@ class StorageContract:
         assert storage.complete(job.id, job.lease_token or "", result=1)
         assert not storage.complete(job.id, job.lease_token or "", result=2)
         assert storage.get(job.id).result == 1
+
+    def test_complete_many_records_each_outcome_on_its_own(self, storage: Storage) -> None:
+        storage.enqueue([make_job() for _ in range(5)])
+        a, b, c, d, e = storage.claim(queues=["default"], worker_id="w1", lease_seconds=60, limit=5)
+        assert storage.complete(d.id, d.lease_token or "", result="first")
+        held = storage.complete_many(
+            [
+                (a.id, a.lease_token or "", None),
+                (b.id, b.lease_token or "", None),
+                (c.id, c.lease_token or "", {"n": [1, 2]}),
+                (d.id, d.lease_token or "", "second"),  # already completed
+                (e.id, "not-the-token", 5),
+            ]
+        )
+        assert held == [True, True, True, False, False]
+        assert [storage.get(j.id).status for j in (a, b, c, d)] == [JobStatus.COMPLETED] * 4
+        assert storage.get(a.id).result is None
+        assert storage.get(c.id).result == {"n": [1, 2]}
+        assert storage.get(d.id).result == "first"
+        assert storage.get(e.id) == e
+        assert storage.get(a.id).lease_token is None and storage.get(a.id).finished_at
+
+    def test_complete_many_of_nothing_or_one(self, storage: Storage) -> None:
+        assert storage.complete_many([]) == []
+        storage.enqueue([make_job()])
+        job = _claim_one(storage)
+        assert storage.complete_many([(job.id, job.lease_token or "", 1)]) == [True]
+        assert storage.get(job.id).result == 1
+
+    def test_release_puts_an_unstarted_job_back_in_its_place(self, storage: Storage) -> None:
+        if type(storage).release is Storage.release:
+            # Optional: without it, workers claim one job at a time.
+            assert Worker(JobQueue(storage)).prefetch == 1
+            return
+        first, second, _ = storage.enqueue([make_job(), make_job(), make_job()])
+        a, b = storage.claim(queues=["default"], worker_id="w1", lease_seconds=60, limit=2)
+        assert (a.id, b.id) == (first, second)
+        assert not storage.release(a.id, "not-the-token")
+        assert storage.release(a.id, a.lease_token or "")
+        back = storage.get(a.id)
+        assert back.status is JobStatus.PENDING and back.attempts == 0
+        assert back.lease_token is None and back.worker_id is None
+        assert back.lease_expires_at is None and back.started_at is None
+        assert not storage.release(a.id, a.lease_token or "")  # the lease is gone
+        assert not storage.complete(a.id, a.lease_token or "", result=1)
+        again = _claim_one(storage)
+        assert again.id == first and again.attempts == 1  # its place in line is kept
+        assert again.lease_token != a.lease_token
 
     def test_fail_with_retry_puts_the_job_back(self, storage: Storage) -> None:
         storage.enqueue([make_job()])

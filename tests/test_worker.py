@@ -23,7 +23,7 @@ from dbjobq import (
     StorageError,
     Worker,
 )
-from dbjobq.storage import MemoryStorage
+from dbjobq.storage import MemoryStorage, Storage
 from dbjobq.testing import make_job
 
 from .helpers import wait_until
@@ -685,3 +685,132 @@ def test_bad_progress_values_fail_the_attempt(queue: JobQueue) -> None:
     job = queue.get_job(job_id)
     assert job.status == "failed"
     assert job.last_error is not None and job.last_error.startswith("InvalidJobError: progress")
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+class _ClaimSpy:
+    """Records the `limit` of every claim that found jobs."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.limits: list[int] = []
+        self.sizes: list[int] = []
+        storage = queue.storage
+        original = storage.claim
+
+        def claim(**kwargs: Any) -> Any:
+            jobs = original(**kwargs)
+            if jobs:
+                self.limits.append(kwargs.get("limit", 1))
+                self.sizes.append(len(jobs))
+            return jobs
+
+        storage.claim = claim  # type: ignore[method-assign]
+
+
+def test_short_jobs_are_claimed_and_recorded_in_growing_batches(queue: JobQueue) -> None:
+    queue.register("quick", lambda ctx: ctx.payload["n"])
+    ids = queue.enqueue_many([JobSpec(type="quick", payload={"n": n}) for n in range(60)])
+    spy = _ClaimSpy(queue)
+    assert Worker(queue).run_until_empty() == 60
+    assert spy.limits[0] == 1  # it starts with one job per claim...
+    assert max(spy.sizes) > 1  # ...and takes more once jobs prove short
+    assert all(b <= 2 * a for a, b in itertools.pairwise(spy.limits))
+    assert max(spy.limits) <= 16
+    for n, job_id in enumerate(ids):
+        job = queue.get_job(job_id)
+        assert (job.status, job.result, job.attempts) == ("completed", n, 1)
+        assert job.lease_token is None
+
+
+def test_prefetch_one_claims_one_job_at_a_time(queue: JobQueue) -> None:
+    queue.register("quick", lambda ctx: None)
+    queue.enqueue_many([JobSpec(type="quick") for _ in range(10)])
+    spy = _ClaimSpy(queue)
+    assert Worker(queue, prefetch=1).run_until_empty() == 10
+    assert spy.limits == [1] * 10
+
+
+def test_a_batch_is_recorded_before_the_worker_shows_idle(queue: JobQueue) -> None:
+    queue.register("quick", lambda ctx: None)
+    worker = Worker(queue, poll_interval=0.01)
+    ids = queue.enqueue_many([JobSpec(type="quick") for _ in range(40)])
+    with worker:
+        wait_until(lambda: worker.jobs_processed == 40, what="40 jobs")
+        # Counted only once written: every one of them shows completed now.
+        assert all(finished(queue, job_id) for job_id in ids)
+
+
+def test_stopping_mid_batch_gives_the_unstarted_jobs_back(queue: JobQueue) -> None:
+    worker = Worker(queue, poll_interval=0.01)
+    ran: list[str] = []
+
+    @queue.handler("quick")
+    def quick(ctx: JobContext) -> None:
+        ran.append(ctx.job.id)
+        if len(ran) == 8:
+            worker.stop(wait=False)
+
+    queue.enqueue_many([JobSpec(type="quick") for _ in range(200)])
+    worker.start()
+    wait_until(lambda: not worker.is_alive, what="the worker to stop itself")
+    jobs = queue.list_jobs(limit=500)
+    done = [j for j in jobs if j.status == "completed"]
+    back = [j for j in jobs if j.status == "pending"]
+    assert len(done) == len(ran) >= 8
+    assert len(done) + len(back) == 200
+    assert all(j.attempts == 0 and j.lease_token is None for j in back)
+    assert {j.id for j in done} == set(ran)
+
+
+def test_a_slow_job_lets_the_rest_of_its_batch_go_to_other_workers(queue: JobQueue) -> None:
+    gate = threading.Event()
+    ran: list[int] = []
+
+    @queue.handler("job")
+    def job(ctx: JobContext) -> None:
+        ran.append(ctx.payload["n"])
+        if ctx.payload["n"] == 40:
+            # While this one runs, the jobs claimed with it are handed back.
+            gate.wait(20)
+
+    queue.enqueue_many([JobSpec(type="job", payload={"n": n}) for n in range(60)])
+    slow_worker = Worker(queue, poll_interval=0.01, lease_seconds=3, heartbeat_interval=0.2)
+    slow_worker.start()
+    try:
+        wait_until(lambda: 40 in ran, what="the slow job to start")
+        wait_until(
+            lambda: queue.counts()["default"].get("running", 0) == 1,
+            what="the rest of the batch to be given back",
+        )
+        helper = Worker(queue, poll_interval=0.01)
+        with helper:
+            wait_until(lambda: queue.counts()["default"].get("completed", 0) == 59)
+        assert helper.jobs_processed == 19
+    finally:
+        gate.set()
+        slow_worker.stop()
+    jobs = queue.list_jobs(limit=100)
+    assert all(j.status == "completed" and j.attempts == 1 for j in jobs)
+    assert sorted(ran) == list(range(60))
+
+
+def test_a_storage_without_release_gets_workers_that_claim_one_at_a_time() -> None:
+    class NoRelease(MemoryStorage):
+        release = Storage.release
+
+    queue = JobQueue(NoRelease())
+    queue.register("quick", lambda ctx: None)
+    queue.enqueue_many([JobSpec(type="quick") for _ in range(5)])
+    spy = _ClaimSpy(queue)
+    worker = Worker(queue, prefetch=8)
+    assert worker.prefetch == 1
+    assert worker.run_until_empty() == 5
+    assert spy.limits == [1] * 5
+
+
+def test_prefetch_must_be_a_positive_int(queue: JobQueue) -> None:
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigurationError, match="prefetch"):
+            Worker(queue, prefetch=bad)  # type: ignore[arg-type]

@@ -164,6 +164,53 @@ class Storage(abc.ABC):
             outcome must be discarded.
         """
 
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` when another process may have enqueued jobs (optional).
+
+        The wake-up hook: idle workers subscribe so that jobs enqueued by other
+        processes reach them in milliseconds rather than at their next poll.
+        `callback` may be called from any thread, spuriously, or not at all (a
+        missed wake-up only means a later poll), so it must be cheap and must not
+        raise. Enqueues in the same process wake workers without this.
+
+        Returns:
+            A function that ends the subscription; `None` if the backend cannot
+            tell, which is the default: workers then rely on polling.
+        """
+        return None
+
+    def complete_many(self, outcomes: Sequence[tuple[str, str, Any]]) -> list[bool]:
+        """Complete several jobs at once: `complete` for each `(job_id, token, result)`.
+
+        Workers that run short jobs record their outcomes in batches through this.
+        The default calls `complete` once per job; a backend may override it to write
+        them in one transaction. Either way each job follows `complete`'s rules on
+        its own: a job whose lease is gone is left as it is, and does not stop the
+        others from being recorded.
+
+        Returns:
+            One flag per outcome, in order, as `complete` returns it.
+        """
+        return [self.complete(job_id, token, result=result) for job_id, token, result in outcomes]
+
+    def release(self, job_id: str, token: str) -> bool:
+        """Give back a claimed job that was never started (optional).
+
+        The job becomes `pending` again as if the claim had not happened:
+        `attempts` goes back down by one, the lease is cleared, `started_at`
+        becomes `None`; its `run_at`, priority and place in line are kept.
+
+        A worker that claimed several short jobs at once releases those it will not
+        start (it is stopping, or the job ahead of them turned out slow). Backends
+        that keep this default, which raises `NotImplementedError`, get workers
+        that claim one job at a time.
+
+        Returns:
+            `True` if released; `False` (and no change) if `token` does not hold
+            the lease.
+        """
+        raise NotImplementedError
+
     @abc.abstractmethod
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
         """Record a failed attempt; same lease rule as `complete`.

@@ -196,6 +196,21 @@ class MemoryStorage(Storage):
             )
             return True
 
+    def release(self, job_id: str, token: str) -> bool:
+        with self._lock:
+            job = self._held(job_id, token)
+            if job is None:
+                return False
+            self._set(
+                job,
+                status=JobStatus.PENDING,
+                attempts=job.attempts - 1,
+                started_at=None,
+                updated_at=self._now(),
+                **self._RELEASED,
+            )
+            return True
+
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
         with self._lock:
             job = self._held(job_id, token)
