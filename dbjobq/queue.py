@@ -116,6 +116,8 @@ class JobQueue:
         self._schedules: dict[str, Schedule] = {}
         self._hooks = Hooks()
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        self._running_lock = threading.Lock()
+        self._unsubscribe: Callable[[], None] | None = None
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -593,6 +595,25 @@ class JobQueue:
             meta=meta,
             timeout=timeout,
         )
+
+    def _attach(self, worker: Worker) -> None:
+        """A worker of this queue started: listen for other processes' enqueues."""
+        with self._running_lock:
+            self._workers.add(worker)
+            if self._unsubscribe is None:
+                self._unsubscribe = self.storage.subscribe(self._wake_all)
+
+    def _detach(self, worker: Worker) -> None:
+        with self._running_lock:
+            self._workers.discard(worker)
+            if not self._workers and self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+
+    def _wake_all(self) -> None:
+        """Another process may have enqueued jobs: every worker polls once more."""
+        for worker in list(self._workers):
+            worker._wake.set()
 
     def _wake_workers(self, wanted: set[tuple[str, str]], count: int) -> None:
         """Wake up to `count` idle workers of this process that take these (queue, type)s."""

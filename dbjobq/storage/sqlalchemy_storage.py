@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import re
@@ -26,7 +27,9 @@ from sqlalchemy.pool import StaticPool
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.registry import WorkerInfo
+from dbjobq.storage._notify import PostgresListener, SQLiteWatcher, Watcher
 from dbjobq.storage._sql import (
+    _SQLITE_NOW,
     PENDING,
     RUNNING,
     SCHEMA_VERSION,
@@ -56,6 +59,7 @@ _MYSQL = ("mysql", "mariadb")
 _STATUSES = frozenset(s.value for s in JobStatus)
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 _RETRIES = 5  # transient errors retried inside one call before StorageError
+_SQLITE_WATCH_INTERVAL = 0.002  # seconds between reads of PRAGMA data_version
 
 
 def _seconds(name: str, value: float) -> sa.BindParameter[float]:
@@ -142,6 +146,11 @@ class SQLAlchemyStorage(Storage):
     Times (`run_at`, leases) come from the database clock. Tables are created on first
     use (`initialize`), named `<table_prefix>jobs` and `<table_prefix>schema`.
 
+    Idle workers learn of jobs enqueued by other processes at once (`listen=True`):
+    on PostgreSQL an insert trigger NOTIFYs a channel that a background connection
+    LISTENs to; on SQLite a background thread reads `PRAGMA data_version` every
+    couple of milliseconds. Polling stays the safety net.
+
     Args:
         url: A database URL or an existing SQLAlchemy `Engine`. A URL without a
             driver uses psycopg for PostgreSQL and PyMySQL for MySQL/MariaDB.
@@ -150,6 +159,10 @@ class SQLAlchemyStorage(Storage):
             MySQL database; `None` uses the connection's default.
         busy_timeout: SQLite only: seconds a writer waits for the file lock.
         engine_options: Extra keyword arguments for `sqlalchemy.create_engine`.
+        listen: Wake idle workers when another process enqueues (see above).
+            `False` relies on polling alone: for PgBouncer in transaction pooling
+            mode, which cannot pass LISTEN on. No effect on MySQL/MariaDB, which
+            always poll.
 
     Raises:
         ConfigurationError: If the URL cannot be parsed, names an unsupported
@@ -165,6 +178,7 @@ class SQLAlchemyStorage(Storage):
         schema: str | None = None,
         busy_timeout: float = 30.0,
         engine_options: Mapping[str, Any] | None = None,
+        listen: bool = True,
     ) -> None:
         if not isinstance(url, (str, URL, Engine)):
             raise ConfigurationError(
@@ -190,6 +204,11 @@ class SQLAlchemyStorage(Storage):
         self._is_sqlite = self._backend == "sqlite"
         self._is_mysql = self._backend in _MYSQL
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._claims: dict[tuple[Any, ...], Any] = {}  # built claim statements
+        self.listen = bool(listen)
+        self._watcher: Watcher | None = None
+        self._watcher_lock = threading.Lock()
+        self._insert_stmt: Any = None
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
         self._serial: threading.RLock | None = None
         if memory:
@@ -307,6 +326,8 @@ class SQLAlchemyStorage(Storage):
                 conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
             return
         self._metadata.create_all(conn, checkfirst=True)
+        if self._backend == "postgresql":
+            self._create_notify_trigger(conn)
         self._check_version(conn)
 
     def _check_version(self, conn: Connection) -> None:
@@ -325,9 +346,92 @@ class SQLAlchemyStorage(Storage):
             )
 
     def close(self) -> None:
-        """Close all pooled connections (only those of an engine this object created)."""
+        """Close all pooled connections (only those of an engine this object created).
+
+        Also stops the thread that watches for other processes' enqueues.
+        """
+        with self._watcher_lock:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
         if self._owns_engine:
             self._engine.dispose()
+
+    # -- wake-ups from other processes ------------------------------------------------
+
+    @property
+    def _channel(self) -> str:
+        """The PostgreSQL NOTIFY channel of this table set."""
+        name = f"{self.schema or ''}.{self.table_prefix}jobs"
+        return f"dbjobq_{zlib.crc32(name.encode()):08x}"
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` when another process may have enqueued jobs.
+
+        Returns `None` (polling only) on MySQL/MariaDB, for in-memory SQLite, with
+        `listen=False`, and on PostgreSQL through a driver other than psycopg 3.
+        """
+        if not self.listen or self._is_mysql:
+            return None
+        with self._watcher_lock:
+            if self._watcher is None:
+                self._watcher = self._new_watcher()
+            if self._watcher is None:
+                return None
+            return self._watcher.subscribe(callback)
+
+    def _new_watcher(self) -> Watcher | None:
+        if self._is_sqlite:
+            path = self._engine.url.database
+            if path in (None, "", ":memory:") or str(path).startswith("file:"):
+                return None
+            jobs = self._jobs.name
+            due = (
+                f"SELECT 1 FROM \"{jobs}\" WHERE status = 'pending' AND run_at <= "
+                f"{_SQLITE_NOW} LIMIT 1"
+            )
+            timeout = 5.0
+
+            def open_sqlite() -> sqlite3.Connection:
+                return sqlite3.connect(
+                    str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+                )
+
+            return SQLiteWatcher(open_sqlite, due, interval=_SQLITE_WATCH_INTERVAL)
+        if self._engine.dialect.driver != "psycopg":
+            return None
+        engine = self._engine
+
+        def open_postgres() -> Any:
+            pooled = engine.raw_connection()
+            conn = pooled.driver_connection
+            pooled.detach()  # a connection of its own, for as long as it listens
+            return conn
+
+        return PostgresListener(open_postgres, self._channel)
+
+    def _create_notify_trigger(self, conn: Connection) -> None:
+        """On PostgreSQL: NOTIFY the table set's channel after every INSERT statement."""
+        jobs = self._jobs.name
+        qualified = f'"{self.schema}"."{jobs}"' if self.schema else f'"{jobs}"'
+        function = f'"{self.schema}"."{jobs}_notify"' if self.schema else f'"{jobs}_notify"'
+        exists = conn.execute(
+            sa.text(
+                "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = "
+                "CAST(:table AS regclass)"
+            ),
+            {"name": f"{jobs}_notify", "table": qualified},
+        ).first()
+        if exists:
+            return
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_notify('{self._channel}', ''); RETURN NULL; END $$"
+        )
+        conn.exec_driver_sql(
+            f'CREATE TRIGGER "{jobs}_notify" AFTER INSERT ON {qualified} '
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        )
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -450,7 +554,11 @@ class SQLAlchemyStorage(Storage):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
             return []
-        return self._run("enqueue", lambda conn: self._insert_jobs(conn, jobs), write=True)
+        # One job without a unique key is one INSERT: atomic without a transaction.
+        single = len(jobs) == 1 and jobs[0].unique_key is None
+        return self._run(
+            "enqueue", lambda conn: self._insert_jobs(conn, jobs), write=True, single=single
+        )
 
     def enqueue_in_transaction(
         self,
@@ -504,12 +612,12 @@ class SQLAlchemyStorage(Storage):
             event.listen(connection, "commit", lambda conn: callback(), once=True)
         return ids
 
-    def _insert_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> list[str]:
+    def _build_insert(self) -> Any:
         c = self._jobs.c
         # The INSERT skips rows that clash with the primary key (a retry after a lost
         # commit acknowledgement inserts nothing twice) or with the unique index on
         # unfinished unique keys; _resolve_unique finds out who holds such a key.
-        stmt = self._insert().values(
+        self._insert_stmt = self._insert().values(
             run_at=sa.func.coalesce(
                 sa.bindparam("p_run_at", type_=c.run_at.type),
                 db_now_plus(sa.bindparam("p_delay", type_=sa.Double())),
@@ -519,8 +627,11 @@ class SQLAlchemyStorage(Storage):
             status=PENDING,
             attempts=0,
         )
-        if not self._is_mysql:
-            stmt = stmt.returning(c.id)
+        return self._insert_stmt
+
+    def _insert_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> list[str]:
+        c = self._jobs.c
+        stmt = self._build_insert() if self._insert_stmt is None else self._insert_stmt
         rows = [
             {
                 "id": j.id,
@@ -537,8 +648,18 @@ class SQLAlchemyStorage(Storage):
             }
             for j in jobs
         ]
-        done = conn.execute(stmt, rows)
-        inserted = set() if self._is_mysql else set(done.scalars())
+        # Only jobs with a unique key need to know whether they were inserted; the
+        # others are executemany'd without RETURNING, which drivers run much faster.
+        keyed = [row for row in rows if row["unique_key"] is not None]
+        plain = [row for row in rows if row["unique_key"] is None]
+        if plain:
+            conn.execute(stmt, plain)
+        inserted: set[str] = set()
+        if keyed:
+            if self._is_mysql:
+                conn.execute(stmt, keyed)
+            else:
+                inserted.update(conn.execute(stmt.returning(c.id), keyed).scalars())
         result: list[str] = []
         for job, row in zip(jobs, rows, strict=True):
             if job.unique_key is None or job.id in inserted:
@@ -608,6 +729,26 @@ class SQLAlchemyStorage(Storage):
         if self._is_mysql:
             run = self._claim_in_steps(queues, types, limit, values)
         else:
+            stmt = self._claim_statement(queues, types, limit)
+            params = {
+                "c_worker": worker_id,
+                "c_token": values["lease_token"],
+                "c_lease": float(lease_seconds),
+            }
+
+            def run(conn: Connection) -> tuple[list[Job], int]:
+                return self._claimed(conn, list(conn.execute(stmt, params)))
+
+        return self._run("claim", run, write=True, single=not self._is_mysql)
+
+    def _claim_statement(
+        self, queues: Sequence[str], types: Collection[str] | None, limit: int
+    ) -> Any:
+        """The claim as one UPDATE ... RETURNING, built once per kind of claim."""
+        key = (tuple(queues), None if types is None else tuple(sorted(types)), limit)
+        stmt = self._claims.get(key)
+        if stmt is None:
+            c = self._jobs.c
             # The CTE is an optimisation fence: PostgreSQL evaluates the locking
             # SELECT once, so LIMIT really bounds how many rows the UPDATE takes.
             # SQLite ignores FOR UPDATE; BEGIN IMMEDIATE makes the statement exclusive.
@@ -615,14 +756,23 @@ class SQLAlchemyStorage(Storage):
             stmt = (
                 sa.update(self._jobs)
                 .where(c.id == ready.c.id)
-                .values(**values)
+                .values(
+                    status=RUNNING,
+                    attempts=c.attempts + 1,
+                    worker_id=sa.bindparam("c_worker", type_=c.worker_id.type),
+                    lease_token=sa.bindparam("c_token", type_=c.lease_token.type),
+                    lease_expires_at=db_now_plus(sa.bindparam("c_lease", type_=sa.Double())),
+                    started_at=db_now(),
+                    updated_at=db_now(),
+                    progress=None,
+                    progress_message=None,
+                )
                 .returning(*self._jobs.c)
             )
-
-            def run(conn: Connection) -> tuple[list[Job], int]:
-                return self._claimed(conn, list(conn.execute(stmt)))
-
-        return self._run("claim", run, write=True, single=not self._is_mysql)
+            if len(self._claims) >= 64:
+                self._claims.clear()
+            self._claims[key] = stmt
+        return stmt
 
     def _claim_in_steps(
         self,
@@ -717,6 +867,61 @@ class SQLAlchemyStorage(Storage):
             **self._RELEASED,
         }
         return self._update_held("complete", job_id, token, values)
+
+    def complete_many(self, outcomes: Sequence[tuple[str, str, Any]]) -> list[bool]:
+        """Complete several jobs in one transaction.
+
+        Jobs with equal results share one `UPDATE` (a batch of no-op jobs is one
+        statement); the rest take one statement each.
+        """
+        if len(outcomes) < 2:
+            return [self.complete(job_id, token, result=r) for job_id, token, r in outcomes]
+        c = self._jobs.c
+        groups: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
+        for job_id, token, result in outcomes:
+            key = json.dumps(result, sort_keys=True)
+            groups.setdefault(key, (result, []))[1].append((job_id, token))
+
+        def run(conn: Connection) -> set[str]:
+            done: set[str] = set()
+            for result, leases in groups.values():
+                held = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
+                if self._is_mysql:
+                    locked = sa.select(c.id).where(held).with_for_update()
+                    ids = list(conn.execute(locked).scalars())
+                    if not ids:
+                        continue
+                    held = sa.and_(c.id.in_(ids), held)
+                    done.update(ids)
+                stmt = (
+                    sa.update(self._jobs)
+                    .where(held)
+                    .values(
+                        status=JobStatus.COMPLETED.value,
+                        result=result,
+                        finished_at=db_now(),
+                        updated_at=db_now(),
+                        **self._RELEASED,
+                    )
+                )
+                if self._is_mysql:
+                    conn.execute(stmt)
+                else:
+                    done.update(conn.execute(stmt.returning(c.id)).scalars())
+            return done
+
+        done = self._run("complete_many", run, write=True)
+        return [job_id in done for job_id, _, _ in outcomes]
+
+    def release(self, job_id: str, token: str) -> bool:
+        values = {
+            "status": PENDING,
+            "attempts": self._jobs.c.attempts - 1,
+            "started_at": None,
+            "updated_at": db_now(),
+            **self._RELEASED,
+        }
+        return self._update_held("release", job_id, token, values)
 
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
         values: dict[str, Any] = {"last_error": error, "updated_at": db_now(), **self._RELEASED}

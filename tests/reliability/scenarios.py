@@ -190,9 +190,10 @@ def server_restart(store: Store, work: Path, size: str) -> Report:
         queue.close()
         check(report, own, ids, work, explained=set(ids))
     # One outage: each worker thread reports its failing polls and writes once (and
-    # again every 30 s), the jobs it had to give up, and the recovery: a bound that
+    # again every 30 s), the jobs it had to give up, and the recovery; the process's
+    # LISTEN connection reports its loss once (and again every 60 s): a bound that
     # does not grow with the length of the outage.
-    per_process = 6 * 2 + 4 + int(down_for // 30) * 4
+    per_process = 6 * 2 + 4 + int(down_for // 30) * 4 + 1 + int(down_for // 60)
     _check_processes(report, group.summaries, max_logs_per_process=per_process)
     logged = max(sum(s["log_counts"].values()) for s in group.summaries)
     report.notes = f"down {down_for:.0f}s, at most {logged} log records per process"

@@ -1,0 +1,202 @@
+"""Wake-ups from other processes: PostgreSQL LISTEN/NOTIFY, SQLite's data_version.
+
+A `Watcher` is one daemon thread per storage object. It runs while something is
+subscribed, and calls every subscriber when jobs may have been enqueued by another
+process. A missed or spurious wake-up costs nothing but a poll: workers keep polling
+as the safety net.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("dbjobq.storage")
+
+_RETRY_FIRST = 0.5  # seconds before reconnecting after the connection failed
+_RETRY_MAX = 30.0
+_REPEAT_EVERY = 60.0  # seconds between repeated warnings while the trouble lasts
+
+
+class Watcher:
+    """Calls subscribers when `wait_for_change` reports a change.
+
+    Subclasses open a connection (`connect`), block until something may have
+    changed or a timeout passes (`wait_for_change`), and close it (`disconnect`).
+    """
+
+    name = "dbjobq-watcher"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[int, Callable[[], None]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._troubled_since: float | None = None  # when watching last stopped working
+        self._warned_at = -_REPEAT_EVERY
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` on every change until the returned function is called."""
+        with self._lock:
+            key = self._next
+            self._next += 1
+            self._subscribers[key] = callback
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                self._thread.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers.pop(key, None)
+
+        return unsubscribe
+
+    def close(self) -> None:
+        """Stop the thread (within about a second) and refuse new subscribers."""
+        with self._lock:
+            self._closed = True
+            self._subscribers.clear()
+
+    def _active(self) -> bool:
+        with self._lock:
+            if self._subscribers and not self._closed:
+                return True
+            self._thread = None  # a later subscriber starts a new thread
+            return False
+
+    def _fire(self) -> None:
+        with self._lock:
+            callbacks = list(self._subscribers.values())
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a subscriber's bug must not end the watcher
+                logger.exception("wake-up callback failed")
+
+    def _trouble(self, message: str, *args: object) -> None:
+        """Warn once, then at most every `_REPEAT_EVERY` seconds until it works again."""
+        now = time.monotonic()
+        if self._troubled_since is None or now - self._warned_at >= _REPEAT_EVERY:
+            logger.warning(message, *args)
+            self._warned_at = now
+        else:
+            logger.debug(message, *args)
+        if self._troubled_since is None:
+            self._troubled_since = now
+
+    def _serve(self) -> None:
+        delay = _RETRY_FIRST
+        while self._active():
+            try:
+                self.connect()
+            except Exception as error:  # noqa: BLE001 - any failure: retry later
+                self._trouble(
+                    "cannot watch for new jobs (%s); relying on polling, retrying in %.1fs",
+                    error,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            if self._troubled_since is not None:
+                logger.info(
+                    "watching for new jobs again after %.1fs",
+                    time.monotonic() - self._troubled_since,
+                )
+                self._troubled_since = None
+            delay = _RETRY_FIRST
+            self._fire()  # jobs may have come while we were not watching
+            try:
+                while self._active():
+                    if self.wait_for_change():
+                        self._fire()
+            except Exception as error:  # noqa: BLE001 - a dropped connection: reconnect
+                self._trouble("watching for new jobs failed (%s); reconnecting", error)
+            finally:
+                self.disconnect()
+
+    def connect(self) -> None:
+        raise NotImplementedError
+
+    def wait_for_change(self) -> bool:
+        """Block up to about a second; `True` if jobs may have been enqueued."""
+        raise NotImplementedError
+
+    def disconnect(self) -> None:
+        raise NotImplementedError
+
+
+class PostgresListener(Watcher):
+    """LISTENs on the channel that the jobs table's insert trigger NOTIFYs."""
+
+    name = "dbjobq-listen"
+
+    def __init__(self, connect: Callable[[], Any], channel: str) -> None:
+        super().__init__()
+        self._open = connect
+        self.channel = channel
+        self._conn: Any = None
+
+    def connect(self) -> None:
+        conn = self._open()
+        try:
+            conn.autocommit = True
+            conn.execute(f'LISTEN "{self.channel}"')
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def wait_for_change(self) -> bool:
+        # A transaction's notifications on one channel arrive as one: a bulk enqueue
+        # is a single wake-up.
+        return any(True for _ in self._conn.notifies(timeout=1.0, stop_after=1))
+
+    def disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing to release
+                conn.close()
+
+
+class SQLiteWatcher(Watcher):
+    """Reads `PRAGMA data_version`, which changes when another connection commits.
+
+    It is a read of the database header, not of any table: cheap enough to do
+    every couple of milliseconds. On a change, a look at the pending jobs tells a
+    new job apart from other writes (claims, heartbeats).
+    """
+
+    name = "dbjobq-sqlite-watch"
+
+    def __init__(self, connect: Callable[[], Any], due_sql: str, interval: float) -> None:
+        super().__init__()
+        self._open = connect
+        self._due_sql = due_sql
+        self.interval = interval
+        self._conn: Any = None
+        self._version: Any = None
+
+    def connect(self) -> None:
+        self._conn = self._open()
+        self._version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def wait_for_change(self) -> bool:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            time.sleep(self.interval)
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._version = version
+                return self._conn.execute(self._due_sql).fetchone() is not None
+        return False
+
+    def disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
