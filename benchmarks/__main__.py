@@ -1,0 +1,147 @@
+"""Run the benchmark and print the table.
+
+    python -m benchmarks                 # SQLite, and PostgreSQL if DBJOBQ_TEST_POSTGRES_URL
+    python -m benchmarks --quick         # smaller counts
+    python -m benchmarks --smoke         # tiny: only checks that every case runs
+
+Every dbjobq figure is printed next to a baseline measured in the same run on the
+same database: the same work done with plain SQL through the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+
+from . import cases, peers
+from .cases import Figure
+
+SIZES = {
+    #        bulk,   single, drain,  threads,     procs, latency, history,  rss
+    "full": (20_000, 2_000, 20_000, [1, 4, 16], 20_000, 100, 1_000_000, 1_000_000),
+    "quick": (20_000, 1_000, 5_000, [1, 4, 16], 5_000, 50, 100_000, 100_000),
+    "smoke": (200, 20, 200, [1, 4], 200, 5, 1_000, 1_000),
+}
+
+
+def table(figures: list[Figure]) -> str:
+    """The figures as a Markdown table."""
+    rows = [("backend", "measure", "dbjobq", "baseline", "ratio")]
+    for f in figures:
+        value = f"{f.value:,.0f} {f.unit}" if f.unit != "ms" else f"{f.value:.1f} ms"
+        if f.unit == "MB":
+            value = f"{f.value:.0f} MB"
+        base = "-" if f.baseline is None else f"{f.baseline:,.0f} {f.unit} ({f.baseline_name})"
+        ratio = "-" if f.ratio is None else f"{f.ratio:.2f}x"
+        rows.append((f.backend, f.measure, value, base, ratio))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def peer_figures(figures: list[Figure], work: Path, single: int, drain: int) -> list[Figure]:
+    """The SQLite figures again, next to huey's, if huey is installed."""
+    found = peers.huey_sqlite(work, max(single, drain))
+    if found is None:
+        print("huey is not installed: no peer figures", file=sys.stderr)
+        return []
+    enqueue, drained = found
+    ours = {f.measure: f.value for f in figures if f.backend == "sqlite"}
+    return [
+        Figure(
+            "sqlite",
+            "enqueue, one job per call",
+            ours["enqueue, one job per call"],
+            "jobs/s",
+            enqueue,
+            "huey SqliteHuey",
+        ),
+        Figure(
+            "sqlite",
+            "drain, 1 worker thread",
+            ours["drain, 1 worker thread"],
+            "jobs/s",
+            drained,
+            "huey SqliteHuey, 1 thread",
+        ),
+    ]
+
+
+def main() -> int:
+    """Parse the options, run every case, print the table."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true")
+    group.add_argument("--smoke", action="store_true")
+    parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
+    args = parser.parse_args()
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    bulk, single, drain, threads, procs_jobs, samples, history, rss_jobs = SIZES[size]
+    backends = args.backend or ["sqlite"] + (
+        ["postgresql"] if os.environ.get("DBJOBQ_TEST_POSTGRES_URL") else []
+    )
+    figures: list[Figure] = []
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dbjobq-bench-") as tmp:
+        work = Path(tmp)
+
+        @contextmanager
+        def fresh(backend: str) -> Iterator[Any]:
+            with cases.scratch(backend, work) as store:
+                yield store
+
+        for backend in backends:
+
+            def factory(b: str = backend) -> Any:
+                return fresh(b)
+
+            def step(name: str, b: str = backend) -> None:
+                print(
+                    f"{b}: {name} ({time.monotonic() - began:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+            step("enqueue")
+            with fresh(backend) as store:
+                figures += cases.enqueue_rates(store, bulk, single)
+            step("drain")
+            figures += cases.drain_rates(factory, backend, drain, threads)
+            if backend == "sqlite":
+                step("huey")
+                figures += peer_figures(figures, work, single, drain)
+            step("processes")
+            with fresh(backend) as store:
+                figures.append(cases.drain_processes(store, procs_jobs, 2, 8))
+            step("latency")
+            with fresh(backend) as store:
+                figures += cases.pickup_latency(store, samples)
+            step("history")
+            figures.append(cases.history_scaling(factory, backend, drain, history))
+            step("memory")
+            with fresh(backend) as store:
+                figures.append(cases.worker_rss(store, rss_jobs))
+    print(table(figures))
+    print(
+        f"\n{size} run, {time.monotonic() - began:.0f}s; Python {platform.python_version()}, "
+        f"SQLAlchemy {sqlalchemy.__version__}, {os.cpu_count()} CPUs"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

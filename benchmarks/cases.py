@@ -1,0 +1,476 @@
+"""The measurements.
+
+Each returns `Figure`s: dbjobq's number next to a baseline measured in the same run
+on the same database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from dbjobq import JobContext, JobQueue, JobSpec, Worker
+from dbjobq.storage import SQLAlchemyStorage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class Figure:
+    """One row of the results table."""
+
+    backend: str
+    measure: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """The figure divided by the baseline."""
+        if not self.baseline:
+            return None
+        return self.value / self.baseline
+
+
+@dataclasses.dataclass
+class Store:
+    """Where one case keeps its tables."""
+
+    backend: str
+    url: str
+    prefix: str
+    schema: str | None
+
+    def storage(self) -> SQLAlchemyStorage:
+        """A new storage on these tables."""
+        return SQLAlchemyStorage(self.url, table_prefix=self.prefix, schema=self.schema)
+
+    def table(self, name: str) -> str:
+        """The qualified name of a table."""
+        return f"{self.schema}.{self.prefix}{name}" if self.schema else f"{self.prefix}{name}"
+
+
+@contextmanager
+def scratch(backend: str, work: Path) -> Iterator[Store]:
+    """A fresh SQLite file, or a fresh PostgreSQL schema."""
+    prefix = f"b{uuid.uuid4().hex[:6]}_"
+    if backend == "sqlite":
+        for leftover in work.glob("bench.db*"):
+            leftover.unlink()
+        yield Store("sqlite", f"sqlite:///{work / 'bench.db'}", prefix, None)
+        return
+    url = os.environ["DBJOBQ_TEST_POSTGRES_URL"]
+    schema = f"dbjobq_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = SQLAlchemyStorage(url).engine
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield Store("postgresql", url, prefix, schema)
+    finally:
+        engine.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+def _queue(store: Store) -> JobQueue:
+    queue = JobQueue(store.storage())
+    queue.initialize()
+    return queue
+
+
+def _noop(queue: JobQueue) -> None:
+    queue.register("noop", lambda ctx: None)
+
+
+def _spec(n: int) -> JobSpec:
+    return JobSpec(type="noop", payload={"n": n})
+
+
+# -- the raw-driver floor ------------------------------------------------------------------
+
+
+class Raw:
+    """The same work done with plain SQL through the driver, no dbjobq in between."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.engine = sa.create_engine(
+            store.url.replace("postgresql://", "postgresql+psycopg://", 1)
+            if store.url.startswith("postgresql://")
+            else store.url,
+            connect_args={"isolation_level": None} if store.backend == "sqlite" else {},
+        )
+        self.table = store.table("raw")
+        with self.engine.begin() as conn:
+            pk = "bigserial" if store.backend == "postgresql" else "integer"
+            conn.exec_driver_sql(
+                f"CREATE TABLE {self.table} (id {pk} PRIMARY KEY, type varchar(200), "
+                "payload text, status varchar(16), run_at double precision)"
+            )
+            conn.exec_driver_sql(
+                f"CREATE INDEX {self.store.prefix}raw_ready ON {self.table} (status, run_at)"
+            )
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.engine.dispose()
+
+    def _connection(self) -> Any:
+        return self.engine.raw_connection()
+
+    def _begin(self, cursor: Any) -> None:
+        if self.store.backend == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")
+
+    def insert_many(self, n: int) -> None:
+        """Insert `n` rows with one executemany and one commit."""
+        conn = self._connection()
+        try:
+            cursor = conn.cursor()
+            self._begin(cursor)
+            mark = "%s" if self.store.backend == "postgresql" else "?"
+            cursor.executemany(
+                f"INSERT INTO {self.table} (type, payload, status, run_at) "
+                f"VALUES ({mark}, {mark}, 'pending', {mark})",
+                [("noop", json.dumps({"n": i}), time.time()) for i in range(n)],
+            )
+            conn.commit()
+        finally:
+            conn.close()
+
+    def insert_one_each(self, n: int) -> None:
+        """Insert `n` rows, one statement and one commit each."""
+        conn = self._connection()
+        mark = "%s" if self.store.backend == "postgresql" else "?"
+        try:
+            cursor = conn.cursor()
+            for i in range(n):
+                self._begin(cursor)
+                cursor.execute(
+                    f"INSERT INTO {self.table} (type, payload, status, run_at) "
+                    f"VALUES ({mark}, {mark}, 'pending', {mark})",
+                    ("noop", json.dumps({"n": i}), time.time()),
+                )
+                conn.commit()
+        finally:
+            conn.close()
+
+    def drain(self, threads: int, batch: int = 1) -> None:
+        """Claim `batch` rows per statement, then mark them done in one statement.
+
+        SKIP LOCKED on PostgreSQL, BEGIN IMMEDIATE on SQLite.
+        """
+        pg = self.store.backend == "postgresql"
+        lock = " FOR UPDATE SKIP LOCKED" if pg else ""
+        claim = (
+            f"UPDATE {self.table} SET status = 'running' WHERE id IN (SELECT id FROM "
+            f"{self.table} WHERE status = 'pending' ORDER BY run_at, id LIMIT {batch}"
+            f"{lock}) RETURNING id"
+        )
+
+        def loop() -> None:
+            conn = self._connection()
+            try:
+                cursor = conn.cursor()
+                while True:
+                    self._begin(cursor)
+                    cursor.execute(claim)
+                    ids = [row[0] for row in cursor.fetchall()]
+                    conn.commit()
+                    if not ids:
+                        return
+                    self._begin(cursor)
+                    if pg:
+                        cursor.execute(
+                            f"UPDATE {self.table} SET status = 'done' WHERE id = ANY(%s)", (ids,)
+                        )
+                    else:
+                        marks = ", ".join("?" * len(ids))
+                        cursor.execute(
+                            f"UPDATE {self.table} SET status = 'done' WHERE id IN ({marks})", ids
+                        )
+                    conn.commit()
+            finally:
+                conn.close()
+
+        workers = [threading.Thread(target=loop) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+
+# -- the measurements -----------------------------------------------------------------------
+
+
+def _rate(n: int, fn: Callable[[], Any]) -> float:
+    began = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - began)
+
+
+def enqueue_rates(store: Store, n_bulk: int, n_single: int) -> list[Figure]:
+    """Bulk and one-at-a-time enqueue, against the driver doing the same inserts."""
+    queue = _queue(store)
+    raw = Raw(store)
+    try:
+        bulk = _rate(n_bulk, lambda: queue.enqueue_many([_spec(i) for i in range(n_bulk)]))
+        raw_bulk = _rate(n_bulk, lambda: raw.insert_many(n_bulk))
+        single = _rate(n_single, lambda: [queue.enqueue("noop", {"n": i}) for i in range(n_single)])
+        raw_single = _rate(n_single, lambda: raw.insert_one_each(n_single))
+    finally:
+        raw.close()
+        queue.close()
+    return [
+        Figure(
+            store.backend, "bulk enqueue (one call)", bulk, "jobs/s", raw_bulk, "driver executemany"
+        ),
+        Figure(
+            store.backend,
+            "enqueue, one job per call",
+            single,
+            "jobs/s",
+            raw_single,
+            "driver INSERT+COMMIT",
+        ),
+    ]
+
+
+def drain_rate(store: Store, jobs: int, threads: int, *, history: int = 0) -> float:
+    """Jobs per second for `threads` workers in this process emptying a full queue."""
+    queue = _queue(store)
+    _noop(queue)
+    if history:
+        _add_history(store, history)
+    queue.enqueue_many([_spec(i) for i in range(jobs)])
+    workers = [Worker(queue, poll_interval=0.01, max_poll_interval=0.05) for _ in range(threads)]
+    began = time.perf_counter()
+    for w in workers:
+        w.start()
+    while True:
+        counts = queue.counts().get("default", {})
+        if counts.get("completed", 0) - history >= jobs:
+            break
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - began
+    Worker.stop_all(workers)
+    queue.close()
+    return jobs / elapsed
+
+
+def _add_history(store: Store, rows: int) -> None:
+    """Finished jobs, inserted directly, for the claim to step over."""
+    storage = store.storage()
+    table = storage._jobs
+    now = storage.now()
+    batch = 10_000
+    with storage.engine.begin() as conn:
+        for start in range(0, rows, batch):
+            conn.execute(
+                sa.insert(table),
+                [
+                    {
+                        "id": f"h{start + i:035d}",
+                        "type": "noop",
+                        "queue": "default",
+                        "status": "completed",
+                        "priority": 0,
+                        "attempts": 1,
+                        "max_retries": 3,
+                        "run_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                        "finished_at": now,
+                        "payload": {},
+                        "meta": {},
+                    }
+                    for i in range(min(batch, rows - start))
+                ],
+            )
+        if store.backend == "postgresql":
+            conn.exec_driver_sql(f"ANALYZE {store.table('jobs')}")
+    storage.close()
+
+
+def drain_rates(
+    store_factory: Callable[[], Any], backend: str, jobs: int, threads: list[int]
+) -> list[Figure]:
+    """Drain with 1, 4, 16 worker threads, against the driver claiming 1 and 10 at a time."""
+    figures = []
+    for t in threads:
+        with store_factory() as store:
+            value = drain_rate(store, jobs, t)
+        for batch in (1, 10) if t == 1 else (1,):
+            with store_factory() as store:
+                raw = Raw(store)
+                raw.insert_many(jobs)
+                baseline = _rate(jobs, lambda r=raw, n=t, b=batch: r.drain(n, b))
+                raw.close()
+            figures.append(
+                Figure(
+                    backend,
+                    f"drain, {t} worker thread{'s' if t > 1 else ''}",
+                    value,
+                    "jobs/s",
+                    baseline,
+                    f"driver, {batch} per statement",
+                )
+            )
+    return figures
+
+
+def drain_processes(store: Store, jobs: int, processes: int, threads: int) -> Figure:
+    """Jobs per second for worker processes emptying a full queue."""
+    queue = _queue(store)
+    _noop(queue)
+    queue.enqueue_many([_spec(i) for i in range(jobs)])
+    procs = [_worker_process(store, threads) for _ in range(processes)]
+    began = time.perf_counter()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    while queue.counts().get("default", {}).get("completed", 0) < jobs:
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - began
+    for p in procs:
+        p.terminate()
+        p.communicate(timeout=60)
+    queue.close()
+    return Figure(
+        store.backend, f"drain, {processes} processes x {threads} threads", jobs / elapsed, "jobs/s"
+    )
+
+
+def _worker_process(store: Store, threads: int, *extra: str) -> subprocess.Popen[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.worker_proc",
+        store.url,
+        store.prefix,
+        store.schema or "",
+        str(threads),
+        *extra,
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def pickup_latency(store: Store, samples: int) -> list[Figure]:
+    """Time from enqueue to handler start, for an idle worker.
+
+    Enqueued in the same process, and from another process.
+    """
+    queue = _queue(store)
+    started: dict[int, float] = {}
+    done = threading.Event()
+
+    @queue.handler("ping")
+    def ping(ctx: JobContext) -> None:
+        started[ctx.payload["n"]] = time.time()
+        if len(started) >= samples:
+            done.set()
+
+    worker = Worker(queue)  # the defaults: poll 1 s, up to 10 s
+    worker.start()
+    sent: dict[int, float] = {}
+    for n in range(samples):
+        time.sleep(0.05)  # idle in between: each job meets a waiting worker
+        sent[n] = time.time()
+        queue.enqueue("ping", {"n": n})
+    done.wait(120)
+    same = [started[n] - sent[n] for n in sent if n in started]
+    # From another process: a producer enqueues, this worker picks up.
+    started.clear()
+    done.clear()
+    producer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.producer_proc",
+            store.url,
+            store.prefix,
+            store.schema or "",
+            str(samples),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = producer.communicate(timeout=300)
+    done.wait(120)
+    sent_other = {int(k): v for k, v in json.loads(out).items()}
+    other = [started[n] - sent_other[n] for n in sent_other if n in started]
+    worker.stop()
+    queue.close()
+
+    def pct(values: list[float], q: float) -> float:
+        return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
+
+    return [
+        Figure(store.backend, "pickup latency p50, same process", pct(same, 0.5), "ms"),
+        Figure(store.backend, "pickup latency p99, same process", pct(same, 0.99), "ms"),
+        Figure(store.backend, "pickup latency p50, other process", pct(other, 0.5), "ms"),
+        Figure(store.backend, "pickup latency p99, other process", pct(other, 0.99), "ms"),
+    ]
+
+
+def history_scaling(
+    store_factory: Callable[[], Any], backend: str, jobs: int, history: int
+) -> Figure:
+    """Drain with `history` finished rows in the table, against an empty table."""
+    with store_factory() as store:
+        empty = drain_rate(store, jobs, 4)
+    with store_factory() as store:
+        full = drain_rate(store, jobs, 4, history=history)
+    return Figure(
+        backend,
+        f"drain with {history:,} finished jobs in the table",
+        full,
+        "jobs/s",
+        empty,
+        "empty table",
+    )
+
+
+def worker_rss(store: Store, jobs: int) -> Figure:
+    """Peak resident memory of a 4-thread worker process draining `jobs` jobs."""
+    queue = _queue(store)
+    _noop(queue)
+    for start in range(0, jobs, 50_000):
+        queue.enqueue_many([_spec(i) for i in range(start, min(jobs, start + 50_000))])
+    proc = _worker_process(store, 4, "--report-rss")
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    while queue.counts().get("default", {}).get("completed", 0) < jobs:
+        time.sleep(0.2)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    queue.close()
+    rss_mb = json.loads(out.strip().splitlines()[-1])["max_rss_kb"] / 1024
+    return Figure(store.backend, f"peak RSS, worker process draining {jobs:,} jobs", rss_mb, "MB")
+
+
+def median(fn: Callable[[], float], runs: int) -> float:
+    """The median of `runs` calls of `fn`."""
+    return statistics.median(fn() for _ in range(runs))
