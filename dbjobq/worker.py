@@ -155,7 +155,7 @@ class Worker:
         heartbeat_interval: float | None = None,
         worker_id: str | None = None,
         max_jobs: int | None = None,
-        prefetch: int = 16,
+        prefetch: int = 64,
     ) -> None:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")

@@ -717,7 +717,7 @@ def test_short_jobs_are_claimed_and_recorded_in_growing_batches(queue: JobQueue)
     assert spy.limits[0] == 1  # it starts with one job per claim...
     assert max(spy.sizes) > 1  # ...and takes more once jobs prove short
     assert all(b <= 2 * a for a, b in itertools.pairwise(spy.limits))
-    assert max(spy.limits) <= 16
+    assert max(spy.limits) <= 64
     for n, job_id in enumerate(ids):
         job = queue.get_job(job_id)
         assert (job.status, job.result, job.attempts) == ("completed", n, 1)

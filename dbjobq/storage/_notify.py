@@ -8,6 +8,7 @@ as the safety net.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
@@ -20,6 +21,8 @@ logger = logging.getLogger("dbjobq.storage")
 _RETRY_FIRST = 0.5  # seconds before reconnecting after the connection failed
 _RETRY_MAX = 30.0
 _REPEAT_EVERY = 60.0  # seconds between repeated warnings while the trouble lasts
+_exiting = threading.Event()  # the interpreter is shutting down: go quiet and stop
+atexit.register(_exiting.set)
 
 
 class Watcher:
@@ -64,7 +67,7 @@ class Watcher:
 
     def _active(self) -> bool:
         with self._lock:
-            if self._subscribers and not self._closed:
+            if self._subscribers and not self._closed and not _exiting.is_set():
                 return True
             self._thread = None  # a later subscriber starts a new thread
             return False
@@ -81,6 +84,8 @@ class Watcher:
     def _trouble(self, message: str, *args: object) -> None:
         """Warn once, then at most every `_REPEAT_EVERY` seconds until it works again."""
         now = time.monotonic()
+        if _exiting.is_set():
+            return  # logging from a daemon thread at shutdown can crash the interpreter
         if self._troubled_since is None or now - self._warned_at >= _REPEAT_EVERY:
             logger.warning(message, *args)
             self._warned_at = now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -205,6 +206,7 @@ class SQLAlchemyStorage(Storage):
         self._is_mysql = self._backend in _MYSQL
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self._claims: dict[tuple[Any, ...], Any] = {}  # built claim statements
+        self._job_columns: list[tuple[int, str]] | None = None
         self.listen = bool(listen)
         self._watcher: Watcher | None = None
         self._watcher_lock = threading.Lock()
@@ -473,51 +475,35 @@ class SQLAlchemyStorage(Storage):
                 raise StorageError(f"{what} failed: {error}") from error
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _to_job(self, row: sa.Row[Any]) -> Job:
-        """Build a Job from a row; `StorageError` names the job if the row is corrupt."""
-        m = row._mapping
-        c = self._jobs.c
-        problem = self._corruption(row)
-        if problem:
-            raise StorageError(f"job {m[c.id]} is corrupt: {problem}")
-        return Job(
-            id=m[c.id],
-            type=m[c.type],
-            payload=m[c.payload],
-            queue=m[c.queue],
-            priority=m[c.priority],
-            status=JobStatus(m[c.status]),
-            attempts=m[c.attempts],
-            max_retries=m[c.max_retries],
-            run_at=m[c.run_at],
-            created_at=m[c.created_at],
-            updated_at=m[c.updated_at],
-            started_at=m[c.started_at],
-            finished_at=m[c.finished_at],
-            timeout=m[c.timeout],
-            last_error=m[c.last_error],
-            result=m[c.result],
-            unique_key=m[c.unique_key],
-            meta=m[c.meta],
-            progress=m[c.progress],
-            progress_message=m[c.progress_message],
-            worker_id=m[c.worker_id],
-            lease_token=m[c.lease_token],
-            lease_expires_at=m[c.lease_expires_at],
-        )
+    def _fields(self, row: sa.Row[Any]) -> dict[str, Any]:
+        """A row of the jobs table (all its columns, in order) as Job fields."""
+        if self._job_columns is None:
+            names = [column.name for column in self._jobs.c]
+            wanted = {field.name for field in dataclasses.fields(Job)}
+            self._job_columns = [(i, name) for i, name in enumerate(names) if name in wanted]
+        return {name: row[i] for i, name in self._job_columns}
 
-    def _corruption(self, row: sa.Row[Any]) -> str | None:
+    def _to_job(self, row: sa.Row[Any], *, checked: bool = False) -> Job:
+        """Build a Job from a row; `StorageError` names the job if the row is corrupt."""
+        fields = self._fields(row)
+        if not checked:
+            problem = self._corruption(fields)
+            if problem:
+                raise StorageError(f"job {fields['id']} is corrupt: {problem}")
+        fields["status"] = JobStatus(fields["status"])
+        return Job(**fields)
+
+    @staticmethod
+    def _corruption(fields: Mapping[str, Any]) -> str | None:
         """What is wrong with a row edited by hand, or `None` if nothing is."""
-        m = row._mapping
-        c = self._jobs.c
-        for column in (c.payload, c.meta, c.result):
-            if isinstance(m[column], Corrupt):
-                return f"{column.name} is not valid JSON ({m[column].error})"
-        for column in (c.payload, c.meta):
-            if not isinstance(m[column], dict):
-                return f"{column.name} is not a JSON object"
-        if m[c.status] not in _STATUSES:
-            return f"unknown status {m[c.status]!r}"
+        for name in ("payload", "meta", "result"):
+            if isinstance(fields[name], Corrupt):
+                return f"{name} is not valid JSON ({fields[name].error})"
+        for name in ("payload", "meta"):
+            if not isinstance(fields[name], dict):
+                return f"{name} is not a JSON object"
+        if fields["status"] not in _STATUSES:
+            return f"unknown status {fields['status']!r}"
         return None
 
     def _upsert_ignoring(self, table: sa.Table) -> Any:
@@ -807,9 +793,9 @@ class SQLAlchemyStorage(Storage):
         jobs: list[Job] = []
         c = self._jobs.c
         for row in rows:
-            problem = self._corruption(row)
+            problem = self._corruption(self._fields(row))
             if problem is None:
-                jobs.append(self._to_job(row))
+                jobs.append(self._to_job(row, checked=True))
                 continue
             job_id = row._mapping[c.id]
             logger.error("job %s is corrupt and was failed: %s", job_id, problem)
