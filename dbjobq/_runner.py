@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue as queue_module
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -20,14 +21,30 @@ class Attempt:
         self.handler = handler
         self.ctx = ctx
         self.done = threading.Event()
+        self.started_at: float | None = None  # monotonic, once the handler is called
+        self.finished_at: float | None = None  # monotonic, once it returned or raised
         self._watcher = watcher
+        self._state = threading.Lock()
+        self._skipped = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.trace = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Future[Any] | None = None
 
+    def skip(self) -> bool:
+        """Make sure the handler is never called; `False` if it was called already."""
+        with self._state:
+            if self.started_at is not None:
+                return False
+            self._skipped = True
+            return True
+
     def run(self, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        with self._state:
+            if self._skipped:
+                return
+            self.started_at = time.monotonic()
         try:
             if self.handler.is_async:
                 self._loop = loop()
@@ -38,6 +55,7 @@ class Attempt:
             self.error = error
             self.trace = traceback.format_exc()
         finally:
+            self.finished_at = time.monotonic()
             self.done.set()
             self._watcher.set()
 
@@ -54,7 +72,11 @@ class Attempt:
 
 
 class Runner:
-    """A long-lived thread that runs handlers one at a time.
+    """A long-lived thread that runs handlers one at a time, in the order submitted.
+
+    A worker submits the attempts of a whole batch at once, so the runner goes from
+    one handler to the next without waiting for the worker; attempts it should not
+    start any more are `skip`ped.
 
     Handlers run off the worker thread so that the worker can heartbeat, enforce
     timeouts and honour stop deadlines while they run. The thread is reused so that

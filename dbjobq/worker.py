@@ -212,6 +212,7 @@ class Worker:
         self._claimed_at = 0.0  # when (monotonic) the batch was claimed
         self._done: list[tuple[_Lease, Any]] = []  # completed; outcome not written yet
         self._deferred = False  # whether the current job's outcome went into _done
+        self._ahead: dict[str, Attempt] = {}  # attempts of the batch, handed to the runner
         self._per_job: float | None = None  # seconds per job in the last batch
         self._last_batch = 1
         self._stopping = threading.Event()
@@ -477,15 +478,25 @@ class Worker:
         return jobs
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        """Run claimed jobs one after the other, and record their outcomes."""
+        """Run claimed jobs one after the other, and record their outcomes.
+
+        The handlers of the whole batch are handed to the runner thread at once, so
+        it goes from one to the next while this thread watches and records.
+        """
         self._batch.extend(jobs)
+        if len(jobs) > 1:
+            for job in jobs:
+                attempt = self._attempt(job)
+                if attempt is not None:
+                    self._ahead[job.id] = attempt
+                    self._submit(attempt)
         began, ran = time.monotonic(), 0
         while self._batch:
             if self._stopping.is_set():
                 self._release_batch("the worker is stopping")
-                break
-            if time.monotonic() - self._claimed_at > self.lease_seconds / 2:
+            elif time.monotonic() - self._claimed_at > self.lease_seconds / 2:
                 self._release_batch("their leases are half gone")
+            if not self._batch:
                 break
             job = self._batch.popleft()
             ran += 1
@@ -501,11 +512,21 @@ class Worker:
             self._per_job = (time.monotonic() - began) / ran
 
     def _release_batch(self, why: str) -> None:
-        """Give back the claimed jobs not started yet; their leases expire otherwise."""
+        """Give back the claimed jobs not started yet; their leases expire otherwise.
+
+        Jobs whose handler the runner has already started stay in the batch, to be
+        watched and recorded as usual.
+        """
         if not self._batch:
             return
-        jobs, storage = list(self._batch), self.queue.storage
-        self._batch.clear()
+        storage = self.queue.storage
+        jobs = []
+        for job in list(self._batch):
+            attempt = self._ahead.get(job.id)
+            if attempt is None or attempt.skip():
+                self._ahead.pop(job.id, None)
+                self._batch.remove(job)
+                jobs.append(job)
         released = 0
         for job in jobs:
             try:
@@ -629,6 +650,29 @@ class Worker:
             )
             self._runner.retire()
             self._runner = None
+            # Attempts queued on that runner go to the next one, unless already begun.
+            for job_id, queued in list(self._ahead.items()):
+                if queued.skip():
+                    del self._ahead[job_id]
+
+    def _submit(self, attempt: Attempt) -> None:
+        if self._runner is None:
+            self._runner = self._new_runner()
+        self._runner.submit(attempt)
+
+    def _attempt(self, job: Job) -> Attempt | None:
+        """The call of `job`'s handler, not started yet; `None` if there is no handler."""
+        handler = self.queue._handlers.get(job.type)
+        if handler is None:
+            return None
+        token = job.lease_token or ""
+        storage = self.queue.storage
+
+        def report_progress(value: float, message: str | None) -> bool:
+            return storage.set_progress(job.id, token, progress=value, message=message)
+
+        ctx = JobContext(job, self.queue, report_progress=report_progress)
+        return Attempt(handler, ctx, self._signal)
 
     def _process(self, job: Job) -> None:
         self._current = job
@@ -647,36 +691,29 @@ class Worker:
             self._info_dirty = True
 
     def _run_job(self, job: Job) -> None:
-        token = job.lease_token or ""
-        handler = self.queue._handlers.get(job.type)
-        lease = _Lease(job, token, self._claimed_at + self.lease_seconds)
-        if handler is None:  # claims only ask for registered types; never expected
-            error = f"no handler for job type {job.type!r} in worker {self.id}"
-            self._record(lease, error=error, retry_in=0.0)
-            return
-        storage = self.queue.storage
-
-        def report_progress(value: float, message: str | None) -> bool:
-            return storage.set_progress(job.id, token, progress=value, message=message)
-
-        ctx = JobContext(job, self.queue, report_progress=report_progress)
-        self._signal.clear()
-        attempt = Attempt(handler, ctx, self._signal)
-        if self._runner is None:
-            self._runner = self._new_runner()
-        lease.started = time.monotonic()
-        self._runner.submit(attempt)
+        lease = _Lease(job, job.lease_token or "", self._claimed_at + self.lease_seconds)
+        attempt = self._ahead.pop(job.id, None)
+        if attempt is None:
+            attempt = self._attempt(job)
+            if attempt is None:  # claims only ask for registered types; never expected
+                error = f"no handler for job type {job.type!r} in worker {self.id}"
+                self._record(lease, error=error, retry_in=0.0)
+                return
+            self._submit(attempt)
         self._emit("job:started", job)
-        timeout = job.timeout or handler.timeout
+        timeout = job.timeout or attempt.handler.timeout
         if self._watch(lease, attempt, timeout):
             self._finish(lease, attempt)
 
     def _watch(self, lease: _Lease, attempt: Attempt, timeout: float | None) -> bool:
         """Heartbeat until the handler returns (`True`) or must be given up (`False`)."""
         job = lease.job
-        started = time.monotonic()
+        # The runner may have started it already, right after the job before it.
+        started = lease.started = attempt.started_at or time.monotonic()
         next_beat = started + self.heartbeat_interval
         while True:
+            if attempt.done.is_set():  # before waiting: its signal may be spent already
+                return True
             now = time.monotonic()
             until = [next_beat, self._next_save()]
             if self._done:
@@ -769,7 +806,7 @@ class Worker:
             except Exception as invalid:  # noqa: BLE001 - e.g. a result whose str() fails
                 error = PayloadError(f"handler result is not storable: {invalid}")
                 attempt.trace = ""
-        lease.ended = time.monotonic()
+        lease.ended = attempt.finished_at or time.monotonic()
         if error is None:
             logger.debug("job %s (%s) completed", job.id, job.type, extra=_extra(job))
             if self.prefetch > 1:

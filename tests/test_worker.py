@@ -814,3 +814,41 @@ def test_prefetch_must_be_a_positive_int(queue: JobQueue) -> None:
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ConfigurationError, match="prefetch"):
             Worker(queue, prefetch=bad)  # type: ignore[arg-type]
+
+
+def test_a_handler_stuck_mid_batch_lets_the_rest_of_the_batch_run_once(
+    queue: JobQueue,
+) -> None:
+    gate = threading.Event()
+    runs: Counter[int] = Counter()
+    threads: dict[int, str] = {}
+
+    @queue.handler("job", max_retries=0)
+    def job(ctx: JobContext) -> None:
+        n = ctx.payload["n"]
+        runs[n] += 1
+        threads[n] = threading.current_thread().name
+        if n == 5:
+            gate.wait(20)  # ignores its abort signal: its thread must be abandoned
+
+    ids = queue.enqueue_many(
+        [JobSpec(type="job", payload={"n": n}, timeout=0.3 if n == 5 else None) for n in range(20)]
+    )
+    spy = _ClaimSpy(queue)
+    worker = Worker(queue, poll_interval=0.01)
+    try:
+        with worker:
+            wait_until(lambda: all(finished(queue, i) for i in ids), timeout=30)
+            # Job 5 was claimed with others behind it, handed to the runner at once.
+            assert any(size > 1 for size in spy.sizes)
+        gate.set()
+        wait_until(lambda: runs[5] == 1 and sum(runs.values()) == 20)
+    finally:
+        gate.set()
+    assert runs == Counter(range(20))  # each job ran once: none on the abandoned thread
+    assert {threads[n] for n in range(6, 20)}.isdisjoint({threads[5]})
+    stuck = queue.get_job(ids[5])
+    assert stuck.status == "failed" and "JobTimeoutError" in (stuck.last_error or "")
+    for n, job_id in enumerate(ids):
+        if n != 5:
+            assert queue.get_job(job_id).status == "completed", n
