@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sqlite3
 import sys
 import tempfile
 import time
@@ -135,11 +136,25 @@ def main() -> int:
             step("memory")
             with fresh(backend) as store:
                 figures.append(cases.worker_rss(store, rss_jobs))
-    print(table(figures))
+    print(table(figures), flush=True)
     print(
         f"\n{size} run, {time.monotonic() - began:.0f}s; Python {platform.python_version()}, "
-        f"SQLAlchemy {sqlalchemy.__version__}, {os.cpu_count()} CPUs"
+        f"SQLAlchemy {sqlalchemy.__version__}, SQLite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs"
     )
+    if "postgresql" in backends:
+        with cases.scratch("postgresql", Path(tempfile.gettempdir())) as store:
+            storage = store.storage()
+            with storage.engine.connect() as conn:
+                version = conn.exec_driver_sql("SHOW server_version").scalar()
+            if not cases.autovacuum(storage):
+                print(
+                    f"PostgreSQL {version} runs with autovacuum off: the long drains "
+                    "vacuumed the jobs table every 10 s, as autovacuum would."
+                )
+            else:
+                print(f"PostgreSQL {version}")
+            storage.close()
     return 0
 
 

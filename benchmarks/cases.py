@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -114,7 +115,11 @@ class Raw:
             store.url.replace("postgresql://", "postgresql+psycopg://", 1)
             if store.url.startswith("postgresql://")
             else store.url,
-            connect_args={"isolation_level": None} if store.backend == "sqlite" else {},
+            poolclass=sa.pool.NullPool,  # each thread holds its own connection throughout
+            # The same busy timeout as dbjobq's SQLite storage.
+            connect_args={"isolation_level": None, "timeout": 30}
+            if store.backend == "sqlite"
+            else {},
         )
         self.table = store.table("raw")
         with self.engine.begin() as conn:
@@ -135,8 +140,15 @@ class Raw:
         return self.engine.raw_connection()
 
     def _begin(self, cursor: Any) -> None:
-        if self.store.backend == "sqlite":
-            cursor.execute("BEGIN IMMEDIATE")
+        if self.store.backend != "sqlite":
+            return
+        while True:  # many threads: one may wait out the busy timeout; try again
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error):
+                    raise
 
     def insert_many(self, n: int) -> None:
         """Insert `n` rows with one executemany and one commit."""
@@ -209,11 +221,21 @@ class Raw:
             finally:
                 conn.close()
 
-        workers = [threading.Thread(target=loop) for _ in range(threads)]
+        errors: list[BaseException] = []
+
+        def guarded() -> None:
+            try:
+                loop()
+            except Exception as error:  # noqa: BLE001 - raised again after the join
+                errors.append(error)
+
+        workers = [threading.Thread(target=guarded) for _ in range(threads)]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
+        if errors:
+            raise RuntimeError(f"the driver baseline failed: {errors[0]}") from errors[0]
 
 
 # -- the measurements -----------------------------------------------------------------------
@@ -263,15 +285,49 @@ def drain_rate(store: Store, jobs: int, threads: int, *, history: int = 0) -> fl
     began = time.perf_counter()
     for w in workers:
         w.start()
-    while True:
-        counts = queue.counts().get("default", {})
-        if counts.get("completed", 0) - history >= jobs:
-            break
-        time.sleep(0.02)
+    _wait_drained(store, queue, 0.02)
     elapsed = time.perf_counter() - began
     Worker.stop_all(workers)
     queue.close()
     return jobs / elapsed
+
+
+def _wait_drained(store: Store, queue: JobQueue, every: float) -> None:
+    """Until no job is pending or running.
+
+    Probes walk the claim's and the leases' partial indexes and stop at the first
+    row, so that watching a table of a million jobs does not itself load the
+    database (counting them would). On a PostgreSQL server with autovacuum off, the
+    jobs table is vacuumed every 10 s meanwhile, as autovacuum would.
+    """
+    table = store.table("jobs")
+    pending = sa.text(
+        f"SELECT 1 FROM {table} WHERE status = 'pending' "
+        "ORDER BY queue, priority DESC, run_at, id LIMIT 1"
+    )
+    running = sa.text(
+        f"SELECT 1 FROM {table} WHERE status = 'running' ORDER BY lease_expires_at LIMIT 1"
+    )
+    storage = queue.storage
+    assert isinstance(storage, SQLAlchemyStorage)
+    vacuum = store.backend == "postgresql" and not autovacuum(storage)
+    last_vacuum = time.monotonic()
+    while True:
+        with storage.engine.connect() as conn:
+            if conn.execute(pending).first() is None and conn.execute(running).first() is None:
+                return
+        if vacuum and time.monotonic() - last_vacuum >= 10:
+            auto = storage.engine.execution_options(isolation_level="AUTOCOMMIT")
+            with auto.connect() as conn:
+                conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
+            last_vacuum = time.monotonic()
+        time.sleep(every)
+
+
+def autovacuum(storage: SQLAlchemyStorage) -> bool:
+    """Whether the PostgreSQL server runs autovacuum."""
+    with storage.engine.connect() as conn:
+        return bool(conn.exec_driver_sql("SHOW autovacuum").scalar() == "on")
 
 
 def _add_history(store: Store, rows: int) -> None:
@@ -346,8 +402,7 @@ def drain_processes(store: Store, jobs: int, processes: int, threads: int) -> Fi
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
-    while queue.counts().get("default", {}).get("completed", 0) < jobs:
-        time.sleep(0.02)
+    _wait_drained(store, queue, 0.02)
     elapsed = time.perf_counter() - began
     for p in procs:
         p.terminate()
@@ -462,8 +517,7 @@ def worker_rss(store: Store, jobs: int) -> Figure:
     assert proc.stdin is not None
     proc.stdin.write("go\n")
     proc.stdin.flush()
-    while queue.counts().get("default", {}).get("completed", 0) < jobs:
-        time.sleep(0.2)
+    _wait_drained(store, queue, 0.2)
     proc.terminate()
     out, _ = proc.communicate(timeout=60)
     queue.close()
