@@ -440,9 +440,11 @@ class SQLAlchemyStorage(Storage):
     @contextlib.contextmanager
     def _transaction(self, write: bool, single: bool) -> Iterator[Connection]:
         serial = self._serial or contextlib.nullcontext()
-        if single and not self._is_sqlite:
+        if single and self._backend == "postgresql":
             # One statement is atomic by itself: in autocommit mode it costs one round
-            # trip instead of three (BEGIN, the statement, COMMIT).
+            # trip instead of three (BEGIN, the statement, COMMIT). Not on MySQL, where
+            # switching a pooled connection to autocommit and back is itself a round
+            # trip each way (and fails outside the retry when the connection is dead).
             with serial, self._autocommit.connect() as conn:
                 yield conn
             return
