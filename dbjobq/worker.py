@@ -117,10 +117,11 @@ class Worker:
     outcomes together: fewer round trips and commits per job. It starts with one
     job per claim and grows the batch only as far as jobs stay short. Jobs
     claimed but not started go back to the queue, untouched (`attempts` as it
-    was), when the worker stops or when the job ahead of them runs longer than
-    `heartbeat_interval`. Completions are written when the batch is done, or a few
-    milliseconds into the next job, so a job shows `completed` a little after its
-    handler returned. `prefetch=1` claims and records one job at a time.
+    was), when the worker stops, when the job ahead of them runs longer than
+    `heartbeat_interval`, or when half their lease has gone by. Completions are
+    written when the batch is done, or a few milliseconds into the next job, so a
+    job shows `completed` a little after its handler returned. `prefetch=1` claims
+    and records one job at a time.
 
     Several workers may share one `JobQueue` in one process; each runs one job at a
     time.
@@ -520,13 +521,15 @@ class Worker:
         if not self._batch:
             return
         storage = self.queue.storage
-        jobs = []
-        for job in list(self._batch):
+        jobs, started = [], []
+        for job in self._batch:
             attempt = self._ahead.get(job.id)
             if attempt is None or attempt.skip():
                 self._ahead.pop(job.id, None)
-                self._batch.remove(job)
                 jobs.append(job)
+            else:
+                started.append(job)
+        self._batch = collections.deque(started)
         released = 0
         for job in jobs:
             try:

@@ -702,27 +702,25 @@ class SQLAlchemyStorage(Storage):
         types: Collection[str] | None,
         limit: int,
     ) -> tuple[list[Job], int]:
-        c = self._jobs.c
-        values = {
-            "status": RUNNING,
-            "attempts": c.attempts + 1,
-            "worker_id": worker_id,
-            "lease_token": uuid.uuid4().hex,
-            "lease_expires_at": db_now_plus(_seconds("lease", lease_seconds)),
-            "started_at": db_now(),
-            "updated_at": db_now(),
-            "progress": None,
-            "progress_message": None,
-        }
+        token = uuid.uuid4().hex
         if self._is_mysql:
+            c = self._jobs.c
+            values = {
+                "status": RUNNING,
+                "attempts": c.attempts + 1,
+                "worker_id": worker_id,
+                "lease_token": token,
+                "lease_expires_at": db_now_plus(_seconds("lease", lease_seconds)),
+                "started_at": db_now(),
+                "updated_at": db_now(),
+                "progress": None,
+                "progress_message": None,
+            }
             run = self._claim_in_steps(queues, types, limit, values)
         else:
+            # Built once per kind of claim; only these three values change per call.
             stmt = self._claim_statement(queues, types, limit)
-            params = {
-                "c_worker": worker_id,
-                "c_token": values["lease_token"],
-                "c_lease": float(lease_seconds),
-            }
+            params = {"c_worker": worker_id, "c_token": token, "c_lease": float(lease_seconds)}
 
             def run(conn: Connection) -> tuple[list[Job], int]:
                 return self._claimed(conn, list(conn.execute(stmt, params)))
