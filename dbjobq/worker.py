@@ -213,6 +213,7 @@ class Worker:
         self._claimed_at = 0.0  # when (monotonic) the batch was claimed
         self._done: list[tuple[_Lease, Any]] = []  # completed; outcome not written yet
         self._deferred = False  # whether the current job's outcome went into _done
+        self._given_up = 0  # outcomes not written in the current storage outage
         self._ahead: dict[str, Attempt] = {}  # attempts of the batch, handed to the runner
         self._per_job: float | None = None  # seconds per job in the last batch
         self._last_batch = 1
@@ -944,17 +945,26 @@ class Worker:
                 stop_by = self._stop_deadline if self._stop_deadline is not None else math.inf
                 until = min(lease.until for lease in leases)
                 if time.monotonic() + delay >= min(until, stop_by):
-                    for lease in leases:
-                        logger.error(
-                            "job %s (%s): could not record its outcome before the lease ran "
-                            "out; it will be rescued and run again",
-                            lease.job.id,
-                            lease.job.type,
-                            extra=_extra(lease.job),
-                        )
+                    # One record for the whole batch: a log line per job would grow
+                    # with the batch size during an outage.
+                    # Logged in full once per outage: the jobs queued behind go on
+                    # finishing and giving up too. The recovery message counts them all.
+                    first = leases[0].job
+                    self._given_up += len(leases)
+                    logger.log(
+                        logging.ERROR if self._given_up == len(leases) else logging.DEBUG,
+                        "%s: could not record the outcome before the lease ran out; it will "
+                        "be rescued and run again",
+                        f"job {first.id} ({first.type})"
+                        if len(leases) == 1
+                        else f"{len(leases)} jobs ({what})",
+                        extra=_extra(first),
+                    )
                     return None
                 time.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 2.0)
                 continue
-            self._write_errors.recovered(f"worker {self.id}: recording")
+            given_up, self._given_up = self._given_up, 0
+            lost = f" ({given_up} outcome(s) given up, to be run again)" if given_up else ""
+            self._write_errors.recovered(f"worker {self.id}: recording{lost}")
             return held
