@@ -153,6 +153,12 @@ class NewJob:
     unique_key: str | None
     meta: dict[str, Any]
     timeout: float | None
+    payload_json: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    """`payload` as compact JSON text, when `JobQueue` made it (it serialises each
+    payload once, to check its size); a backend that stores text can use it rather
+    than serialise the payload again."""
+    meta_json: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    """`meta` as compact JSON text, like `payload_json`."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

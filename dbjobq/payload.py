@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from dbjobq.errors import PayloadError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "INT_RANGE", "check_json", "clean_text", "dumps"]
+__all__ = ["DEFAULT_MAX_DEPTH", "INT_RANGE", "check_json", "checked_dumps", "clean_text", "dumps"]
 
 DEFAULT_MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in a payload, `meta` or result."""
@@ -33,6 +34,35 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _reusable_encoder() -> Callable[[Any], str] | None:
+    """`dumps` for values of exact JSON types, without building an encoder per call.
+
+    `json.dumps` builds its C encoder anew on every call, which costs more than
+    encoding a small payload. This one is built once. It has no check for cycles,
+    so it is only given values that `_plain` has walked. `None` where the C
+    encoder is missing or takes other arguments; `dumps` serves then.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    escape = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or escape is None:
+        return None
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    try:
+        encode = make(None, refuse, escape, None, ":", ",", False, False, False)
+        sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {}}
+        if "".join(encode(sample, 0)) != dumps(sample):
+            return None
+    except Exception:  # noqa: BLE001 - another Python's internals: use dumps
+        return None
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps_plain = _reusable_encoder() or dumps
+
+
 def clean_text(text: str) -> str:
     """Make any text storable: NUL characters and lone surrogates become escapes."""
     text = text.replace("\x00", "\\x00")
@@ -41,6 +71,69 @@ def clean_text(text: str) -> str:
 
 def _where(path: list[str | int]) -> str:
     return "".join(f"[{p!r}]" for p in path) or "the value"
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether `value` is made only of exact JSON types, nested at most `depth` deep.
+
+    The quick test in front of `check_json`: it does not say what is wrong, and
+    leaves out what the serialised text shows (NaN, NUL characters, lone
+    surrogates) and anything unusual (subclasses of `int` or `str`), which then
+    goes the long way.
+    """
+    kind = type(value)
+    if kind is str or kind is float or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(INT_RANGE[0] <= value <= INT_RANGE[1])
+    if depth <= 0:
+        return False
+    if kind is dict:
+        for key, child in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(child)
+            if kind is not str and not _plain(child, depth - 1):
+                return False
+        return True
+    if kind is list:
+        for child in value:
+            kind = type(child)
+            if kind is not str and not _plain(child, depth - 1):
+                return False
+        return True
+    return False
+
+
+def checked_dumps(
+    value: Any,
+    *,
+    what: str = "payload",
+    max_bytes: int | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> str:
+    """`check_json`, then `dumps`: the value's JSON text, or `PayloadError`.
+
+    Serialises once for the check of the size and for storing. Plain values take a
+    quick path; anything it cannot vouch for is walked by `check_json`, which
+    names the problem.
+    """
+    if _plain(value, max_depth):
+        try:
+            text = _dumps_plain(value)
+            size = len(text.encode())
+        except (ValueError, UnicodeEncodeError):
+            pass  # NaN or a lone surrogate: check_json says where
+        else:
+            # \u0000 in the text: a NUL character, or merely a backslash before "u0000".
+            if "\\u0000" not in text:
+                if max_bytes is not None and size > max_bytes:
+                    raise PayloadError(
+                        f"{what} is {size} bytes of JSON, more than the limit of {max_bytes}"
+                    )
+                return text
+    check_json(value, what=what, max_bytes=max_bytes, max_depth=max_depth)
+    return dumps(value)
 
 
 def check_json(

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from dbjobq import _clock
 from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds
-from dbjobq._ids import new_job_id
+from dbjobq._ids import new_job_id, new_job_ids
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
 from dbjobq.events import H, Hooks
 from dbjobq.job import Job, JobSpec, JobStatus, NewJob
-from dbjobq.payload import check_json, clean_text
+from dbjobq.payload import checked_dumps, clean_text
 from dbjobq.periodic import Schedule
 from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
@@ -509,14 +509,15 @@ class JobQueue:
             PayloadError: If a payload or `meta` is not strict JSON.
             StorageError: If the storage cannot be reached.
         """
+        specs = list(jobs)
         new_jobs: list[NewJob] = []
-        for index, spec in enumerate(jobs):
+        for index, (spec, job_id) in enumerate(zip(specs, new_job_ids(len(specs)), strict=True)):
             if not isinstance(spec, JobSpec):
                 raise InvalidJobError(
                     f"enqueue_many takes JobSpec objects; item {index} is a {type(spec).__name__}"
                 )
             try:
-                new_jobs.append(self._validate(spec))
+                new_jobs.append(self._validate(spec, job_id))
             except InvalidJobError as error:
                 raise type(error)(f"job {index}: {error}") from None
         return self._enqueue(new_jobs, connection)
@@ -540,7 +541,7 @@ class JobQueue:
         wake()
         return ids
 
-    def _validate(self, spec: JobSpec) -> NewJob:
+    def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
         job_type = check_name(spec.type, "job type")
         queue = self.default_queue if spec.queue is None else check_name(spec.queue, "queue")
         payload = {} if spec.payload is None else spec.payload
@@ -548,11 +549,13 @@ class JobQueue:
             raise PayloadError(
                 f"payload must be a dict (a JSON object), got {type(payload).__name__}"
             )
-        check_json(payload, what="payload", max_bytes=self.max_payload_bytes)
+        payload_json = checked_dumps(payload, what="payload", max_bytes=self.max_payload_bytes)
         meta = {} if spec.meta is None else spec.meta
         if not isinstance(meta, dict):
             raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
-        check_json(meta, what="meta", max_bytes=self.max_payload_bytes)
+        meta_json = (
+            "{}" if not meta else checked_dumps(meta, what="meta", max_bytes=self.max_payload_bytes)
+        )
         priority = check_int(spec.priority, "priority", *_INT32)
         if spec.run_at is not None and spec.delay is not None:
             raise InvalidJobError("give either run_at or delay, not both")
@@ -583,7 +586,7 @@ class JobQueue:
         if timeout is not None:
             timeout = check_seconds(timeout, "timeout", allow_zero=False)
         return NewJob(
-            id=new_job_id(),
+            id=new_job_id() if job_id is None else job_id,
             type=job_type,
             queue=queue,
             payload=payload,
@@ -594,6 +597,8 @@ class JobQueue:
             unique_key=unique_key,
             meta=meta,
             timeout=timeout,
+            payload_json=payload_json,
+            meta_json=meta_json,
         )
 
     def _attach(self, worker: Worker) -> None:

@@ -130,6 +130,57 @@ class StorageContract:
         assert job.lease_token is None and job.worker_id is None
         assert job.run_at == job.created_at
 
+    def test_a_large_batch_is_stored_whole_with_every_field(self, storage: Storage) -> None:
+        """Backends may store big batches another way (COPY, say): same result."""
+        later = datetime.now(timezone.utc) + timedelta(hours=1)
+        jobs = [
+            make_job(
+                f"t{n % 3}",
+                queue=f"q{n % 2}",
+                payload={"n": n, "text": "é\u2028", "list": [n, 1.5, None, True]},
+                priority=n % 5,
+                max_retries=n % 4,
+                run_at=later if n % 7 == 0 else None,
+                delay=30.0 if n % 11 == 0 and n % 7 else 0.0,
+                meta={"m": n} if n % 2 else {},
+                timeout=None if n % 3 else float(n + 1),
+            )
+            for n in range(300)
+        ]
+        assert storage.enqueue(jobs) == [j.id for j in jobs]
+        assert storage.enqueue(jobs[:150]) == [j.id for j in jobs[:150]]  # a retry
+        stored = {j.id: j for j in storage.list_jobs(limit=None)}
+        assert len(stored) == 300
+        for new in jobs:
+            job = stored[new.id]
+            assert (job.type, job.queue, job.payload, job.meta) == (
+                new.type,
+                new.queue,
+                new.payload,
+                new.meta,
+            )
+            assert (job.priority, job.max_retries, job.timeout) == (
+                new.priority,
+                new.max_retries,
+                new.timeout,
+            )
+            assert job.status is JobStatus.PENDING and job.attempts == 0
+            if new.run_at is not None:
+                assert abs((job.run_at - new.run_at).total_seconds()) < 0.001
+            elif new.delay:
+                assert job.run_at - job.created_at == timedelta(seconds=30)
+            else:
+                assert job.run_at == job.created_at
+
+    def test_unique_keys_hold_in_a_large_batch(self, storage: Storage) -> None:
+        jobs = [make_job(unique_key="k" if n in (10, 90) else None) for n in range(120)]
+        ids = storage.enqueue(jobs)
+        assert ids[10] == ids[90] == jobs[10].id
+        assert [i for n, i in enumerate(ids) if n != 90] == [
+            j.id for n, j in enumerate(jobs) if n != 90
+        ]
+        assert len(storage.list_jobs(limit=None)) == 119
+
     def test_timestamps_are_aware_utc(self, storage: Storage) -> None:
         storage.enqueue([make_job()])
         job = _claim_one(storage)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbjobq import JobQueue
-from dbjobq.payload import INT_RANGE, check_json
+from dbjobq import JobQueue, PayloadError
+from dbjobq.payload import INT_RANGE, check_json, checked_dumps, dumps
 
 text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20)
 scalars = (
@@ -52,3 +53,41 @@ def test_any_valid_json_payload_round_trips_exactly(
     job = queue.get_job(job_id)
     assert same(job.payload, payload), (job.payload, payload)
     assert same(job.meta, {"copy": payload})
+
+
+# Anything at all, valid or not: the quick path of checked_dumps must agree with check_json.
+any_text = st.text(max_size=8) | st.sampled_from(["\x00", "a\udce9", "\\u0000", "\\\\u0000"])
+any_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | any_text
+    | st.sampled_from([(1, 2), {1, 2}, b"x", True])
+)
+anything = st.recursive(
+    any_scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(any_text | st.integers(0, 3) | st.none(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=anything, limit=st.none() | st.integers(2, 60), depth=st.integers(1, 4))
+def test_checked_dumps_accepts_and_refuses_exactly_what_check_json_does(
+    value: Any, limit: int | None, depth: int
+) -> None:
+    refusal = None
+    try:
+        check_json(value, max_bytes=limit, max_depth=depth)
+    except PayloadError as error:
+        refusal = str(error)
+    if refusal is None:
+        assert checked_dumps(value, max_bytes=limit, max_depth=depth) == dumps(value)
+        return
+    with pytest.raises(PayloadError) as caught:
+        checked_dumps(value, max_bytes=limit, max_depth=depth)
+    assert str(caught.value) == refusal

@@ -68,6 +68,22 @@ def test_a_committed_transaction_has_its_jobs_and_wakes_workers(sql_queue: JobQu
     assert sql_queue.get_job(ids[0]).result == "hello 2"
 
 
+def test_a_large_batch_follows_the_transaction(sql_queue: JobQueue) -> None:
+    """Big batches take another road on PostgreSQL (COPY); the transaction still rules."""
+    engine = sql_queue.storage.engine  # type: ignore[attr-defined]
+    specs = [JobSpec(type="bulk", payload={"n": n}) for n in range(200)]
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        sql_queue.enqueue_many(specs, connection=conn)
+        transaction.rollback()
+    assert sql_queue.list_jobs(limit=None) == []
+    with engine.begin() as conn:
+        ids = sql_queue.enqueue_many(specs, connection=conn)
+    stored = sql_queue.list_jobs(limit=None)
+    assert [j.id for j in stored] == ids
+    assert [j.payload["n"] for j in stored] == list(range(200))
+
+
 def test_an_orm_session_can_be_joined(sql_queue: JobQueue) -> None:
     users = app_table(sql_queue)
     engine = sql_queue.storage.engine  # type: ignore[attr-defined]

@@ -146,6 +146,12 @@ class Corrupt:
         return f"<corrupt JSON {self.raw[:40]!r}: {self.error}>"
 
 
+class Dumped(str):
+    """JSON text that dbjobq has already serialised; `JSONText` stores it as it is."""
+
+    __slots__ = ()
+
+
 class JSONText(sa.types.TypeDecorator[Any]):
     """JSON kept as the exact text dbjobq wrote, in a text column.
 
@@ -163,7 +169,11 @@ class JSONText(sa.types.TypeDecorator[Any]):
         return dialect.type_descriptor(sa.Text())
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        return None if value is None else dumps(value)
+        if value is None:
+            return None
+        if type(value) is Dumped:
+            return str(value)
+        return dumps(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:

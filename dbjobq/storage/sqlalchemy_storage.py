@@ -27,6 +27,7 @@ from sqlalchemy.pool import StaticPool
 
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage._notify import PostgresListener, SQLiteWatcher, Watcher
 from dbjobq.storage._sql import (
@@ -36,6 +37,7 @@ from dbjobq.storage._sql import (
     SCHEMA_VERSION,
     UNFINISHED,
     Corrupt,
+    Dumped,
     build_tables,
     check_identifier,
     db_now,
@@ -61,6 +63,30 @@ _STATUSES = frozenset(s.value for s in JobStatus)
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 _RETRIES = 5  # transient errors retried inside one call before StorageError
 _SQLITE_WATCH_INTERVAL = 0.002  # seconds between reads of PRAGMA data_version
+_COPY_FROM = 64  # jobs per enqueue from which PostgreSQL (psycopg) inserts through COPY
+
+# Bulk enqueue on PostgreSQL: COPY into this session's staging table, then one
+# INSERT ... SELECT that computes the times and skips clashing ids like every insert.
+_STAGE_COLUMNS = (
+    ("id", "text"),
+    ("type", "text"),
+    ("queue", "text"),
+    ("payload", "text"),
+    ("priority", "integer"),
+    ("max_retries", "integer"),
+    ("run_at", "timestamptz"),
+    ("delay", "double precision"),
+    ("meta", "text"),
+    ("timeout", "double precision"),
+)
+_STAGE = sa.table(
+    "dbjobq_stage", *(sa.column(name) for name, _ in _STAGE_COLUMNS), schema="pg_temp"
+)
+_CREATE_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS dbjobq_stage ("
+    + ", ".join(f"{name} {kind}" for name, kind in _STAGE_COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
+)
 
 
 def _seconds(name: str, value: float) -> sa.BindParameter[float]:
@@ -211,6 +237,8 @@ class SQLAlchemyStorage(Storage):
         self._watcher: Watcher | None = None
         self._watcher_lock = threading.Lock()
         self._insert_stmt: Any = None
+        self._copy_stmt: Any = None
+        self._copies = self._backend == "postgresql" and self._engine.dialect.driver == "psycopg"
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
         self._serial: threading.RLock | None = None
         if memory:
@@ -620,21 +648,29 @@ class SQLAlchemyStorage(Storage):
     def _insert_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> list[str]:
         c = self._jobs.c
         stmt = self._build_insert() if self._insert_stmt is None else self._insert_stmt
+        if self._copies and len(jobs) >= _COPY_FROM:
+            self._copy_jobs(conn, [j for j in jobs if j.unique_key is None])
+            jobs_left: Sequence[NewJob] = [j for j in jobs if j.unique_key is not None]
+        else:
+            jobs_left = jobs
+        text = self._backend != "postgresql"  # JSONText columns take text as it is
         rows = [
             {
                 "id": j.id,
                 "type": j.type,
                 "queue": j.queue,
-                "payload": j.payload,
+                "payload": Dumped(j.payload_json)
+                if text and j.payload_json is not None
+                else j.payload,
                 "priority": j.priority,
                 "max_retries": j.max_retries,
                 "p_run_at": j.run_at,
                 "p_delay": j.delay,
                 "unique_key": j.unique_key,
-                "meta": j.meta,
+                "meta": Dumped(j.meta_json) if text and j.meta_json is not None else j.meta,
                 "timeout": j.timeout,
             }
-            for j in jobs
+            for j in jobs_left
         ]
         # Only jobs with a unique key need to know whether they were inserted; the
         # others are executemany'd without RETURNING, which drivers run much faster.
@@ -648,13 +684,85 @@ class SQLAlchemyStorage(Storage):
                 conn.execute(stmt, keyed)
             else:
                 inserted.update(conn.execute(stmt.returning(c.id), keyed).scalars())
+        keyed_rows = {row["id"]: row for row in keyed}
         result: list[str] = []
-        for job, row in zip(jobs, rows, strict=True):
+        for job in jobs:
             if job.unique_key is None or job.id in inserted:
                 result.append(job.id)
             else:
-                result.append(self._resolve_unique(conn, stmt, row))
+                result.append(self._resolve_unique(conn, stmt, keyed_rows[job.id]))
         return result
+
+    def _copy_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> None:
+        """Insert many jobs through COPY: several times faster than an executemany.
+
+        COPY fills a temporary staging table (emptied at commit); one INSERT ...
+        SELECT then moves the rows into the jobs table with the database's "now",
+        skipping ids already there, as every insert does. (NOT EXISTS rather than ON
+        CONFLICT: the ids are new, so a clash is only ever a retry of an insert that
+        committed, and a plain insert costs the database less per row.)
+        """
+        if not jobs:
+            return
+        if self._copy_stmt is None:
+            c, s = self._jobs.c, _STAGE.c
+            self._copy_stmt = sa.insert(self._jobs).from_select(
+                [
+                    *("id", "type", "queue", "status", "priority", "attempts", "max_retries"),
+                    *("run_at", "created_at", "updated_at", "timeout", "payload", "meta"),
+                ],
+                sa.select(
+                    s.id,
+                    s.type,
+                    s.queue,
+                    PENDING,
+                    s.priority,
+                    sa.literal_column("0"),
+                    s.max_retries,
+                    sa.func.coalesce(s.run_at, db_now_plus(s.delay)),
+                    db_now(),
+                    db_now(),
+                    s.timeout,
+                    sa.cast(s.payload, c.payload.type),
+                    sa.cast(s.meta, c.meta.type),
+                ).where(~sa.exists().where(c.id == s.id)),
+            )
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(_CREATE_STAGE)
+            with cursor.copy("COPY pg_temp.dbjobq_stage FROM STDIN") as copy:
+                for j in jobs:
+                    copy.write_row(
+                        (
+                            j.id,
+                            j.type,
+                            j.queue,
+                            dumps(j.payload) if j.payload_json is None else j.payload_json,
+                            j.priority,
+                            j.max_retries,
+                            j.run_at,
+                            j.delay,
+                            dumps(j.meta) if j.meta_json is None else j.meta_json,
+                            j.timeout,
+                        )
+                    )
+        except self._engine.dialect.loaded_dbapi.Error as error:
+            # As SQLAlchemy reports the errors of statements it runs itself.
+            gone = self._engine.dialect.is_disconnect(error, dbapi_connection, cursor)
+            if gone:
+                conn.invalidate()
+            raise exc.DBAPIError.instance(
+                "COPY",
+                None,
+                error,
+                self._engine.dialect.loaded_dbapi.Error,
+                connection_invalidated=gone,
+            ) from error
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                cursor.close()
+        conn.execute(self._copy_stmt)
 
     def _resolve_unique(self, conn: Connection, stmt: Any, row: dict[str, Any]) -> str:
         """Return the id of the unfinished job holding `row`'s unique key."""
