@@ -370,6 +370,28 @@ class StorageContract:
         assert again.id == first and again.attempts == 1  # its place in line is kept
         assert again.lease_token != a.lease_token
 
+    def test_release_many_gives_back_only_what_it_holds(self, storage: Storage) -> None:
+        if type(storage).release is Storage.release:
+            return  # optional, as release is
+        ids = storage.enqueue([make_job() for _ in range(5)])
+        claimed = storage.claim(queues=["default"], worker_id="w1", lease_seconds=60, limit=4)
+        assert [j.id for j in claimed] == ids[:4]
+        a, b, c, d = claimed
+        assert storage.complete(d.id, d.lease_token or "", result=None)
+        leases = [(a.id, a.lease_token or ""), (b.id, "not-the-token"), (c.id, c.lease_token or "")]
+        leases.append((d.id, d.lease_token or ""))  # finished already
+        assert storage.release_many(leases) == [True, False, True, False]
+        assert storage.release_many([]) == []
+        assert [storage.get(j.id).status for j in claimed] == [
+            JobStatus.PENDING,
+            JobStatus.RUNNING,
+            JobStatus.PENDING,
+            JobStatus.COMPLETED,
+        ]
+        assert storage.get(a.id).attempts == 0 and storage.get(a.id).lease_token is None
+        again = storage.claim(queues=["default"], worker_id="w2", lease_seconds=60, limit=3)
+        assert [j.id for j in again] == [a.id, c.id, ids[4]]  # their places kept
+
     def test_fail_with_retry_puts_the_job_back(self, storage: Storage) -> None:
         storage.enqueue([make_job()])
         job = _claim_one(storage)

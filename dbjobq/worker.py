@@ -29,7 +29,7 @@ from dbjobq.errors import (
 )
 from dbjobq.events import Event, H, Hooks
 from dbjobq.job import Job
-from dbjobq.payload import check_json
+from dbjobq.payload import checked_dumps
 from dbjobq.periodic import Ticker
 from dbjobq.queue import JobQueue
 from dbjobq.registry import WorkerInfo
@@ -156,7 +156,7 @@ class Worker:
         heartbeat_interval: float | None = None,
         worker_id: str | None = None,
         max_jobs: int | None = None,
-        prefetch: int = 64,
+        prefetch: int = 512,
     ) -> None:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
@@ -531,19 +531,19 @@ class Worker:
             else:
                 started.append(job)
         self._batch = collections.deque(started)
-        released = 0
-        for job in jobs:
-            try:
-                released += storage.release(job.id, job.lease_token or "")
-            except StorageError as error:
-                logger.warning(
-                    "worker %s: could not give back job %s (%s); it will be rescued "
-                    "when its lease expires",
-                    self.id,
-                    job.id,
-                    error,
-                    extra=_extra(job),
-                )
+        if not jobs:
+            return
+        try:
+            released = sum(storage.release_many([(j.id, j.lease_token or "") for j in jobs]))
+        except StorageError as error:
+            logger.warning(
+                "worker %s: could not give back %d unstarted job(s) (%s); they will be "
+                "rescued when their leases expire",
+                self.id,
+                len(jobs),
+                error,
+            )
+            return
         logger.debug("worker %s gave back %d unstarted job(s): %s", self.id, released, why)
 
     def _rescue_if_due(self) -> None:
@@ -800,9 +800,9 @@ class Worker:
     def _finish(self, lease: _Lease, attempt: Attempt) -> None:
         job = lease.job
         error = attempt.error
-        if error is None:
+        if error is None and attempt.result is not None:
             try:
-                check_json(
+                checked_dumps(
                     attempt.result, what="handler result", max_bytes=self.queue.max_payload_bytes
                 )
             except PayloadError as invalid:

@@ -211,6 +211,18 @@ class Storage(abc.ABC):
         """
         raise NotImplementedError
 
+    def release_many(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
+        """Give back several claimed, unstarted jobs: `release` for each `(job_id, token)`.
+
+        A worker gives back what is left of a batch at once. The default calls
+        `release` once per job; a backend may override it to do them all in one
+        statement. Each job follows `release`'s rules on its own.
+
+        Returns:
+            One flag per lease, in order, as `release` returns it.
+        """
+        return [self.release(job_id, token) for job_id, token in leases]
+
     @abc.abstractmethod
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
         """Record a failed attempt; same lease rule as `complete`.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import re
@@ -14,7 +13,7 @@ import time
 import uuid
 import weakref
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -238,6 +237,7 @@ class SQLAlchemyStorage(Storage):
         self._watcher_lock = threading.Lock()
         self._insert_stmt: Any = None
         self._copy_stmt: Any = None
+        self._lease_updates: dict[str, Any] = {}  # cached UPDATEs of many leases
         self._copies = self._backend == "postgresql" and self._engine.dialect.driver == "psycopg"
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
         self._serial: threading.RLock | None = None
@@ -831,7 +831,7 @@ class SQLAlchemyStorage(Storage):
             params = {"c_worker": worker_id, "c_token": token, "c_lease": float(lease_seconds)}
 
             def run(conn: Connection) -> tuple[list[Job], int]:
-                return self._claimed(conn, list(conn.execute(stmt, params)))
+                return self._claimed(conn, conn.execute(stmt, params).fetchall())
 
         return self._run("claim", run, write=True, single=not self._is_mysql)
 
@@ -892,7 +892,7 @@ class SQLAlchemyStorage(Storage):
 
         return run
 
-    def _claimed(self, conn: Connection, rows: list[sa.Row[Any]]) -> tuple[list[Job], int]:
+    def _claimed(self, conn: Connection, rows: Sequence[sa.Row[Any]]) -> tuple[list[Job], int]:
         """Jobs from claimed rows.
 
         A corrupt row (edited by hand) is failed with the reason, in the same
@@ -966,56 +966,109 @@ class SQLAlchemyStorage(Storage):
         """Complete several jobs in one transaction.
 
         Jobs with equal results share one `UPDATE` (a batch of no-op jobs is one
-        statement); the rest take one statement each.
+        statement, run without an explicit transaction on PostgreSQL); the rest
+        take one statement each.
         """
         if len(outcomes) < 2:
             return [self.complete(job_id, token, result=r) for job_id, token, r in outcomes]
-        c = self._jobs.c
-        groups: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
+        groups: dict[str | None, tuple[Any, list[tuple[str, str]]]] = {}
         for job_id, token, result in outcomes:
-            key = json.dumps(result, sort_keys=True)
+            key = None if result is None else dumps(result)
             groups.setdefault(key, (result, []))[1].append((job_id, token))
 
         def run(conn: Connection) -> set[str]:
             done: set[str] = set()
             for result, leases in groups.values():
-                held = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
-                if self._is_mysql:
-                    locked = sa.select(c.id).where(held).with_for_update()
-                    ids = list(conn.execute(locked).scalars())
-                    if not ids:
-                        continue
-                    held = sa.and_(c.id.in_(ids), held)
-                    done.update(ids)
-                stmt = (
-                    sa.update(self._jobs)
-                    .where(held)
-                    .values(
-                        status=JobStatus.COMPLETED.value,
-                        result=result,
-                        finished_at=db_now(),
-                        updated_at=db_now(),
-                        **self._RELEASED,
-                    )
-                )
-                if self._is_mysql:
-                    conn.execute(stmt)
-                else:
-                    done.update(conn.execute(stmt.returning(c.id)).scalars())
+                done.update(self._complete_group(conn, result, leases))
             return done
 
-        done = self._run("complete_many", run, write=True)
+        single = len(groups) == 1 and self._backend == "postgresql"
+        done = self._run("complete_many", run, write=True, single=single)
         return [job_id in done for job_id, _, _ in outcomes]
 
-    def release(self, job_id: str, token: str) -> bool:
+    def _complete_group(
+        self, conn: Connection, result: Any, leases: list[tuple[str, str]]
+    ) -> Iterable[str]:
+        """Complete the held jobs among `leases` with one result; their ids."""
         values = {
+            "status": JobStatus.COMPLETED.value,
+            "result": sa.bindparam("l_result", result, type_=self._jobs.c.result.type),
+            "finished_at": db_now(),
+            "updated_at": db_now(),
+            **self._RELEASED,
+        }
+        return self._update_leases(conn, leases, values, "complete", {"l_result": result})
+
+    def _released(self) -> dict[str, Any]:
+        return {
             "status": PENDING,
             "attempts": self._jobs.c.attempts - 1,
             "started_at": None,
             "updated_at": db_now(),
             **self._RELEASED,
         }
-        return self._update_held("release", job_id, token, values)
+
+    def release(self, job_id: str, token: str) -> bool:
+        return self._update_held("release", job_id, token, self._released())
+
+    def release_many(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
+        """Give back several jobs in one statement (one transaction on MySQL)."""
+        if len(leases) < 2:
+            return [self.release(job_id, token) for job_id, token in leases]
+
+        def run(conn: Connection) -> set[str]:
+            return set(self._update_leases(conn, list(leases), self._released(), "release"))
+
+        done = self._run("release_many", run, write=True, single=not self._is_mysql)
+        return [job_id in done for job_id, _ in leases]
+
+    def _update_leases(
+        self,
+        conn: Connection,
+        leases: list[tuple[str, str]],
+        values: dict[str, Any],
+        tag: str,
+        params: dict[str, Any] | None = None,
+    ) -> Iterable[str]:
+        """UPDATE the running jobs among `(job_id, token)` leases with `values`; their ids.
+
+        On PostgreSQL the statement takes the leases as two arrays, so its text is
+        the same for any number of jobs: the driver converts and prepares it once.
+        `tag` names the cached statement (one per kind of update); `params` are
+        the values of bind parameters in `values`.
+        """
+        c = self._jobs.c
+        if self._backend == "postgresql":
+            stmt = self._lease_updates.get(tag)
+            if stmt is None:
+                held = (
+                    sa.func.unnest(
+                        sa.bindparam("l_ids", type_=postgresql.ARRAY(sa.Text)),
+                        sa.bindparam("l_tokens", type_=postgresql.ARRAY(sa.Text)),
+                    )
+                    .table_valued("id", "token")
+                    .render_derived(name="held")
+                )
+                stmt = self._lease_updates[tag] = (
+                    sa.update(self._jobs)
+                    .where(c.id == held.c.id, c.lease_token == held.c.token, c.status == RUNNING)
+                    .values(**values)
+                    .returning(c.id)
+                )
+            ids, tokens = zip(*leases, strict=True)
+            given = {"l_ids": list(ids), "l_tokens": list(tokens), **(params or {})}
+            return conn.execute(stmt, given).scalars()
+        held_now = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
+        if self._is_mysql:
+            locked = sa.select(c.id).where(held_now).with_for_update()
+            found = list(conn.execute(locked).scalars())
+            if found:
+                conn.execute(
+                    sa.update(self._jobs).where(c.id.in_(found), held_now).values(**values)
+                )
+            return found
+        stmt = sa.update(self._jobs).where(held_now).values(**values).returning(c.id)
+        return conn.execute(stmt).scalars()
 
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
         values: dict[str, Any] = {"last_error": error, "updated_at": db_now(), **self._RELEASED}
