@@ -82,6 +82,31 @@ def peer_figures(figures: list[Figure], work: Path, single: int, drain: int) -> 
     ]
 
 
+def pgqueuer_figures(
+    figures: list[Figure], work: Path, bulk: int, single: int, drain: int
+) -> list[Figure]:
+    """The PostgreSQL figures again, next to pgqueuer's, if pgqueuer is installed."""
+    with cases.scratch("postgresql", work) as store:
+        assert store.schema is not None
+        found = peers.pgqueuer_postgres(store.url, store.schema, max(bulk, drain), single)
+    if found is None:
+        print("pgqueuer is not installed: no PostgreSQL peer figures", file=sys.stderr)
+        return []
+    ours = {f.measure: f.value for f in figures if f.backend == "postgresql"}
+    rows = [
+        ("bulk enqueue (one call)", found.bulk_enqueue, "pgqueuer"),
+        ("enqueue, one job per call", found.single_enqueue, "pgqueuer"),
+    ]
+    rows += [
+        ("drain, 1 worker thread", rate, f"pgqueuer, batch {batch}")
+        for batch, rate in sorted(found.drain.items())
+    ]
+    return [
+        Figure("postgresql", measure, ours[measure], "jobs/s", theirs, name)
+        for measure, theirs, name in rows
+    ]
+
+
 def main() -> int:
     """Parse the options, run every case, print the table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
@@ -125,6 +150,9 @@ def main() -> int:
             if backend == "sqlite":
                 step("huey")
                 figures += peer_figures(figures, work, single, drain)
+            else:
+                step("pgqueuer")
+                figures += pgqueuer_figures(figures, work, bulk, single, drain)
             step("processes")
             with fresh(backend) as store:
                 figures.append(cases.drain_processes(store, procs_jobs, 2, 8))
