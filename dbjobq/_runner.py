@@ -14,13 +14,43 @@ from dbjobq.context import JobContext
 from dbjobq.queue import Handler
 
 
+class Latch:
+    """A one-shot `threading.Event` (set once, never cleared), much cheaper to make.
+
+    A worker makes one per job; an `Event` (a `Condition` around a lock) costs
+    several times more than the no-op handler it would wait for. `wait` is for
+    the one thread that watches the attempt.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        """Open the latch; it stays open. Called once."""
+        self._lock.release()
+
+    def is_set(self) -> bool:
+        """Whether `set` was called."""
+        return not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until set, or `timeout` seconds; whether it is set."""
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()
+            return True
+        return False
+
+
 class Attempt:
     """One handler call, run on a `Runner` thread; the worker thread watches it."""
 
     def __init__(self, handler: Handler, ctx: JobContext, watcher: threading.Event) -> None:
         self.handler = handler
         self.ctx = ctx
-        self.done = threading.Event()
+        self.done = Latch()
         self.started_at: float | None = None  # monotonic, once the handler is called
         self.finished_at: float | None = None  # monotonic, once it returned or raised
         self._watcher = watcher

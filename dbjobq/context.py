@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["JobContext"]
 
+_lazy = threading.Lock()  # creates a context's cancellation event once, whoever asks first
+
 
 class _JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes messages with the job and puts `job_id`/`job_type` on each record."""
@@ -35,12 +37,6 @@ class JobContext:
     Attributes:
         job: The job as claimed (status `running`, `attempts` counting this attempt).
         queue: The `JobQueue` running the job, e.g. to enqueue follow-up jobs.
-        cancelled: Set when the handler should stop: the job was cancelled, its
-            timeout passed, its lease was lost, or the worker is shutting down past
-            its grace period. Long handlers should check it (`ctx.cancelled.is_set()`)
-            or wait on it instead of sleeping (`ctx.cancelled.wait(5)`).
-        logger: A logger whose records carry `job_id` and `job_type` attributes
-            and whose messages start with `[type id]`.
     """
 
     def __init__(
@@ -53,11 +49,41 @@ class JobContext:
     ) -> None:
         self.job = job
         self.queue = queue
-        self.cancelled = cancelled or threading.Event()
-        self.logger: logging.LoggerAdapter[logging.Logger] = _JobLogger(
-            logging.getLogger("dbjobq.job"), {"job_id": job.id, "job_type": job.type}
-        )
+        # Both made on first use: most short handlers never look at them.
+        self._cancelled = cancelled
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._report_progress = report_progress
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the handler should stop.
+
+        The job was cancelled, its timeout passed, its lease was lost, or the worker
+        is shutting down past its grace period. Long handlers should check it
+        (`ctx.cancelled.is_set()`) or wait on it instead of sleeping
+        (`ctx.cancelled.wait(5)`).
+        """
+        event = self._cancelled
+        if event is None:
+            with _lazy:
+                event = self._cancelled
+                if event is None:
+                    event = self._cancelled = threading.Event()
+        return event
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger for the handler's own messages.
+
+        Its records carry `job_id` and `job_type` attributes, and its messages
+        start with `[type id]`.
+        """
+        if self._logger is None:
+            job = self.job
+            self._logger = _JobLogger(
+                logging.getLogger("dbjobq.job"), {"job_id": job.id, "job_type": job.type}
+            )
+        return self._logger
 
     @property
     def payload(self) -> dict[str, Any]:
