@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbjobq import ConfigurationError, JobContext, JobQueue, JobSpec, StorageError, Worker
+from dbjobq import (
+    ConfigurationError,
+    JobContext,
+    JobQueue,
+    JobSpec,
+    JobStatus,
+    StorageError,
+    Worker,
+)
 from dbjobq.storage import SQLAlchemyStorage
 from dbjobq.testing import make_job
 
@@ -249,3 +257,17 @@ def test_worker_keeps_running_while_the_database_is_unreachable(
         worker.stop()
     failures = [r for r in caplog.records if "polling" in r.getMessage()]
     assert 1 <= len(failures) <= 3  # logged once, not once per poll
+
+
+def test_postgres_batch_updates_take_any_id(postgres_storage: SQLAlchemyStorage) -> None:
+    """Batches pass ids joined by commas; an id holding a comma must still work."""
+    ids = ["plain-id", "with,comma", "x"]
+    postgres_storage.enqueue([make_job(id=job_id) for job_id in ids])
+    jobs = postgres_storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=3)
+    leases = [(j.id, j.lease_token or "") for j in jobs]
+    assert postgres_storage.release_many(leases) == [True, True, True]
+    jobs = postgres_storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=3)
+    outcomes = [(j.id, j.lease_token or "", {"n": n}) for n, j in enumerate(jobs)]
+    assert postgres_storage.complete_many(outcomes) == [True, True, True]
+    assert [postgres_storage.get(i).status for i in ids] == [JobStatus.COMPLETED] * 3
+    assert postgres_storage.get("with,comma").attempts == 1

@@ -237,7 +237,7 @@ class SQLAlchemyStorage(Storage):
         self._watcher_lock = threading.Lock()
         self._insert_stmt: Any = None
         self._copy_stmt: Any = None
-        self._lease_updates: dict[str, Any] = {}  # cached UPDATEs of many leases
+        self._lease_updates: dict[tuple[str, bool], Any] = {}  # UPDATEs of many leases
         self._copies = self._backend == "postgresql" and self._engine.dialect.driver == "psycopg"
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
         self._serial: threading.RLock | None = None
@@ -1039,25 +1039,38 @@ class SQLAlchemyStorage(Storage):
         """
         c = self._jobs.c
         if self._backend == "postgresql":
-            stmt = self._lease_updates.get(tag)
+            ids = ",".join(job_id for job_id, _ in leases)
+            tokens = ",".join(token for _, token in leases)
+            # Two strings split by the database: a driver dumps a list element by
+            # element in Python. Ids and tokens hold no commas, but if one did...
+            joined = ids.count(",") == tokens.count(",") == len(leases) - 1
+            key = (tag, joined)
+            stmt = self._lease_updates.get(key)
             if stmt is None:
-                held = (
-                    sa.func.unnest(
-                        sa.bindparam("l_ids", type_=postgresql.ARRAY(sa.Text)),
-                        sa.bindparam("l_tokens", type_=postgresql.ARRAY(sa.Text)),
-                    )
-                    .table_valued("id", "token")
-                    .render_derived(name="held")
-                )
-                stmt = self._lease_updates[tag] = (
+                texts: list[sa.ColumnElement[Any]]
+                if joined:
+                    texts = [
+                        sa.func.string_to_array(sa.bindparam(name, type_=sa.Text), ",")
+                        for name in ("l_ids", "l_tokens")
+                    ]
+                else:
+                    texts = [
+                        sa.bindparam(name, type_=postgresql.ARRAY(sa.Text))
+                        for name in ("l_ids", "l_tokens")
+                    ]
+                held = sa.func.unnest(*texts).table_valued("id", "token").render_derived("held")
+                stmt = self._lease_updates[key] = (
                     sa.update(self._jobs)
                     .where(c.id == held.c.id, c.lease_token == held.c.token, c.status == RUNNING)
                     .values(**values)
                     .returning(c.id)
                 )
-            ids, tokens = zip(*leases, strict=True)
-            given = {"l_ids": list(ids), "l_tokens": list(tokens), **(params or {})}
-            return conn.execute(stmt, given).scalars()
+            given: dict[str, Any] = (
+                {"l_ids": ids, "l_tokens": tokens}
+                if joined
+                else {"l_ids": [i for i, _ in leases], "l_tokens": [t for _, t in leases]}
+            )
+            return conn.execute(stmt, {**given, **(params or {})}).scalars()
         held_now = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
         if self._is_mysql:
             locked = sa.select(c.id).where(held_now).with_for_update()
