@@ -1,10 +1,15 @@
-"""The runner's one-shot latch, which stands in for a threading.Event per job."""
+"""Per-job building blocks made cheap: the runner's latch, the storage's job builder."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from datetime import datetime, timezone
+
+import pytest
 
 from dbjobq._runner import Latch
+from dbjobq.job import Job, JobStatus, _job_builder
 
 
 def test_a_latch_opens_once_for_every_waiter() -> None:
@@ -20,3 +25,29 @@ def test_a_latch_opens_once_for_every_waiter() -> None:
         waiter.join()
     assert seen == [True, True, True]
     assert latch.is_set() and latch.wait() and latch.wait(0)
+
+
+def test_the_storage_job_builder_makes_the_same_frozen_job() -> None:
+    now = datetime.now(timezone.utc)
+    job = Job(
+        id="j",
+        type="t",
+        payload={"a": 1},
+        queue="q",
+        priority=2,
+        status=JobStatus.RUNNING,
+        attempts=1,
+        max_retries=3,
+        run_at=now,
+        created_at=now,
+        updated_at=now,
+        meta={"m": 1},
+        lease_token="tok",
+    )
+    names = [field.name for field in dataclasses.fields(Job)][::-1]  # any order
+    built = _job_builder(names)([getattr(job, name) for name in names])
+    assert built == job and built.retries_left == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.status = JobStatus.PENDING  # type: ignore[misc]
+    with pytest.raises(ValueError, match="exactly the fields"):
+        _job_builder(names[1:])

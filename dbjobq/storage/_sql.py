@@ -79,7 +79,10 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         if isinstance(value, (int, float)):
             return datetime.fromtimestamp(value, timezone.utc)
-        if value.tzinfo is None:
+        tz = value.tzinfo
+        if tz is timezone.utc:
+            return value  # type: ignore[no-any-return]
+        if tz is None:
             return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
-from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup, _job_builder
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage._notify import PostgresListener, SQLiteWatcher, Watcher
@@ -59,6 +59,7 @@ _DRIVERS = {
 }
 _MYSQL = ("mysql", "mariadb")
 _STATUSES = frozenset(s.value for s in JobStatus)
+_STATUS = {s.value: s for s in JobStatus}
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 _RETRIES = 5  # transient errors retried inside one call before StorageError
 _SQLITE_WATCH_INTERVAL = 0.002  # seconds between reads of PRAGMA data_version
@@ -232,6 +233,7 @@ class SQLAlchemyStorage(Storage):
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self._claims: dict[tuple[Any, ...], Any] = {}  # built claim statements
         self._job_columns: list[tuple[int, str]] | None = None
+        self._quick: Any = None  # how _sound_job reads a row, once known
         self.listen = bool(listen)
         self._watcher: Watcher | None = None
         self._watcher_lock = threading.Lock()
@@ -513,14 +515,41 @@ class SQLAlchemyStorage(Storage):
             self._job_columns = [(i, name) for i, name in enumerate(names) if name in wanted]
         return {name: row[i] for i, name in self._job_columns}
 
-    def _to_job(self, row: sa.Row[Any], *, checked: bool = False) -> Job:
+    def _sound_job(self, row: sa.Row[Any]) -> Job | None:
+        """The Job of a row, quickly; `None` if the row may be corrupt (look closer)."""
+        if self._quick is None:
+            self._fields(row)
+            assert self._job_columns is not None
+            names = [name for _, name in self._job_columns]
+            self._quick = (
+                [i for i, _ in self._job_columns],
+                *(names.index(name) for name in ("status", "payload", "meta", "result")),
+                _job_builder(names),
+            )
+        indexes, at_status, at_payload, at_meta, at_result, build = self._quick
+        values = [row[i] for i in indexes]
+        status = _STATUS.get(values[at_status])
+        if (
+            status is None
+            or type(values[at_payload]) is not dict
+            or type(values[at_meta]) is not dict
+            or type(values[at_result]) is Corrupt
+        ):
+            return None
+        values[at_status] = status
+        job: Job = build(values)
+        return job
+
+    def _to_job(self, row: sa.Row[Any]) -> Job:
         """Build a Job from a row; `StorageError` names the job if the row is corrupt."""
+        job = self._sound_job(row)
+        if job is not None:
+            return job
         fields = self._fields(row)
-        if not checked:
-            problem = self._corruption(fields)
-            if problem:
-                raise StorageError(f"job {fields['id']} is corrupt: {problem}")
-        fields["status"] = JobStatus(fields["status"])
+        problem = self._corruption(fields)
+        if problem:
+            raise StorageError(f"job {fields['id']} is corrupt: {problem}")
+        fields["status"] = _STATUS[fields["status"]]
         return Job(**fields)
 
     @staticmethod
@@ -901,9 +930,13 @@ class SQLAlchemyStorage(Storage):
         jobs: list[Job] = []
         c = self._jobs.c
         for row in rows:
+            job = self._sound_job(row)
+            if job is not None:
+                jobs.append(job)
+                continue
             problem = self._corruption(self._fields(row))
-            if problem is None:
-                jobs.append(self._to_job(row, checked=True))
+            if problem is None:  # sound after all (a subclass of dict, say)
+                jobs.append(self._to_job(row))
                 continue
             job_id = row._mapping[c.id]
             logger.error("job %s is corrupt and was failed: %s", job_id, problem)
