@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -46,6 +47,7 @@ _REGISTRY_CHANGED = 1.0  # ... or after its current job changed
 _FORGET_AFTER = 86400.0  # seconds after which a silent worker's record is deleted
 _BATCH_SECONDS = 0.05  # a batch of claimed jobs should take about this long to run
 _FLUSH_AFTER = 0.005  # seconds into a handler after which earlier outcomes are written
+_AHEAD_FROM = 16  # batches at least this big have the next one claimed ahead
 
 
 def _extra(job: Job) -> dict[str, str]:
@@ -217,6 +219,10 @@ class Worker:
         self._ahead: dict[str, Attempt] = {}  # attempts of the batch, handed to the runner
         self._per_job: float | None = None  # seconds per job in the last batch
         self._last_batch = 1
+        self._requested = 1  # jobs asked for by the latest claim
+        self._next_batch: concurrent.futures.Future[tuple[list[Job], float]] | None = None
+        self._claimer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ahead_allowed = False  # claim ahead: only in the worker thread's loop
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._signal = threading.Event()  # wakes _watch: handler returned, or stop()
@@ -464,10 +470,20 @@ class Worker:
         return max(1, n)
 
     def _claim(self) -> list[Job]:
+        ahead = self._take_ahead()
+        if ahead is None:
+            self._requested = self._batch_size()
+            ahead = self._claim_jobs(self._requested)
+        jobs, self._claimed_at = ahead
+        self._last_batch = max(1, len(jobs))
+        return jobs
+
+    def _claim_jobs(self, limit: int) -> tuple[list[Job], float]:
+        """Claim up to `limit` jobs; with the time (monotonic) their leases began."""
         types = set(self.queue._handlers)
         if not types:
-            return []
-        limit = self._batch_size()
+            return [], time.monotonic()
+        began = time.monotonic()
         jobs = self.queue._store().claim(
             queues=self.queues,
             types=types,
@@ -475,9 +491,45 @@ class Worker:
             lease_seconds=self.lease_seconds,
             limit=limit,
         )
-        self._claimed_at = time.monotonic()
-        self._last_batch = max(1, len(jobs))
-        return jobs
+        return jobs, began
+
+    def _claim_ahead(self, jobs: list[Job]) -> None:
+        """Start claiming the next batch in the background while `jobs` run.
+
+        Only while batches come back full (the queue has more) and the storage's
+        claims wait on a server: the wait then overlaps this thread's own work.
+        """
+        if (
+            not self._ahead_allowed
+            or self._stopping.is_set()
+            or len(jobs) < _AHEAD_FROM
+            or len(jobs) < self._requested
+        ):
+            return
+        limit = min(self.prefetch, 2 * len(jobs))
+        if self._per_job is not None:
+            limit = min(limit, max(1, int(_BATCH_SECONDS / max(self._per_job, 1e-6))))
+        if self.max_jobs is not None:
+            limit = min(limit, self.max_jobs - self.jobs_processed - len(jobs))
+        if limit < 1:
+            return
+        if self._claimer is None:
+            self._claimer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"dbjobq-claim-{self.id}"
+            )
+        self._requested = limit
+        self._next_batch = self._claimer.submit(self._claim_jobs, limit)
+
+    def _take_ahead(self) -> tuple[list[Job], float] | None:
+        """The batch claimed ahead, once it is in; `None` if there is none."""
+        future, self._next_batch = self._next_batch, None
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception as error:  # noqa: BLE001 - the claim is simply made again
+            logger.debug("worker %s: claiming ahead failed: %s", self.id, error)
+            return None
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Run claimed jobs one after the other, and record their outcomes.
@@ -492,6 +544,7 @@ class Worker:
                 if attempt is not None:
                     self._ahead[job.id] = attempt
                     self._submit(attempt)
+            self._claim_ahead(jobs)
         began, ran = time.monotonic(), 0
         while self._batch:
             if self._stopping.is_set():
@@ -517,8 +570,11 @@ class Worker:
         """Give back the claimed jobs not started yet; their leases expire otherwise.
 
         Jobs whose handler the runner has already started stay in the batch, to be
-        watched and recorded as usual.
+        watched and recorded as usual. A batch claimed ahead goes back whole.
         """
+        ahead = self._take_ahead()
+        if ahead is not None and ahead[0]:
+            self._batch.extend(ahead[0])
         if not self._batch:
             return
         storage = self.queue.storage
@@ -591,6 +647,9 @@ class Worker:
             if s.queue in self.queues and s.type in handlers
         ]
         self._ticker = Ticker(self.queue.storage, schedules) if schedules else None
+        self._ahead_allowed = self.prefetch > 1 and bool(
+            getattr(self.queue.storage, "claims_ahead", False)
+        )
         self._emit("worker:started")
         delay = self.poll_interval
         try:
@@ -621,7 +680,10 @@ class Worker:
             raise
         finally:
             self.queue._detach(self)
+            self._ahead_allowed = False
             self._release_batch("the worker stopped")
+            if self._claimer is not None:
+                self._claimer.shutdown(wait=False)
             self._flush()
             if self._runner is not None:
                 self._runner.retire()

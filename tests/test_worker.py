@@ -852,3 +852,81 @@ def test_a_handler_stuck_mid_batch_lets_the_rest_of_the_batch_run_once(
     for n, job_id in enumerate(ids):
         if n != 5:
             assert queue.get_job(job_id).status == "completed", n
+
+
+# -- claiming the next batch ahead (PostgreSQL, MySQL) ---------------------------------------
+
+
+@pytest.fixture(params=["postgres", "mysql"])
+def server_queue(request: pytest.FixtureRequest) -> JobQueue:
+    storage = request.getfixturevalue(f"{request.param}_storage")
+    assert storage.claims_ahead
+    return JobQueue(storage)
+
+
+def claims_by_thread(storage: Storage) -> Counter[str]:
+    """Count the claims each thread makes (a spy on the storage object)."""
+    seen: Counter[str] = Counter()
+    claim = storage.claim
+
+    def spy(**kwargs: Any) -> Any:
+        jobs = claim(**kwargs)
+        if jobs:
+            seen[threading.current_thread().name.split("-")[1]] += 1
+        return jobs
+
+    storage.claim = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_stopped_worker_gives_back_the_batch_it_claimed_ahead(server_queue: JobQueue) -> None:
+    queue = server_queue
+    seen = claims_by_thread(queue.storage)
+    worker = Worker(queue, poll_interval=0.05, max_poll_interval=0.05)
+
+    @queue.handler("tick")
+    def tick(ctx: JobContext) -> None:
+        if ctx.payload["n"] == 300:
+            worker.stop(wait=False)
+
+    ids = queue.enqueue_many([JobSpec(type="tick", payload={"n": n}) for n in range(2000)])
+    worker.start()
+    wait_until(lambda: not worker.is_alive, timeout=30, what="the worker to stop itself")
+    assert seen["claim"] > 0, f"no claim was made ahead: {seen}"
+    jobs = {j.id: j for j in queue.list_jobs(limit=None)}
+    assert len(jobs) == 2000
+    assert not [j for j in jobs.values() if j.status.value == "running"]
+    done = [j for j in jobs.values() if j.status.value == "completed"]
+    assert len(done) == worker.jobs_processed >= 301
+    pending = [jobs[i] for i in ids if jobs[i].status.value == "pending"]
+    assert pending and all(j.attempts == 0 and j.lease_token is None for j in pending)
+
+
+def test_a_slow_job_gives_back_the_batch_claimed_ahead(server_queue: JobQueue) -> None:
+    """Jobs claimed ahead must not wait for a slow job: they go back to the queue."""
+    queue = server_queue
+    seen = claims_by_thread(queue.storage)
+    alone: list[bool] = []
+
+    @queue.handler("tick")
+    def tick(ctx: JobContext) -> None:
+        if ctx.payload["n"] != 30:  # batches of 1, 2, 4, 8 and 16: the 16th's last job
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if len(queue.list_jobs("running", limit=None)) == 1:
+                alone.append(True)  # only this job is still held by the worker
+                return
+            time.sleep(0.02)
+
+    queue.enqueue_many([JobSpec(type="tick", payload={"n": n}) for n in range(100)])
+    worker = Worker(queue, poll_interval=0.05, max_poll_interval=0.05, heartbeat_interval=0.2)
+    worker.start()
+    try:
+        wait_until(lambda: len(queue.list_jobs("completed", limit=None)) == 100, timeout=30)
+    finally:
+        worker.stop()
+    assert seen["claim"] > 0, f"no claim was made ahead: {seen}"
+    assert alone == [True]
+    jobs = queue.list_jobs(limit=None)
+    assert all(j.attempts == 1 for j in jobs)  # given back untouched, then run once

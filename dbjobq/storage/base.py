@@ -43,6 +43,15 @@ class Storage(abc.ABC):
     (with the original exception as `__cause__`), and the operation had no effect.
     """
 
+    claims_ahead: bool = False
+    """Whether workers claim their next batch while the current one runs.
+
+    Worth it where a claim mostly waits on a database server (the worker's own
+    Python work goes on meanwhile); not where the claim is CPU work in this
+    process (SQLite, memory). Jobs claimed ahead are leased like any others and
+    are given back with `release_many` when the worker stops or slows down.
+    """
+
     def initialize(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Create tables or other structures if missing.
 

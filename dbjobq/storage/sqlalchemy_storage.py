@@ -230,6 +230,7 @@ class SQLAlchemyStorage(Storage):
             raise ConfigurationError("schema is not supported on SQLite; use table_prefix")
         self._is_sqlite = self._backend == "sqlite"
         self._is_mysql = self._backend in _MYSQL
+        self.claims_ahead = not self._is_sqlite  # a claim waits on a server
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self._claims: dict[tuple[Any, ...], Any] = {}  # built claim statements
         self._job_columns: list[tuple[int, str]] | None = None
