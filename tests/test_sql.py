@@ -47,12 +47,26 @@ def test_sqlite_file_is_in_wal_mode(sqlite_storage: SQLAlchemyStorage) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
-def test_sqlite_writes_begin_immediate_and_reads_do_not(sqlite_storage: SQLAlchemyStorage) -> None:
-    seen = statements_of(sqlite_storage)
-    sqlite_storage.enqueue([make_job()])
+def sqlite_statements(storage: SQLAlchemyStorage) -> list[str]:
+    """Every statement SQLite runs from now on, whoever sends it (the driver's trace)."""
+    seen: list[str] = []
+    storage.engine.dispose()
+    sa.event.listen(
+        storage.engine, "connect", lambda dbapi, record: dbapi.set_trace_callback(seen.append)
+    )
+    return seen
+
+
+@pytest.mark.parametrize("jobs", [1, 3], ids=["one job", "several"])
+def test_sqlite_writes_begin_immediate_and_reads_do_not(
+    sqlite_storage: SQLAlchemyStorage, jobs: int
+) -> None:
+    seen = sqlite_statements(sqlite_storage)
+    ids = sqlite_storage.enqueue([make_job() for _ in range(jobs)])
     assert seen[0] == "BEGIN IMMEDIATE"
+    assert seen[1].startswith("INSERT INTO") and seen[-1] == "COMMIT"
     seen.clear()
-    sqlite_storage.list_jobs()
+    assert [j.id for j in sqlite_storage.list_jobs()] == ids
     assert seen[0] == "BEGIN"
 
 

@@ -240,6 +240,7 @@ class SQLAlchemyStorage(Storage):
         self._watcher_lock = threading.Lock()
         self._insert_stmt: Any = None
         self._copy_stmt: Any = None
+        self._one_insert: tuple[str, Sequence[str], dict[str, Any]] | None = None
         self._lease_updates: dict[tuple[str, bool], Any] = {}  # UPDATEs of many leases
         self._copies = self._backend == "postgresql" and self._engine.dialect.driver == "psycopg"
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
@@ -607,6 +608,8 @@ class SQLAlchemyStorage(Storage):
             return []
         # One job without a unique key is one INSERT: atomic without a transaction.
         single = len(jobs) == 1 and jobs[0].unique_key is None
+        if single and self._is_sqlite:
+            return [self._insert_one_sqlite(jobs[0])]
         return self._run(
             "enqueue", lambda conn: self._insert_jobs(conn, jobs), write=True, single=single
         )
@@ -727,6 +730,74 @@ class SQLAlchemyStorage(Storage):
             else:
                 result.append(self._resolve_unique(conn, stmt, keyed_rows[job.id]))
         return result
+
+    _ONE_ROW: tuple[str, ...] = ("id", "type", "queue", "payload", "priority")
+    _ONE_ROW += ("max_retries", "unique_key", "meta", "timeout")
+
+    def _insert_one_sqlite(self, job: NewJob) -> str:
+        """Insert one job on SQLite through the driver: BEGIN IMMEDIATE, INSERT, COMMIT.
+
+        The same statement as every enqueue, compiled once; going around
+        SQLAlchemy's execution machinery halves the cost of `enqueue` on SQLite,
+        where the database's own work is only a few hundred microseconds.
+        Errors are handled as `_run` handles them: busy and locked are retried.
+        """
+        if self._one_insert is None:
+            compiled = self._build_insert().compile(
+                dialect=self._engine.dialect, column_keys=list(self._ONE_ROW)
+            )
+            assert compiled.positiontup is not None
+            self._one_insert = (compiled.string, compiled.positiontup, dict(compiled.params))
+        sql, names, fixed = self._one_insert
+        values = {
+            **fixed,
+            "id": job.id,
+            "type": job.type,
+            "queue": job.queue,
+            "payload": dumps(job.payload) if job.payload_json is None else job.payload_json,
+            "priority": job.priority,
+            "max_retries": job.max_retries,
+            "p_run_at": None if job.run_at is None else job.run_at.timestamp(),
+            "p_delay": job.delay,
+            "unique_key": None,
+            "meta": dumps(job.meta) if job.meta_json is None else job.meta_json,
+            "timeout": job.timeout,
+        }
+        params = [values[name] for name in names]
+        dbapi = self._engine.dialect.loaded_dbapi
+        serial = self._serial or contextlib.nullcontext()
+        for attempt in range(_RETRIES + 1):
+            try:
+                with serial:
+                    connection = self._engine.raw_connection()
+                    try:
+                        cursor = connection.cursor()
+                        try:
+                            cursor.execute("BEGIN IMMEDIATE")
+                            cursor.execute(sql, params)
+                            connection.commit()
+                        except dbapi.Error as error:
+                            with contextlib.suppress(dbapi.Error):
+                                connection.rollback()
+                            # Reported as SQLAlchemy reports the statements it runs.
+                            raise exc.DBAPIError.instance(
+                                sql, params, error, dbapi.Error
+                            ) from error
+                        finally:
+                            cursor.close()
+                    finally:
+                        connection.close()
+                return job.id
+            except exc.DBAPIError as error:
+                if attempt < _RETRIES and _is_transient(error):
+                    delay = min(1.0, 0.02 * 2**attempt) * (0.5 + random.random())
+                    logger.debug("enqueue: transient error, retrying in %.2fs: %s", delay, error)
+                    time.sleep(delay)
+                    continue
+                raise StorageError(f"enqueue failed: {error.orig}") from error
+            except exc.SQLAlchemyError as error:
+                raise StorageError(f"enqueue failed: {error}") from error
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _copy_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> None:
         """Insert many jobs through COPY: several times faster than an executemany.
