@@ -158,7 +158,7 @@ class Worker:
         heartbeat_interval: float | None = None,
         worker_id: str | None = None,
         max_jobs: int | None = None,
-        prefetch: int = 512,
+        prefetch: int = 256,
     ) -> None:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
@@ -221,7 +221,6 @@ class Worker:
         self._last_batch = 1
         self._requested = 1  # jobs asked for by the latest claim
         self._next_batch: concurrent.futures.Future[tuple[list[Job], float]] | None = None
-        self._claimer: concurrent.futures.ThreadPoolExecutor | None = None
         self._ahead_allowed = False  # claim ahead: only in the worker thread's loop
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -513,12 +512,19 @@ class Worker:
             limit = min(limit, self.max_jobs - self.jobs_processed - len(jobs))
         if limit < 1:
             return
-        if self._claimer is None:
-            self._claimer = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"dbjobq-claim-{self.id}"
-            )
         self._requested = limit
-        self._next_batch = self._claimer.submit(self._claim_jobs, limit)
+        future: concurrent.futures.Future[tuple[list[Job], float]] = concurrent.futures.Future()
+
+        def claim() -> None:
+            try:
+                future.set_result(self._claim_jobs(limit))
+            except BaseException as error:  # noqa: BLE001 - handed to the worker thread
+                future.set_exception(error)
+
+        # A daemon thread per batch (not a pool): like the worker, it must never hold
+        # up the interpreter's exit, even while a claim waits on a lost database.
+        threading.Thread(target=claim, name=f"dbjobq-claim-{self.id}", daemon=True).start()
+        self._next_batch = future
 
     def _take_ahead(self) -> tuple[list[Job], float] | None:
         """The batch claimed ahead, once it is in; `None` if there is none."""
@@ -682,8 +688,6 @@ class Worker:
             self.queue._detach(self)
             self._ahead_allowed = False
             self._release_batch("the worker stopped")
-            if self._claimer is not None:
-                self._claimer.shutdown(wait=False)
             self._flush()
             if self._runner is not None:
                 self._runner.retire()
