@@ -117,7 +117,9 @@ class Worker:
     **Batches.** While jobs finish quickly, a worker claims several at once (up to
     `prefetch`, sized so that a batch takes about 50 ms) and records their
     outcomes together: fewer round trips and commits per job. It starts with one
-    job per claim and grows the batch only as far as jobs stay short. Jobs
+    job per claim and grows the batch only as far as jobs stay short. Where the
+    storage says it pays (`Storage.claims_ahead`: PostgreSQL, MySQL), the next
+    batch is claimed on a helper thread while the current one runs. Jobs
     claimed but not started go back to the queue, untouched (`attempts` as it
     was), when the worker stops, when the job ahead of them runs longer than
     `heartbeat_interval`, or when half their lease has gone by. Completions are
