@@ -105,6 +105,11 @@ def _plain(value: Any, depth: int) -> bool:
     return False
 
 
+def _check_size(size: int, what: str, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise PayloadError(f"{what} is {size} bytes of JSON, more than the limit of {max_bytes}")
+
+
 def checked_dumps(
     value: Any,
     *,
@@ -127,10 +132,7 @@ def checked_dumps(
         else:
             # \u0000 in the text: a NUL character, or merely a backslash before "u0000".
             if "\\u0000" not in text:
-                if max_bytes is not None and size > max_bytes:
-                    raise PayloadError(
-                        f"{what} is {size} bytes of JSON, more than the limit of {max_bytes}"
-                    )
+                _check_size(size, what, max_bytes)
                 return text
     check_json(value, what=what, max_bytes=max_bytes, max_depth=max_depth)
     return dumps(value)
@@ -208,8 +210,4 @@ def check_json(
             f"{what} is not strict JSON: {_where(path)} is a {type(item).__name__}{hint}"
         )
     if max_bytes is not None:
-        size = len(dumps(value).encode())
-        if size > max_bytes:
-            raise PayloadError(
-                f"{what} is {size} bytes of JSON, more than the limit of {max_bytes}"
-            )
+        _check_size(len(dumps(value).encode()), what, max_bytes)

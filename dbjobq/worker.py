@@ -456,24 +456,26 @@ class Worker:
     def _reached_max_jobs(self) -> bool:
         return self.max_jobs is not None and self.jobs_processed >= self.max_jobs
 
-    def _batch_size(self) -> int:
+    def _batch_size(self, last: int, in_hand: int = 0) -> int:
         """How many jobs to claim: as many as run in about `_BATCH_SECONDS`.
 
-        Starts at one and at most doubles from one batch to the next, so that a
-        worker does not hoard slow jobs that other workers could run.
+        Starts at one and at most doubles from one batch (`last` jobs) to the next,
+        so that a worker does not hoard slow jobs that other workers could run.
+        `in_hand` jobs, claimed and not yet run, count against `max_jobs`; the
+        result is below 1 when they use it up.
         """
         n = 1
         if self.prefetch > 1 and self._per_job is not None:
             fits = int(_BATCH_SECONDS / max(self._per_job, 1e-6))
-            n = max(1, min(self.prefetch, fits, 2 * self._last_batch))
+            n = max(1, min(self.prefetch, fits, 2 * last))
         if self.max_jobs is not None:
-            n = min(n, self.max_jobs - self.jobs_processed)
-        return max(1, n)
+            n = min(n, self.max_jobs - self.jobs_processed - in_hand)
+        return n
 
     def _claim(self) -> list[Job]:
         ahead = self._take_ahead()
         if ahead is None:
-            self._requested = self._batch_size()
+            self._requested = max(1, self._batch_size(self._last_batch))
             ahead = self._claim_jobs(self._requested)
         jobs, self._claimed_at = ahead
         self._last_batch = max(1, len(jobs))
@@ -507,11 +509,7 @@ class Worker:
             or len(jobs) < self._requested
         ):
             return
-        limit = min(self.prefetch, 2 * len(jobs))
-        if self._per_job is not None:
-            limit = min(limit, max(1, int(_BATCH_SECONDS / max(self._per_job, 1e-6))))
-        if self.max_jobs is not None:
-            limit = min(limit, self.max_jobs - self.jobs_processed - len(jobs))
+        limit = self._batch_size(len(jobs), in_hand=len(jobs))
         if limit < 1:
             return
         self._requested = limit

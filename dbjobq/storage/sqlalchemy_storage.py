@@ -499,10 +499,19 @@ class SQLAlchemyStorage(Storage):
         `single=True` promises that `fn` runs one statement, which then needs no
         explicit transaction (except on SQLite, whose writes want BEGIN IMMEDIATE).
         """
+
+        def once() -> T:
+            with self._transaction(write, single) as conn:
+                return fn(conn)
+
+        return self._retrying(what, once)
+
+    @staticmethod
+    def _retrying(what: str, once: Callable[[], T]) -> T:
+        """Call `once`, retrying transient database errors; `StorageError` otherwise."""
         for attempt in range(_RETRIES + 1):
             try:
-                with self._transaction(write, single) as conn:
-                    return fn(conn)
+                return once()
             except exc.DBAPIError as error:
                 if attempt < _RETRIES and _is_transient(error):
                     delay = min(1.0, 0.02 * 2**attempt) * (0.5 + random.random())
@@ -514,22 +523,25 @@ class SQLAlchemyStorage(Storage):
                 raise StorageError(f"{what} failed: {error}") from error
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _fields(self, row: sa.Row[Any]) -> dict[str, Any]:
-        """A row of the jobs table (all its columns, in order) as Job fields."""
+    def _columns(self) -> list[tuple[int, str]]:
+        """(position, name) of the jobs table's columns that are Job fields."""
         if self._job_columns is None:
             names = [column.name for column in self._jobs.c]
             wanted = {field.name for field in dataclasses.fields(Job)}
             self._job_columns = [(i, name) for i, name in enumerate(names) if name in wanted]
-        return {name: row[i] for i, name in self._job_columns}
+        return self._job_columns
+
+    def _fields(self, row: sa.Row[Any]) -> dict[str, Any]:
+        """A row of the jobs table (all its columns, in order) as Job fields."""
+        return {name: row[i] for i, name in self._columns()}
 
     def _sound_job(self, row: sa.Row[Any]) -> Job | None:
         """The Job of a row, quickly; `None` if the row may be corrupt (look closer)."""
         if self._quick is None:
-            self._fields(row)
-            assert self._job_columns is not None
-            names = [name for _, name in self._job_columns]
+            columns = self._columns()
+            names = [name for _, name in columns]
             self._quick = (
-                [i for i, _ in self._job_columns],
+                [i for i, _ in columns],
                 *(names.index(name) for name in ("status", "payload", "meta", "result")),
                 _job_builder(names),
             )
@@ -766,38 +778,28 @@ class SQLAlchemyStorage(Storage):
         params = [values[name] for name in names]
         dbapi = self._engine.dialect.loaded_dbapi
         serial = self._serial or contextlib.nullcontext()
-        for attempt in range(_RETRIES + 1):
-            try:
-                with serial:
-                    connection = self._engine.raw_connection()
+
+        def once() -> str:
+            with serial:
+                connection = self._engine.raw_connection()
+                try:
+                    cursor = connection.cursor()
                     try:
-                        cursor = connection.cursor()
-                        try:
-                            cursor.execute("BEGIN IMMEDIATE")
-                            cursor.execute(sql, params)
-                            connection.commit()
-                        except dbapi.Error as error:
-                            with contextlib.suppress(dbapi.Error):
-                                connection.rollback()
-                            # Reported as SQLAlchemy reports the statements it runs.
-                            raise exc.DBAPIError.instance(
-                                sql, params, error, dbapi.Error
-                            ) from error
-                        finally:
-                            cursor.close()
+                        cursor.execute("BEGIN IMMEDIATE")
+                        cursor.execute(sql, params)
+                        connection.commit()
+                    except dbapi.Error as error:
+                        with contextlib.suppress(dbapi.Error):
+                            connection.rollback()
+                        # Reported as SQLAlchemy reports the statements it runs.
+                        raise exc.DBAPIError.instance(sql, params, error, dbapi.Error) from error
                     finally:
-                        connection.close()
-                return job.id
-            except exc.DBAPIError as error:
-                if attempt < _RETRIES and _is_transient(error):
-                    delay = min(1.0, 0.02 * 2**attempt) * (0.5 + random.random())
-                    logger.debug("enqueue: transient error, retrying in %.2fs: %s", delay, error)
-                    time.sleep(delay)
-                    continue
-                raise StorageError(f"enqueue failed: {error.orig}") from error
-            except exc.SQLAlchemyError as error:
-                raise StorageError(f"enqueue failed: {error}") from error
-        raise AssertionError("unreachable")  # pragma: no cover
+                        cursor.close()
+                finally:
+                    connection.close()
+            return job.id
+
+        return self._retrying("enqueue", once)
 
     def _copy_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> None:
         """Insert many jobs through COPY: several times faster than an executemany.
