@@ -84,6 +84,15 @@ def test_sqlite_claim_uses_the_partial_index(sqlite_storage: SQLAlchemyStorage) 
     assert "dbjobq_jobs_claim" in claim_plan(sqlite_storage)
 
 
+def test_sqlite_purge_uses_the_partial_finished_index(sqlite_storage: SQLAlchemyStorage) -> None:
+    seen = sqlite_statements(sqlite_storage)
+    sqlite_storage.purge(statuses=[JobStatus.COMPLETED], older_than=60, limit=10)
+    (select,) = [s for s in seen if s.startswith("SELECT") and "finished_at <" in s]
+    with sqlite_storage.engine.connect() as conn:
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + select))
+    assert "USING INDEX dbjobq_jobs_finished" in plan, plan
+
+
 def test_threads_and_a_second_connection_never_see_database_is_locked(
     sqlite_config: StorageConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -146,6 +155,50 @@ def test_a_newer_schema_version_is_refused(request: pytest.FixtureRequest, backe
         fresh.initialize()
     storage.close()
     fresh.close()
+
+
+def finished_index_sql(storage: SQLAlchemyStorage) -> str:
+    name = f"{storage.table_prefix}jobs_finished"
+    with storage.engine.connect() as conn:
+        if storage.engine.dialect.name == "postgresql":
+            query = "SELECT indexdef FROM pg_indexes WHERE schemaname = :s AND indexname = :n"
+            found = conn.execute(sa.text(query), {"s": storage.schema, "n": name}).scalar()
+        else:
+            query = "SELECT sql FROM sqlite_master WHERE name = :n"
+            found = conn.execute(sa.text(query), {"n": name}).scalar()
+    assert isinstance(found, str)
+    return found
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_version_2_tables_are_upgraded_in_place(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    config: StorageConfig = request.getfixturevalue(f"{backend}_config")
+    old = config.open()
+    old.initialize()
+    ids = old.enqueue([make_job() for _ in range(3)])
+    (done,) = old.claim(queues=["default"], worker_id="w", lease_seconds=60, types={"task"})
+    assert old.complete(done.id, done.lease_token or "", result=None)
+    table = old._jobs.name if old.schema is None else f"{old.schema}.{old._jobs.name}"
+    index = f"{old.table_prefix}jobs_finished"
+    qualified = index if old.schema is None else f"{old.schema}.{index}"
+    with old.engine.begin() as conn:  # the layout of version 2: a full index
+        conn.exec_driver_sql(f"DROP INDEX {qualified}")
+        conn.exec_driver_sql(f"CREATE INDEX {index} ON {table} (status, finished_at)")
+        conn.execute(sa.update(old._version).values(version=2))
+    assert "WHERE" not in finished_index_sql(old).upper()
+    old.close()
+
+    new = config.open()
+    new.initialize()
+    assert "finished_at IS NOT NULL" in finished_index_sql(new)
+    with new.engine.connect() as conn:
+        assert conn.execute(sa.select(new._version.c.version)).scalars().all() == [3]
+    assert sorted(j.id for j in new.list_jobs()) == sorted(ids)
+    assert new.purge(statuses=[JobStatus.COMPLETED], older_than=0) == 1
+    assert sorted(j.id for j in new.list_jobs()) == sorted(set(ids) - {done.id})
+    new.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])

@@ -376,13 +376,25 @@ class SQLAlchemyStorage(Storage):
             # released before this transaction commits): a clash is no error.
             conn.execute(self._upsert_ignoring(self._version).values(version=SCHEMA_VERSION))
         elif found < SCHEMA_VERSION:
-            # Upgrades so far only add tables, which create_all has just done.
+            # Version 2 added tables, which create_all has just done.
+            if found < 3 and not self._is_mysql:
+                self._rebuild_index(conn, "jobs_finished")
             conn.execute(sa.update(self._version).values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise ConfigurationError(
                 f"the job tables have schema version {found}, newer than this dbjobq "
                 f"understands ({SCHEMA_VERSION}); upgrade dbjobq"
             )
+
+    def _rebuild_index(self, conn: Connection, name: str) -> None:
+        """Replace an index of the jobs table by its current definition (an upgrade).
+
+        Runs in the schema-creating transaction, under the same lock, so concurrent
+        first starts rebuild it once. Writes to the table wait while it is built.
+        """
+        (index,) = (i for i in self._jobs.indexes if i.name == f"{self.table_prefix}{name}")
+        index.drop(conn, checkfirst=True)
+        index.create(conn)
 
     def close(self) -> None:
         """Close all pooled connections (only those of an engine this object created).
