@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -28,10 +29,10 @@ from . import cases, peers
 from .cases import Figure
 
 SIZES = {
-    #        bulk,   single, drain,  threads,     procs, latency, history,  rss
-    "full": (20_000, 2_000, 20_000, [1, 4, 16], 20_000, 100, 1_000_000, 1_000_000),
-    "quick": (20_000, 1_000, 5_000, [1, 4, 16], 5_000, 50, 100_000, 100_000),
-    "smoke": (200, 20, 200, [1, 4], 200, 5, 1_000, 1_000),
+    #        bulk,   single, drain,  threads,     procs, latency, history,  rss,    runs
+    "full": (20_000, 2_000, 20_000, [1, 4, 16], 20_000, 100, 1_000_000, 1_000_000, 3),
+    "quick": (20_000, 1_000, 5_000, [1, 4, 16], 5_000, 50, 100_000, 100_000, 1),
+    "smoke": (200, 20, 200, [1, 4], 200, 5, 1_000, 1_000, 1),
 }
 
 
@@ -54,13 +55,15 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def peer_figures(figures: list[Figure], work: Path, single: int, drain: int) -> list[Figure]:
-    """The SQLite figures again, next to huey's, if huey is installed."""
-    found = peers.huey_sqlite(work, max(single, drain))
-    if found is None:
+def peer_figures(
+    figures: list[Figure], work: Path, single: int, drain: int, runs: int
+) -> list[Figure]:
+    """The SQLite figures again, next to huey's (medians of `runs`), if huey is installed."""
+    found = [peers.huey_sqlite(work, max(single, drain)) for _ in range(runs)]
+    if None in found:
         print("huey is not installed: no peer figures", file=sys.stderr)
         return []
-    enqueue, drained = found
+    enqueue, drained = (statistics.median(f) for f in zip(*found, strict=True))
     ours = {f.measure: f.value for f in figures if f.backend == "sqlite"}
     return [
         Figure(
@@ -83,23 +86,34 @@ def peer_figures(figures: list[Figure], work: Path, single: int, drain: int) -> 
 
 
 def pgqueuer_figures(
-    figures: list[Figure], work: Path, bulk: int, single: int, drain: int
+    figures: list[Figure], work: Path, bulk: int, single: int, drain: int, runs: int
 ) -> list[Figure]:
-    """The PostgreSQL figures again, next to pgqueuer's, if pgqueuer is installed."""
-    with cases.scratch("postgresql", work) as store:
-        assert store.schema is not None
-        found = peers.pgqueuer_postgres(store.url, store.schema, max(bulk, drain), single)
-    if found is None:
-        print("pgqueuer is not installed: no PostgreSQL peer figures", file=sys.stderr)
-        return []
+    """The PostgreSQL figures again, next to pgqueuer's (medians), if it is installed."""
+    found: list[peers.PgQueuerFigures] = []
+    for _ in range(runs):
+        with cases.scratch("postgresql", work) as store:
+            assert store.schema is not None
+            one = peers.pgqueuer_postgres(store.url, store.schema, max(bulk, drain), single)
+        if one is None:
+            print("pgqueuer is not installed: no PostgreSQL peer figures", file=sys.stderr)
+            return []
+        found.append(one)
     ours = {f.measure: f.value for f in figures if f.backend == "postgresql"}
     rows = [
-        ("bulk enqueue (one call)", found.bulk_enqueue, "pgqueuer"),
-        ("enqueue, one job per call", found.single_enqueue, "pgqueuer"),
+        ("bulk enqueue (one call)", statistics.median(f.bulk_enqueue for f in found), "pgqueuer"),
+        (
+            "enqueue, one job per call",
+            statistics.median(f.single_enqueue for f in found),
+            "pgqueuer",
+        ),
     ]
     rows += [
-        ("drain, 1 worker thread", rate, f"pgqueuer, batch {batch}")
-        for batch, rate in sorted(found.drain.items())
+        (
+            "drain, 1 worker thread",
+            statistics.median(f.drain[batch] for f in found),
+            f"pgqueuer, batch {batch}",
+        )
+        for batch in sorted(found[0].drain)
     ]
     return [
         Figure("postgresql", measure, ours[measure], "jobs/s", theirs, name)
@@ -116,7 +130,7 @@ def main() -> int:
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
     args = parser.parse_args()
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
-    bulk, single, drain, threads, procs_jobs, samples, history, rss_jobs = SIZES[size]
+    bulk, single, drain, threads, procs_jobs, samples, history, rss_jobs, runs = SIZES[size]
     backends = args.backend or ["sqlite"] + (
         ["postgresql"] if os.environ.get("DBJOBQ_TEST_POSTGRES_URL") else []
     )
@@ -144,15 +158,15 @@ def main() -> int:
 
             step("enqueue")
             with fresh(backend) as store:
-                figures += cases.enqueue_rates(store, bulk, single)
+                figures += cases.enqueue_rates(store, bulk, single, runs)
             step("drain")
-            figures += cases.drain_rates(factory, backend, drain, threads)
+            figures += cases.drain_rates(factory, backend, drain, threads, runs)
             if backend == "sqlite":
                 step("huey")
-                figures += peer_figures(figures, work, single, drain)
+                figures += peer_figures(figures, work, single, drain, runs)
             else:
                 step("pgqueuer")
-                figures += pgqueuer_figures(figures, work, bulk, single, drain)
+                figures += pgqueuer_figures(figures, work, bulk, single, drain, runs)
             step("processes")
             with fresh(backend) as store:
                 figures.append(cases.drain_processes(store, procs_jobs, 2, 8))

@@ -247,18 +247,28 @@ def _rate(n: int, fn: Callable[[], Any]) -> float:
     return n / (time.perf_counter() - began)
 
 
-def enqueue_rates(store: Store, n_bulk: int, n_single: int) -> list[Figure]:
-    """Bulk and one-at-a-time enqueue, against the driver doing the same inserts."""
+def enqueue_rates(store: Store, n_bulk: int, n_single: int, runs: int) -> list[Figure]:
+    """Bulk and one-at-a-time enqueue, against the driver doing the same inserts.
+
+    Medians of `runs` rounds; each round measures dbjobq and then the driver, so that
+    the machine's drifts in speed touch both alike.
+    """
     queue = _queue(store)
     raw = Raw(store)
+    rounds: list[tuple[float, float, float, float]] = []
     try:
-        bulk = _rate(n_bulk, lambda: queue.enqueue_many([_spec(i) for i in range(n_bulk)]))
-        raw_bulk = _rate(n_bulk, lambda: raw.insert_many(n_bulk))
-        single = _rate(n_single, lambda: [queue.enqueue("noop", {"n": i}) for i in range(n_single)])
-        raw_single = _rate(n_single, lambda: raw.insert_one_each(n_single))
+        for _ in range(runs):
+            bulk = _rate(n_bulk, lambda: queue.enqueue_many([_spec(i) for i in range(n_bulk)]))
+            raw_bulk = _rate(n_bulk, lambda: raw.insert_many(n_bulk))
+            single = _rate(
+                n_single, lambda: [queue.enqueue("noop", {"n": i}) for i in range(n_single)]
+            )
+            raw_single = _rate(n_single, lambda: raw.insert_one_each(n_single))
+            rounds.append((bulk, raw_bulk, single, raw_single))
     finally:
         raw.close()
         queue.close()
+    bulk, raw_bulk, single, raw_single = (statistics.median(r) for r in zip(*rounds, strict=True))
     return [
         Figure(
             store.backend, "bulk enqueue (one call)", bulk, "jobs/s", raw_bulk, "driver executemany"
@@ -365,19 +375,31 @@ def _add_history(store: Store, rows: int) -> None:
 
 
 def drain_rates(
-    store_factory: Callable[[], Any], backend: str, jobs: int, threads: list[int]
+    store_factory: Callable[[], Any], backend: str, jobs: int, threads: list[int], runs: int
 ) -> list[Figure]:
-    """Drain with 1, 4, 16 worker threads, against the driver claiming 1 and 10 at a time."""
+    """Drain with 1, 4, 16 worker threads, against the driver claiming 1 and 10 at a time.
+
+    Each figure is the median of `runs` drains, each from fresh tables.
+    """
     figures = []
-    for t in threads:
+
+    def ours(t: int) -> float:
         with store_factory() as store:
-            value = drain_rate(store, jobs, t)
-        for batch in (1, 10) if t == 1 else (1,):
-            with store_factory() as store:
-                raw = Raw(store)
-                raw.insert_many(jobs)
-                baseline = _rate(jobs, lambda r=raw, n=t, b=batch: r.drain(n, b))
+            return drain_rate(store, jobs, t)
+
+    def driver(t: int, batch: int) -> float:
+        with store_factory() as store:
+            raw = Raw(store)
+            raw.insert_many(jobs)
+            try:
+                return _rate(jobs, lambda: raw.drain(t, batch))
+            finally:
                 raw.close()
+
+    for t in threads:
+        value = median(lambda n=t: ours(n), runs)
+        for batch in (1, 10) if t == 1 else (1,):
+            baseline = median(lambda n=t, b=batch: driver(n, b), runs)
             figures.append(
                 Figure(
                     backend,
