@@ -45,7 +45,7 @@ _LONGEST = 86400.0  # upper bound of intervals and leases: catches unit mistakes
 _REGISTRY_EVERY = 5.0  # seconds between saves of a worker's registry record
 _REGISTRY_CHANGED = 1.0  # ... or after its current job changed
 _FORGET_AFTER = 86400.0  # seconds after which a silent worker's record is deleted
-_BATCH_SECONDS = 0.05  # a batch of claimed jobs should take about this long to run
+_BATCH_SECONDS = 0.2  # a batch of claimed jobs should take about this long to run
 _FLUSH_AFTER = 0.005  # seconds into a handler after which earlier outcomes are written
 _AHEAD_FROM = 16  # batches at least this big have the next one claimed ahead
 
@@ -115,7 +115,7 @@ class Worker:
     for a worker that knows them.
 
     **Batches.** While jobs finish quickly, a worker claims several at once (up to
-    `prefetch`, sized so that a batch takes about 50 ms) and records their
+    `prefetch`, sized so that a batch takes about 200 ms) and records their
     outcomes together: fewer round trips and commits per job. It starts with one
     job per claim and grows the batch only as far as jobs stay short. Where the
     storage says it pays (`Storage.claims_ahead`: PostgreSQL, MySQL), the next
