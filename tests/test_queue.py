@@ -179,17 +179,19 @@ def test_enqueue_many_writes_nothing_if_one_job_is_bad(queue: JobQueue) -> None:
     assert queue.list_jobs() == []
 
 
-def test_enqueue_many_is_one_insert_statement(sqlite_storage: SQLAlchemyStorage) -> None:
+def test_enqueue_many_is_one_transaction(sqlite_storage: SQLAlchemyStorage) -> None:
     queue = JobQueue(sqlite_storage)
     queue.initialize()
-    statements: list[str] = []
+    statements: list[str] = []  # what SQLite runs, whoever sends it
+    sqlite_storage.engine.dispose()
     sa.event.listen(
         sqlite_storage.engine,
-        "before_cursor_execute",
-        lambda conn, cursor, statement, *args: statements.append(statement),
+        "connect",
+        lambda dbapi, record: dbapi.set_trace_callback(statements.append),
     )
     queue.enqueue_many(JobSpec(type="t", payload={"n": n}) for n in range(300))
-    assert sum(s.lstrip().upper().startswith("INSERT") for s in statements) == 1
+    assert [s for s in statements if not s.startswith("INSERT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert sum(s.startswith("INSERT") for s in statements) == 300
     assert len(queue.list_jobs(limit=None)) == 300
 
 

@@ -93,6 +93,22 @@ def test_sqlite_purge_uses_the_partial_finished_index(sqlite_storage: SQLAlchemy
     assert "USING INDEX dbjobq_jobs_finished" in plan, plan
 
 
+def test_sqlite_bulk_enqueue_failing_midway_writes_nothing(
+    sqlite_storage: SQLAlchemyStorage,
+) -> None:
+    table = sqlite_storage._jobs.name
+    with sqlite_storage.engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER refuse_150 BEFORE INSERT ON {table} "
+            f"WHEN (SELECT count(*) FROM {table}) >= 150 "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+    with pytest.raises(StorageError, match="disk says no"):
+        sqlite_storage.enqueue([make_job() for _ in range(300)])
+    assert sqlite_storage.list_jobs(limit=None) == []
+    assert len(sqlite_storage.enqueue([make_job() for _ in range(100)])) == 100
+
+
 def test_threads_and_a_second_connection_never_see_database_is_locked(
     sqlite_config: StorageConfig, caplog: pytest.LogCaptureFixture
 ) -> None:

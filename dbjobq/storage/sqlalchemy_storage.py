@@ -240,7 +240,7 @@ class SQLAlchemyStorage(Storage):
         self._watcher_lock = threading.Lock()
         self._insert_stmt: Any = None
         self._copy_stmt: Any = None
-        self._one_insert: tuple[str, Sequence[str], dict[str, Any]] | None = None
+        self._one_insert: tuple[str, Callable[[NewJob], list[Any]]] | None = None
         self._lease_updates: dict[tuple[str, bool], Any] = {}  # UPDATEs of many leases
         self._copies = self._backend == "postgresql" and self._engine.dialect.driver == "psycopg"
         memory = self._is_sqlite and self._engine.url.database in (None, "", ":memory:")
@@ -634,6 +634,10 @@ class SQLAlchemyStorage(Storage):
         single = len(jobs) == 1 and jobs[0].unique_key is None
         if single and self._is_sqlite:
             return [self._insert_one_sqlite(jobs[0])]
+        if self._is_sqlite and all(job.unique_key is None for job in jobs):
+            return self._run(
+                "enqueue", lambda conn: self._insert_many_sqlite(conn, jobs), write=True
+            )
         return self._run(
             "enqueue", lambda conn: self._insert_jobs(conn, jobs), write=True, single=single
         )
@@ -758,6 +762,39 @@ class SQLAlchemyStorage(Storage):
     _ONE_ROW: tuple[str, ...] = ("id", "type", "queue", "payload", "priority")
     _ONE_ROW += ("max_retries", "unique_key", "meta", "timeout")
 
+    def _sqlite_insert(self) -> tuple[str, Callable[[NewJob], list[Any]]]:
+        """The INSERT of every enqueue, compiled once for SQLite's driver.
+
+        Returns its text and a function that gives a job's parameters in order, as the
+        statement's bind processors would (JSON text, `run_at` in epoch seconds).
+        """
+        if self._one_insert is None:
+            compiled = self._build_insert().compile(
+                dialect=self._engine.dialect, column_keys=list(self._ONE_ROW)
+            )
+            assert compiled.positiontup is not None
+            names, fixed = compiled.positiontup, dict(compiled.params)
+
+            def params(job: NewJob) -> list[Any]:
+                values = {
+                    **fixed,
+                    "id": job.id,
+                    "type": job.type,
+                    "queue": job.queue,
+                    "payload": dumps(job.payload) if job.payload_json is None else job.payload_json,
+                    "priority": job.priority,
+                    "max_retries": job.max_retries,
+                    "p_run_at": None if job.run_at is None else job.run_at.timestamp(),
+                    "p_delay": job.delay,
+                    "unique_key": job.unique_key,
+                    "meta": dumps(job.meta) if job.meta_json is None else job.meta_json,
+                    "timeout": job.timeout,
+                }
+                return [values[name] for name in names]
+
+            self._one_insert = (compiled.string, params)
+        return self._one_insert
+
     def _insert_one_sqlite(self, job: NewJob) -> str:
         """Insert one job on SQLite through the driver: BEGIN IMMEDIATE, INSERT, COMMIT.
 
@@ -766,28 +803,8 @@ class SQLAlchemyStorage(Storage):
         where the database's own work is only a few hundred microseconds.
         Errors are handled as `_run` handles them: busy and locked are retried.
         """
-        if self._one_insert is None:
-            compiled = self._build_insert().compile(
-                dialect=self._engine.dialect, column_keys=list(self._ONE_ROW)
-            )
-            assert compiled.positiontup is not None
-            self._one_insert = (compiled.string, compiled.positiontup, dict(compiled.params))
-        sql, names, fixed = self._one_insert
-        values = {
-            **fixed,
-            "id": job.id,
-            "type": job.type,
-            "queue": job.queue,
-            "payload": dumps(job.payload) if job.payload_json is None else job.payload_json,
-            "priority": job.priority,
-            "max_retries": job.max_retries,
-            "p_run_at": None if job.run_at is None else job.run_at.timestamp(),
-            "p_delay": job.delay,
-            "unique_key": None,
-            "meta": dumps(job.meta) if job.meta_json is None else job.meta_json,
-            "timeout": job.timeout,
-        }
-        params = [values[name] for name in names]
+        sql, make_params = self._sqlite_insert()
+        params = make_params(job)
         dbapi = self._engine.dialect.loaded_dbapi
         serial = self._serial or contextlib.nullcontext()
 
@@ -812,6 +829,24 @@ class SQLAlchemyStorage(Storage):
             return job.id
 
         return self._retrying("enqueue", once)
+
+    def _insert_many_sqlite(self, conn: Connection, jobs: Sequence[NewJob]) -> list[str]:
+        """Insert jobs without unique keys through the driver's `executemany`.
+
+        The statement of `_insert_one_sqlite`, in `conn`'s transaction: SQLAlchemy's
+        per-row parameter handling would cost more than SQLite's own work.
+        """
+        sql, make_params = self._sqlite_insert()
+        rows = [make_params(job) for job in jobs]
+        dbapi = self._engine.dialect.loaded_dbapi
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, rows)
+        except dbapi.Error as error:
+            raise exc.DBAPIError.instance(sql, rows, error, dbapi.Error) from error
+        finally:
+            cursor.close()
+        return [job.id for job in jobs]
 
     def _copy_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> None:
         """Insert many jobs through COPY: several times faster than an executemany.
