@@ -252,6 +252,25 @@ def test_concurrent_first_use_creates_the_schema_once(
 # -- PostgreSQL -----------------------------------------------------------------------------
 
 
+def test_postgres_bulk_enqueue_again_stores_each_job_once(
+    postgres_storage: SQLAlchemyStorage,
+) -> None:
+    """A big batch (COPY) retried after a lost commit acknowledgement adds nothing,
+    even with an id twice in one batch; the insert never scans the table for them."""
+    storage = postgres_storage
+    seen = statements_of(storage)
+    first = [make_job() for _ in range(100)]
+    assert storage.enqueue(first) == [j.id for j in first]
+    twice = make_job()
+    again = [*first[:50], twice, *(make_job() for _ in range(50)), twice]
+    assert storage.enqueue(again) == [j.id for j in again]
+    assert len(storage.list_jobs(limit=None)) == 151
+    moves = [s for s in seen if s.startswith("INSERT") and "dbjobq_stage" in s]
+    assert len(moves) == 2 and all("ON CONFLICT DO NOTHING" in s for s in moves), moves
+    assert all("EXISTS" not in s for s in moves), moves
+
+
+
 def test_postgres_claim_uses_an_index_however_many_jobs_finished(
     postgres_storage: SQLAlchemyStorage,
 ) -> None:
