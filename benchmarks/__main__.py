@@ -174,7 +174,7 @@ def main() -> int:
             with fresh(backend) as store:
                 figures += cases.pickup_latency(store, samples)
             step("history")
-            figures.append(cases.history_scaling(factory, backend, drain, history))
+            figures += cases.history_scaling(factory, backend, drain, history)
             step("memory")
             with fresh(backend) as store:
                 figures.append(cases.worker_rss(store, rss_jobs))

@@ -286,11 +286,19 @@ def enqueue_rates(store: Store, n_bulk: int, n_single: int, runs: int) -> list[F
 
 def drain_rate(store: Store, jobs: int, threads: int, *, history: int = 0) -> float:
     """Jobs per second for `threads` workers in this process emptying a full queue."""
+    return fill_and_drain(store, jobs, threads, history=history)[1]
+
+
+def fill_and_drain(
+    store: Store, jobs: int, threads: int, *, history: int = 0
+) -> tuple[float, float]:
+    """Enqueue `jobs` in one call, then drain them: both rates, in jobs per second."""
     queue = _queue(store)
     _noop(queue)
     if history:
         _add_history(store, history)
-    queue.enqueue_many([_spec(i) for i in range(jobs)])
+    specs = [_spec(i) for i in range(jobs)]
+    enqueued = _rate(jobs, lambda: queue.enqueue_many(specs))
     workers = [Worker(queue, poll_interval=0.01, max_poll_interval=0.05) for _ in range(threads)]
     began = time.perf_counter()
     for w in workers:
@@ -299,7 +307,7 @@ def drain_rate(store: Store, jobs: int, threads: int, *, history: int = 0) -> fl
     elapsed = time.perf_counter() - began
     Worker.stop_all(workers)
     queue.close()
-    return jobs / elapsed
+    return enqueued, jobs / elapsed
 
 
 def _wait_drained(store: Store, queue: JobQueue, every: float) -> None:
@@ -513,20 +521,23 @@ def pickup_latency(store: Store, samples: int) -> list[Figure]:
 
 def history_scaling(
     store_factory: Callable[[], Any], backend: str, jobs: int, history: int
-) -> Figure:
-    """Drain with `history` finished rows in the table, against an empty table."""
+) -> list[Figure]:
+    """Bulk enqueue and drain with `history` finished rows in the table, against none."""
     with store_factory() as store:
-        empty = drain_rate(store, jobs, 4)
+        empty = fill_and_drain(store, jobs, 4)
     with store_factory() as store:
-        full = drain_rate(store, jobs, 4, history=history)
-    return Figure(
-        backend,
-        f"drain with {history:,} finished jobs in the table",
-        full,
-        "jobs/s",
-        empty,
-        "empty table",
-    )
+        full = fill_and_drain(store, jobs, 4, history=history)
+    return [
+        Figure(
+            backend,
+            f"{what} with {history:,} finished jobs in the table",
+            full[n],
+            "jobs/s",
+            empty[n],
+            "empty table",
+        )
+        for n, what in enumerate(["bulk enqueue", "drain"])
+    ]
 
 
 def worker_rss(store: Store, jobs: int) -> Figure:

@@ -36,6 +36,7 @@ def test_every_benchmark_case_runs_and_prints_its_row() -> None:
             "drain, 2 processes x 8 threads",
             "pickup latency p50, other process",
             "drain with 1,000 finished jobs in the table",
+            "bulk enqueue with 1,000 finished jobs in the table",
             "peak RSS, worker process draining 1,000 jobs",
         ]:
             assert (backend, measure) in measures, (backend, measure, done.stdout)

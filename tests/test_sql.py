@@ -270,7 +270,6 @@ def test_postgres_bulk_enqueue_again_stores_each_job_once(
     assert all("EXISTS" not in s for s in moves), moves
 
 
-
 def test_postgres_claim_uses_an_index_however_many_jobs_finished(
     postgres_storage: SQLAlchemyStorage,
 ) -> None:

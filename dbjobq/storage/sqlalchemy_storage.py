@@ -862,27 +862,31 @@ class SQLAlchemyStorage(Storage):
             return
         if self._copy_stmt is None:
             c, s = self._jobs.c, _STAGE.c
-            self._copy_stmt = postgresql.insert(self._jobs).from_select(
-                [
-                    *("id", "type", "queue", "status", "priority", "attempts", "max_retries"),
-                    *("run_at", "created_at", "updated_at", "timeout", "payload", "meta"),
-                ],
-                sa.select(
-                    s.id,
-                    s.type,
-                    s.queue,
-                    PENDING,
-                    s.priority,
-                    sa.literal_column("0"),
-                    s.max_retries,
-                    sa.func.coalesce(s.run_at, db_now_plus(s.delay)),
-                    db_now(),
-                    db_now(),
-                    s.timeout,
-                    sa.cast(s.payload, c.payload.type),
-                    sa.cast(s.meta, c.meta.type),
-                ),
-            ).on_conflict_do_nothing()
+            self._copy_stmt = (
+                postgresql.insert(self._jobs)
+                .from_select(
+                    [
+                        *("id", "type", "queue", "status", "priority", "attempts", "max_retries"),
+                        *("run_at", "created_at", "updated_at", "timeout", "payload", "meta"),
+                    ],
+                    sa.select(
+                        s.id,
+                        s.type,
+                        s.queue,
+                        PENDING,
+                        s.priority,
+                        sa.literal_column("0"),
+                        s.max_retries,
+                        sa.func.coalesce(s.run_at, db_now_plus(s.delay)),
+                        db_now(),
+                        db_now(),
+                        s.timeout,
+                        sa.cast(s.payload, c.payload.type),
+                        sa.cast(s.meta, c.meta.type),
+                    ),
+                )
+                .on_conflict_do_nothing()
+            )
         dbapi_connection: Any = conn.connection.dbapi_connection
         cursor = dbapi_connection.cursor()
         try:
