@@ -189,7 +189,15 @@ def test_enqueue_many_is_one_transaction(sqlite_storage: SQLAlchemyStorage) -> N
         "connect",
         lambda dbapi, record: dbapi.set_trace_callback(statements.append),
     )
+    through_sqlalchemy: list[str] = []
+    sa.event.listen(
+        sqlite_storage.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: through_sqlalchemy.append(statement),
+    )
     queue.enqueue_many(JobSpec(type="t", payload={"n": n}) for n in range(300))
+    # The inserts go straight to the driver (executemany), in one transaction.
+    assert not any(s.startswith("INSERT") for s in through_sqlalchemy)
     assert [s for s in statements if not s.startswith("INSERT")] == ["BEGIN IMMEDIATE", "COMMIT"]
     assert sum(s.startswith("INSERT") for s in statements) == 300
     assert len(queue.list_jobs(limit=None)) == 300

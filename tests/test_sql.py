@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -109,6 +110,23 @@ def test_sqlite_bulk_enqueue_failing_midway_writes_nothing(
     assert len(sqlite_storage.enqueue([make_job() for _ in range(100)])) == 100
 
 
+@pytest.mark.parametrize("jobs", [1, 3], ids=["one job", "several"])
+def test_sqlite_enqueue_errors_respect_hide_parameters(tmp_path: Path, jobs: int) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}", hide_parameters=True)
+    storage = SQLAlchemyStorage(engine)
+    storage.initialize()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {storage._jobs.name} "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+    with pytest.raises(StorageError, match="disk says no") as caught:
+        storage.enqueue([make_job(payload={"password": "hunter2"}) for _ in range(jobs)])
+    assert "hunter2" not in str(caught.value.__cause__)
+    assert "hidden due to hide_parameters" in str(caught.value.__cause__)
+    engine.dispose()
+
+
 def test_threads_and_a_second_connection_never_see_database_is_locked(
     sqlite_config: StorageConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -186,8 +204,21 @@ def finished_index_sql(storage: SQLAlchemyStorage) -> str:
     return found
 
 
+def make_finished_index_full(storage: SQLAlchemyStorage) -> None:
+    """Give the tables the full (status, finished_at) index of earlier releases."""
+    table = (
+        storage._jobs.name if storage.schema is None else f"{storage.schema}.{storage._jobs.name}"
+    )
+    index = f"{storage.table_prefix}jobs_finished"
+    qualified = index if storage.schema is None else f"{storage.schema}.{index}"
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP INDEX {qualified}")
+        conn.exec_driver_sql(f"CREATE INDEX {index} ON {table} (status, finished_at)")
+    assert "WHERE" not in finished_index_sql(storage).upper()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_version_2_tables_are_upgraded_in_place(
+def test_an_earlier_full_finished_index_is_rebuilt_partial(
     request: pytest.FixtureRequest, backend: str
 ) -> None:
     config: StorageConfig = request.getfixturevalue(f"{backend}_config")
@@ -196,25 +227,62 @@ def test_version_2_tables_are_upgraded_in_place(
     ids = old.enqueue([make_job() for _ in range(3)])
     (done,) = old.claim(queues=["default"], worker_id="w", lease_seconds=60, types={"task"})
     assert old.complete(done.id, done.lease_token or "", result=None)
-    table = old._jobs.name if old.schema is None else f"{old.schema}.{old._jobs.name}"
-    index = f"{old.table_prefix}jobs_finished"
-    qualified = index if old.schema is None else f"{old.schema}.{index}"
-    with old.engine.begin() as conn:  # the layout of version 2: a full index
-        conn.exec_driver_sql(f"DROP INDEX {qualified}")
-        conn.exec_driver_sql(f"CREATE INDEX {index} ON {table} (status, finished_at)")
-        conn.execute(sa.update(old._version).values(version=2))
-    assert "WHERE" not in finished_index_sql(old).upper()
-    old.close()
+    make_finished_index_full(old)
 
     new = config.open()
     new.initialize()
     assert "finished_at IS NOT NULL" in finished_index_sql(new)
+    # The layout version stays: releases that made the full index still start.
     with new.engine.connect() as conn:
-        assert conn.execute(sa.select(new._version.c.version)).scalars().all() == [3]
+        assert conn.execute(sa.select(new._version.c.version)).scalars().all() == [2]
     assert sorted(j.id for j in new.list_jobs()) == sorted(ids)
     assert new.purge(statuses=[JobStatus.COMPLETED], older_than=0) == 1
     assert sorted(j.id for j in new.list_jobs()) == sorted(set(ids) - {done.id})
-    new.close()
+    fresh = config.open()
+    fresh.initialize()  # a later start finds nothing to rebuild
+    assert "finished_at IS NOT NULL" in finished_index_sql(fresh)
+    for storage in (old, new, fresh):
+        storage.close()
+
+
+def test_postgres_index_upgrade_waits_briefly_for_a_busy_table(
+    postgres_config: StorageConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long transaction on the jobs table does not stall start-up behind the rebuild."""
+    old = postgres_config.open()
+    old.initialize()
+    make_finished_index_full(old)
+    new = postgres_config.open()
+    new._INDEX_LOCK_WAIT = 0.2
+    with old.engine.connect() as blocker:
+        blocker.begin()
+        blocker.execute(
+            sa.insert(old._jobs).values(
+                id="held",
+                type="t",
+                queue="default",
+                status="pending",
+                priority=0,
+                attempts=0,
+                max_retries=0,
+                run_at=sa.func.now(),
+                created_at=sa.func.now(),
+                updated_at=sa.func.now(),
+                payload={},
+                meta={},
+            )
+        )  # its row lock on the table conflicts with building an index
+        with caplog.at_level(logging.WARNING, logger="dbjobq"):
+            new.initialize()  # starts anyway, with the old index
+        assert "could not rebuild index" in caplog.text
+        assert "WHERE" not in finished_index_sql(new).upper()
+        new.enqueue([make_job()])  # the storage works
+        blocker.rollback()
+    again = postgres_config.open()
+    again.initialize()
+    assert "finished_at IS NOT NULL" in finished_index_sql(again)
+    for storage in (old, new, again):
+        storage.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
@@ -285,6 +353,33 @@ def test_postgres_claim_uses_an_index_however_many_jobs_finished(
     plan = claim_plan(storage)
     assert "Seq Scan" not in plan, plan
     assert "Index" in plan, plan
+
+
+def test_postgres_purge_uses_the_partial_finished_index(
+    postgres_storage: SQLAlchemyStorage,
+) -> None:
+    storage = postgres_storage
+    table = storage._jobs
+    storage.enqueue([make_job() for _ in range(20_000)])
+    with storage.engine.begin() as conn:
+        conn.execute(
+            sa.update(table).values(
+                status="completed",
+                finished_at=sa.func.now() - sa.func.random() * sa.text("interval '2 days'"),
+            )
+        )
+        conn.exec_driver_sql(f"ANALYZE {storage.schema}.{table.name}")
+    sent: list[tuple[str, Any]] = []
+    sa.event.listen(
+        storage.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, params, *a: sent.append((statement, params)),
+    )
+    assert storage.purge(statuses=[JobStatus.COMPLETED], older_than=3600, limit=10) == 10
+    select, params = next((st, p) for st, p in sent if st.lstrip().startswith("SELECT"))
+    with storage.engine.connect() as conn:
+        plan = "\n".join(conn.exec_driver_sql("EXPLAIN " + select, params).scalars())
+    assert f"{storage.table_prefix}jobs_finished" in plan, plan
 
 
 def test_postgres_survives_killed_connections(

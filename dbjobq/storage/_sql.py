@@ -17,11 +17,13 @@ from sqlalchemy.sql.functions import FunctionElement
 from dbjobq.errors import ConfigurationError
 from dbjobq.payload import dumps
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 """Version of the table layout below; stored in the `<prefix>schema` table.
 
 1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule);
-the upgrade from 1 only adds tables, which `create_all` does.
+the upgrade from 1 only adds tables, which `create_all` does. Index changes that
+older releases work with keep the version (see
+`SQLAlchemyStorage._upgrade_finished_index`).
 """
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")

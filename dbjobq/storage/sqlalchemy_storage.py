@@ -367,6 +367,7 @@ class SQLAlchemyStorage(Storage):
         self._metadata.create_all(conn, checkfirst=True)
         if self._backend == "postgresql":
             self._create_notify_trigger(conn)
+        self._upgrade_finished_index(conn)
         self._check_version(conn)
 
     def _check_version(self, conn: Connection) -> None:
@@ -376,9 +377,7 @@ class SQLAlchemyStorage(Storage):
             # released before this transaction commits): a clash is no error.
             conn.execute(self._upsert_ignoring(self._version).values(version=SCHEMA_VERSION))
         elif found < SCHEMA_VERSION:
-            # Version 2 added tables, which create_all has just done.
-            if found < 3 and not self._is_mysql:
-                self._rebuild_index(conn, "jobs_finished")
+            # Upgrades so far only add tables, which create_all has just done.
             conn.execute(sa.update(self._version).values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise ConfigurationError(
@@ -386,15 +385,56 @@ class SQLAlchemyStorage(Storage):
                 f"understands ({SCHEMA_VERSION}); upgrade dbjobq"
             )
 
-    def _rebuild_index(self, conn: Connection, name: str) -> None:
-        """Replace an index of the jobs table by its current definition (an upgrade).
+    _INDEX_LOCK_WAIT = 5.0  # seconds an index upgrade waits for its lock on PostgreSQL
 
-        Runs in the schema-creating transaction, under the same lock, so concurrent
-        first starts rebuild it once. Writes to the table wait while it is built.
+    def _upgrade_finished_index(self, conn: Connection) -> None:
+        """Make an older release's full `jobs_finished` index partial (finished jobs only).
+
+        Releases before it work as well with either form, so this is no new layout
+        version: old and new processes can share the tables during a rolling upgrade.
+        It runs under the schema lock, so concurrent first starts rebuild it once. On
+        PostgreSQL the new index is built first, under another name, so that reads
+        go on during the build (writes wait for it); if the table cannot be locked
+        within 5 s, the rebuild is left for the next start.
         """
-        (index,) = (i for i in self._jobs.indexes if i.name == f"{self.table_prefix}{name}")
-        index.drop(conn, checkfirst=True)
-        index.create(conn)
+        name = f"{self.table_prefix}jobs_finished"
+        if self._backend == "postgresql":
+            query = (
+                "SELECT indexdef FROM pg_indexes "
+                "WHERE schemaname = coalesce(:s, current_schema()) AND indexname = :n"
+            )
+            found = conn.execute(sa.text(query), {"s": self.schema, "n": name}).scalar()
+        else:
+            query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :n"
+            found = conn.execute(sa.text(query), {"n": name}).scalar()
+        if found is None or " WHERE " in str(found).upper():
+            return
+        (index,) = (i for i in self._jobs.indexes if i.name == name)
+        if self._backend != "postgresql":
+            index.drop(conn)
+            index.create(conn)
+            return
+        preparer = conn.dialect.identifier_preparer
+        quote, table = preparer.quote, preparer.format_table(self._jobs)
+        in_schema = f"{quote(self.schema)}." if self.schema else ""
+        new = f"{name}_partial"
+        try:
+            with conn.begin_nested():
+                wait = int(self._INDEX_LOCK_WAIT * 1000)
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait}")
+                conn.exec_driver_sql(
+                    f"CREATE INDEX {quote(new)} ON {table} (status, finished_at) "
+                    "WHERE finished_at IS NOT NULL"
+                )
+                conn.exec_driver_sql(f"DROP INDEX {in_schema}{quote(name)}")
+                conn.exec_driver_sql(f"ALTER INDEX {in_schema}{quote(new)} RENAME TO {quote(name)}")
+        except exc.DBAPIError as error:
+            logger.warning(
+                "could not rebuild index %s to hold finished jobs only (%s); the next "
+                "start tries again",
+                name,
+                error.orig,
+            )
 
     def close(self) -> None:
         """Close all pooled connections (only those of an engine this object created).
@@ -806,6 +846,7 @@ class SQLAlchemyStorage(Storage):
         sql, make_params = self._sqlite_insert()
         params = make_params(job)
         dbapi = self._engine.dialect.loaded_dbapi
+        hide = self._engine.hide_parameters
         serial = self._serial or contextlib.nullcontext()
 
         def once() -> str:
@@ -821,7 +862,9 @@ class SQLAlchemyStorage(Storage):
                         with contextlib.suppress(dbapi.Error):
                             connection.rollback()
                         # Reported as SQLAlchemy reports the statements it runs.
-                        raise exc.DBAPIError.instance(sql, params, error, dbapi.Error) from error
+                        raise exc.DBAPIError.instance(
+                            sql, params, error, dbapi.Error, hide_parameters=hide
+                        ) from error
                     finally:
                         cursor.close()
                 finally:
@@ -843,7 +886,9 @@ class SQLAlchemyStorage(Storage):
         try:
             cursor.executemany(sql, rows)
         except dbapi.Error as error:
-            raise exc.DBAPIError.instance(sql, rows, error, dbapi.Error) from error
+            raise exc.DBAPIError.instance(
+                sql, rows, error, dbapi.Error, hide_parameters=self._engine.hide_parameters
+            ) from error
         finally:
             cursor.close()
         return [job.id for job in jobs]
