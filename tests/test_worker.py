@@ -724,6 +724,27 @@ def test_short_jobs_are_claimed_and_recorded_in_growing_batches(queue: JobQueue)
         assert job.lease_token is None
 
 
+@pytest.mark.parametrize(
+    ("seconds_per_job", "last", "claimed"),
+    [
+        (None, 8, 1),  # nothing run yet: one job
+        (0.001, 8, 16),  # short jobs: at most double the last batch
+        (0.001, 200, 200),  # ...up to what runs in about 200 ms
+        (0.00001, 200, 256),  # ...and never more than prefetch
+        (0.05, 8, 4),
+        (0.1, 8, 2),
+        (0.2, 8, 1),  # a job of 200 ms or more: one at a time
+        (3.0, 8, 1),
+    ],
+)
+def test_a_batch_holds_about_200_ms_of_work(
+    seconds_per_job: float | None, last: int, claimed: int
+) -> None:
+    worker = Worker(JobQueue(MemoryStorage()))
+    worker._per_job = seconds_per_job
+    assert worker._batch_size(last) == claimed
+
+
 def test_prefetch_one_claims_one_job_at_a_time(queue: JobQueue) -> None:
     queue.register("quick", lambda ctx: None)
     queue.enqueue_many([JobSpec(type="quick") for _ in range(10)])
