@@ -157,8 +157,7 @@ def main() -> int:
                 )
 
             step("enqueue")
-            with fresh(backend) as store:
-                figures += cases.enqueue_rates(store, bulk, single, runs)
+            figures += cases.enqueue_rates(factory, backend, bulk, single, runs)
             step("drain")
             figures += cases.drain_rates(factory, backend, drain, threads, runs)
             if backend == "sqlite":
@@ -168,13 +167,12 @@ def main() -> int:
                 step("pgqueuer")
                 figures += pgqueuer_figures(figures, work, bulk, single, drain, runs)
             step("processes")
-            with fresh(backend) as store:
-                figures.append(cases.drain_processes(store, procs_jobs, 2, 8))
+            figures.append(cases.drain_processes(factory, backend, procs_jobs, 2, 8, runs))
             step("latency")
             with fresh(backend) as store:
                 figures += cases.pickup_latency(store, samples)
             step("history")
-            figures += cases.history_scaling(factory, backend, drain, history)
+            figures += cases.history_scaling(factory, backend, drain, history, runs)
             step("memory")
             with fresh(backend) as store:
                 figures.append(cases.worker_rss(store, rss_jobs))

@@ -247,34 +247,43 @@ def _rate(n: int, fn: Callable[[], Any]) -> float:
     return n / (time.perf_counter() - began)
 
 
-def enqueue_rates(store: Store, n_bulk: int, n_single: int, runs: int) -> list[Figure]:
-    """Bulk and one-at-a-time enqueue, against the driver doing the same inserts.
-
-    Medians of `runs` rounds; each round measures dbjobq and then the driver, so that
-    the machine's drifts in speed touch both alike.
-    """
+def _enqueue_round(store: Store, n_bulk: int, n_single: int) -> tuple[float, ...]:
+    """The bulk and single enqueue rates of dbjobq and of the driver, on these tables."""
     queue = _queue(store)
     raw = Raw(store)
-    rounds: list[tuple[float, float, float, float]] = []
     try:
-        for _ in range(runs):
-            bulk = _rate(n_bulk, lambda: queue.enqueue_many([_spec(i) for i in range(n_bulk)]))
-            raw_bulk = _rate(n_bulk, lambda: raw.insert_many(n_bulk))
-            single = _rate(
-                n_single, lambda: [queue.enqueue("noop", {"n": i}) for i in range(n_single)]
-            )
-            raw_single = _rate(n_single, lambda: raw.insert_one_each(n_single))
-            rounds.append((bulk, raw_bulk, single, raw_single))
+        # Not measured: the first calls prepare statements (and, on PostgreSQL, the
+        # temporary table of COPY).
+        queue.enqueue_many([_spec(i) for i in range(100)])
+        raw.insert_many(100)
+        return (
+            _rate(n_bulk, lambda: queue.enqueue_many([_spec(i) for i in range(n_bulk)])),
+            _rate(n_bulk, lambda: raw.insert_many(n_bulk)),
+            _rate(n_single, lambda: [queue.enqueue("noop", {"n": i}) for i in range(n_single)]),
+            _rate(n_single, lambda: raw.insert_one_each(n_single)),
+        )
     finally:
         raw.close()
         queue.close()
+
+
+def enqueue_rates(
+    store_factory: Callable[[], Any], backend: str, n_bulk: int, n_single: int, runs: int
+) -> list[Figure]:
+    """Bulk and one-at-a-time enqueue, against the driver doing the same inserts.
+
+    Medians of `runs` rounds, each on fresh tables; each round measures dbjobq and
+    then the driver, so that the machine's drifts in speed touch both alike.
+    """
+    rounds = []
+    for _ in range(runs):
+        with store_factory() as store:
+            rounds.append(_enqueue_round(store, n_bulk, n_single))
     bulk, raw_bulk, single, raw_single = (statistics.median(r) for r in zip(*rounds, strict=True))
     return [
+        Figure(backend, "bulk enqueue (one call)", bulk, "jobs/s", raw_bulk, "driver executemany"),
         Figure(
-            store.backend, "bulk enqueue (one call)", bulk, "jobs/s", raw_bulk, "driver executemany"
-        ),
-        Figure(
-            store.backend,
+            backend,
             "enqueue, one job per call",
             single,
             "jobs/s",
@@ -284,19 +293,15 @@ def enqueue_rates(store: Store, n_bulk: int, n_single: int, runs: int) -> list[F
     ]
 
 
-def drain_rate(store: Store, jobs: int, threads: int, *, history: int = 0) -> float:
+def drain_rate(store: Store, jobs: int, threads: int) -> float:
     """Jobs per second for `threads` workers in this process emptying a full queue."""
-    return fill_and_drain(store, jobs, threads, history=history)[1]
+    return fill_and_drain(store, jobs, threads)[1]
 
 
-def fill_and_drain(
-    store: Store, jobs: int, threads: int, *, history: int = 0
-) -> tuple[float, float]:
+def fill_and_drain(store: Store, jobs: int, threads: int) -> tuple[float, float]:
     """Enqueue `jobs` in one call, then drain them: both rates, in jobs per second."""
     queue = _queue(store)
     _noop(queue)
-    if history:
-        _add_history(store, history)
     # The first enqueue_many of a storage prepares its statements: not measured.
     for job_id in queue.enqueue_many([_spec(i) for i in range(100)]):
         queue.cancel(job_id)
@@ -354,6 +359,7 @@ def autovacuum(storage: SQLAlchemyStorage) -> bool:
 def _add_history(store: Store, rows: int) -> None:
     """Finished jobs, inserted directly, for the claim to step over."""
     storage = store.storage()
+    storage.initialize()
     table = storage._jobs
     now = storage.now()
     batch = 10_000
@@ -424,8 +430,26 @@ def drain_rates(
     return figures
 
 
-def drain_processes(store: Store, jobs: int, processes: int, threads: int) -> Figure:
-    """Jobs per second for worker processes emptying a full queue."""
+def drain_processes(
+    store_factory: Callable[[], Any],
+    backend: str,
+    jobs: int,
+    processes: int,
+    threads: int,
+    runs: int,
+) -> Figure:
+    """Jobs per second for worker processes emptying a full queue: the median of `runs`."""
+
+    def once() -> float:
+        with store_factory() as store:
+            return _drain_by_processes(store, jobs, processes, threads)
+
+    return Figure(
+        backend, f"drain, {processes} processes x {threads} threads", median(once, runs), "jobs/s"
+    )
+
+
+def _drain_by_processes(store: Store, jobs: int, processes: int, threads: int) -> float:
     queue = _queue(store)
     _noop(queue)
     queue.enqueue_many([_spec(i) for i in range(jobs)])
@@ -441,9 +465,7 @@ def drain_processes(store: Store, jobs: int, processes: int, threads: int) -> Fi
         p.terminate()
         p.communicate(timeout=60)
     queue.close()
-    return Figure(
-        store.backend, f"drain, {processes} processes x {threads} threads", jobs / elapsed, "jobs/s"
-    )
+    return jobs / elapsed
 
 
 def _worker_process(store: Store, threads: int, *extra: str) -> subprocess.Popen[str]:
@@ -523,13 +545,24 @@ def pickup_latency(store: Store, samples: int) -> list[Figure]:
 
 
 def history_scaling(
-    store_factory: Callable[[], Any], backend: str, jobs: int, history: int
+    store_factory: Callable[[], Any], backend: str, jobs: int, history: int, runs: int
 ) -> list[Figure]:
-    """Bulk enqueue and drain with `history` finished rows in the table, against none."""
+    """Bulk enqueue and drain with `history` finished rows in the table, against none.
+
+    Medians of `runs` rounds on the same tables (the history is added once; each
+    round adds `jobs` finished jobs to it).
+    """
+
+    def rounds(store: Store) -> tuple[float, float]:
+        found = [fill_and_drain(store, jobs, 4) for _ in range(runs)]
+        enqueued, drained = zip(*found, strict=True)
+        return statistics.median(enqueued), statistics.median(drained)
+
     with store_factory() as store:
-        empty = fill_and_drain(store, jobs, 4)
+        empty = rounds(store)
     with store_factory() as store:
-        full = fill_and_drain(store, jobs, 4, history=history)
+        _add_history(store, history)
+        full = rounds(store)
     return [
         Figure(
             backend,
