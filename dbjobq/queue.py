@@ -478,19 +478,10 @@ class JobQueue:
             ConfigurationError: If `connection` is given but the backend cannot
                 join it (see `Storage.enqueue_in_transaction`).
         """
-        spec = JobSpec(
-            type=type,
-            payload=payload,
-            queue=queue,
-            priority=priority,
-            run_at=run_at,
-            delay=delay,
-            max_retries=max_retries,
-            unique_key=unique_key,
-            meta=meta,
-            timeout=timeout,
+        job = self._new_job(
+            type, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout
         )
-        return self._enqueue([self._validate(spec)], connection)[0]
+        return self._enqueue([job], connection)[0]
 
     def enqueue_many(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[str]:
         """Add many jobs in one transaction (one round trip on SQL backends).
@@ -523,14 +514,15 @@ class JobQueue:
         return self._enqueue(new_jobs, connection)
 
     def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
-        now = _clock.now()
-        due_now = [
-            job
-            for job in jobs
-            if (job.run_at is None and job.delay == 0) or (job.run_at and job.run_at <= now)
-        ]
-
         def wake() -> None:
+            if not self._workers:  # no worker of this process to wake
+                return
+            now = _clock.now()
+            due_now = [
+                job
+                for job in jobs
+                if (job.run_at is None and job.delay == 0) or (job.run_at and job.run_at <= now)
+            ]
             self._wake_workers({(job.queue, job.type) for job in due_now}, len(due_now))
 
         if connection is not None:
@@ -542,24 +534,52 @@ class JobQueue:
         return ids
 
     def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
-        job_type = check_name(spec.type, "job type")
-        queue = self.default_queue if spec.queue is None else check_name(spec.queue, "queue")
-        payload = {} if spec.payload is None else spec.payload
+        return self._new_job(
+            spec.type,
+            spec.payload,
+            spec.queue,
+            spec.priority,
+            spec.run_at,
+            spec.delay,
+            spec.max_retries,
+            spec.unique_key,
+            spec.meta,
+            spec.timeout,
+            job_id,
+        )
+
+    def _new_job(
+        self,
+        kind: str,
+        payload: dict[str, Any] | None,
+        queue: str | None,
+        priority: int,
+        run_at: datetime | None,
+        delay: float | timedelta | None,
+        max_retries: int | None,
+        unique_key: str | None,
+        meta: dict[str, Any] | None,
+        timeout: float | None,
+        job_id: str | None = None,
+    ) -> NewJob:
+        """A validated `NewJob` from `enqueue`'s arguments (see `JobSpec`)."""
+        job_type = check_name(kind, "job type")
+        queue = self.default_queue if queue is None else check_name(queue, "queue")
+        payload = {} if payload is None else payload
         if not isinstance(payload, dict):
             raise PayloadError(
                 f"payload must be a dict (a JSON object), got {type(payload).__name__}"
             )
         payload_json = checked_dumps(payload, what="payload", max_bytes=self.max_payload_bytes)
-        meta = {} if spec.meta is None else spec.meta
+        meta = {} if meta is None else meta
         if not isinstance(meta, dict):
             raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
         meta_json = (
             "{}" if not meta else checked_dumps(meta, what="meta", max_bytes=self.max_payload_bytes)
         )
-        priority = check_int(spec.priority, "priority", *_INT32)
-        if spec.run_at is not None and spec.delay is not None:
+        priority = check_int(priority, "priority", *_INT32)
+        if run_at is not None and delay is not None:
             raise InvalidJobError("give either run_at or delay, not both")
-        run_at = spec.run_at
         if run_at is not None:
             if not isinstance(run_at, datetime):
                 raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
@@ -571,18 +591,16 @@ class JobQueue:
             latest = _clock.now() + timedelta(seconds=MAX_DELAY)
             if not _EARLIEST <= run_at <= latest:
                 raise InvalidJobError("run_at must be between 1970 and 100 years from now")
-        delay = 0.0 if spec.delay is None else check_seconds(spec.delay, "delay")
+        delay = 0.0 if delay is None else check_seconds(delay, "delay")
         handler = self._handlers.get(job_type)
-        if spec.max_retries is not None:
-            max_retries = check_int(spec.max_retries, "max_retries", 0, 1000)
+        if max_retries is not None:
+            max_retries = check_int(max_retries, "max_retries", 0, 1000)
         elif handler is not None and handler.max_retries is not None:
             max_retries = handler.max_retries
         else:
             max_retries = self.max_retries
-        unique_key = spec.unique_key
         if unique_key is not None:
             unique_key = check_name(unique_key, "unique_key", KEY_MAX)
-        timeout = spec.timeout
         if timeout is not None:
             timeout = check_seconds(timeout, "timeout", allow_zero=False)
         return NewJob(

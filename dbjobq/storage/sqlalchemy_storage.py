@@ -851,12 +851,12 @@ class SQLAlchemyStorage(Storage):
 
         def once() -> str:
             with serial:
-                connection = self._engine.raw_connection()
+                pooled = self._engine.raw_connection()
                 try:
-                    cursor = connection.cursor()
+                    connection: Any = pooled.dbapi_connection
                     try:
-                        cursor.execute("BEGIN IMMEDIATE")
-                        cursor.execute(sql, params)
+                        connection.execute("BEGIN IMMEDIATE")
+                        connection.execute(sql, params)
                         connection.commit()
                     except dbapi.Error as error:
                         with contextlib.suppress(dbapi.Error):
@@ -865,10 +865,8 @@ class SQLAlchemyStorage(Storage):
                         raise exc.DBAPIError.instance(
                             sql, params, error, dbapi.Error, hide_parameters=hide
                         ) from error
-                    finally:
-                        cursor.close()
                 finally:
-                    connection.close()
+                    pooled.close()
             return job.id
 
         return self._retrying("enqueue", once)
