@@ -114,6 +114,19 @@ def test_listen_false_polls_only(config: StorageConfig) -> None:
     storage.close()
 
 
+def test_closing_a_sqlite_storage_ends_its_watcher_first(tmp_path: Path) -> None:
+    """Its connection to the file is closed before close() returns, not a second later."""
+    storage = SQLAlchemyStorage(f"sqlite:///{tmp_path / 'jobs.db'}")
+    storage.initialize()
+    fired = threading.Event()
+    storage.subscribe(fired.set)
+    wait_until(fired.is_set, what="the watcher to start")  # it fires once on connecting
+    watchers = [t for t in threading.enumerate() if t.name == "dbjobq-sqlite-watch"]
+    assert len(watchers) == 1
+    storage.close()
+    assert not watchers[0].is_alive()
+
+
 def test_mysql_and_in_memory_sqlite_poll_only() -> None:
     storage = SQLAlchemyStorage("sqlite://")
     assert storage.subscribe(lambda: None) is None

@@ -40,6 +40,7 @@ class Watcher:
         self._next = 0
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stop = threading.Event()  # set by close(): cuts short a wait between reads
         self._troubled_since: float | None = None  # when watching last stopped working
         self._warned_at = -_REPEAT_EVERY
 
@@ -59,11 +60,19 @@ class Watcher:
 
         return unsubscribe
 
-    def close(self) -> None:
-        """Stop the thread (within about a second) and refuse new subscribers."""
+    def close(self, wait: float = 0.0) -> None:
+        """Stop the thread (within about a second) and refuse new subscribers.
+
+        Args:
+            wait: Seconds to wait for the thread to be done with its connection.
+        """
         with self._lock:
             self._closed = True
             self._subscribers.clear()
+            thread = self._thread
+        self._stop.set()
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
 
     def _active(self) -> bool:
         with self._lock:
@@ -194,7 +203,8 @@ class SQLiteWatcher(Watcher):
     def wait_for_change(self) -> bool:
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            time.sleep(self.interval)
+            if self._stop.wait(self.interval):
+                return False
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
                 self._version = version

@@ -443,7 +443,9 @@ class SQLAlchemyStorage(Storage):
         """
         with self._watcher_lock:
             if self._watcher is not None:
-                self._watcher.close()
+                # On SQLite the watcher's connection shares the file with the pool's:
+                # it is closed before the pool's are, not while they are.
+                self._watcher.close(wait=2.0 if self._is_sqlite else 0.0)
                 self._watcher = None
         if self._owns_engine:
             self._engine.dispose()
