@@ -653,9 +653,7 @@ class Worker:
             if s.queue in self.queues and s.type in handlers
         ]
         self._ticker = Ticker(self.queue.storage, schedules) if schedules else None
-        self._ahead_allowed = self.prefetch > 1 and bool(
-            getattr(self.queue.storage, "claims_ahead", False)
-        )
+        self._ahead_allowed = self.prefetch > 1 and self.queue.storage.claims_ahead
         self._emit("worker:started")
         delay = self.poll_interval
         try:

@@ -338,17 +338,25 @@ def test_postgres_bulk_enqueue_again_stores_each_job_once(
     assert all("EXISTS" not in s for s in moves), moves
 
 
+def finish_many(storage: SQLAlchemyStorage, n: int, *, finished_at: Any) -> None:
+    """Store `n` jobs, then mark every job in the table completed at `finished_at`."""
+    storage.enqueue([make_job() for _ in range(n)])
+    with storage.engine.begin() as conn:
+        conn.execute(sa.update(storage._jobs).values(status="completed", finished_at=finished_at))
+
+
+def analyze(storage: SQLAlchemyStorage) -> None:
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql(f"ANALYZE {storage.schema}.{storage._jobs.name}")
+
+
 def test_postgres_claim_uses_an_index_however_many_jobs_finished(
     postgres_storage: SQLAlchemyStorage,
 ) -> None:
     storage = postgres_storage
-    table = storage._jobs
-    storage.enqueue([make_job() for _ in range(20_000)])
-    with storage.engine.begin() as conn:
-        conn.execute(sa.update(table).values(status="completed", finished_at=sa.func.now()))
+    finish_many(storage, 20_000, finished_at=sa.func.now())
     storage.enqueue([make_job() for _ in range(10)])
-    with storage.engine.begin() as conn:
-        conn.exec_driver_sql(f"ANALYZE {storage.schema}.{table.name}")
+    analyze(storage)
     assert "SKIP LOCKED" in claim_statement(storage)
     plan = claim_plan(storage)
     assert "Seq Scan" not in plan, plan
@@ -359,16 +367,9 @@ def test_postgres_purge_uses_the_partial_finished_index(
     postgres_storage: SQLAlchemyStorage,
 ) -> None:
     storage = postgres_storage
-    table = storage._jobs
-    storage.enqueue([make_job() for _ in range(20_000)])
-    with storage.engine.begin() as conn:
-        conn.execute(
-            sa.update(table).values(
-                status="completed",
-                finished_at=sa.func.now() - sa.func.random() * sa.text("interval '2 days'"),
-            )
-        )
-        conn.exec_driver_sql(f"ANALYZE {storage.schema}.{table.name}")
+    spread = sa.func.now() - sa.func.random() * sa.text("interval '2 days'")
+    finish_many(storage, 20_000, finished_at=spread)
+    analyze(storage)
     sent: list[tuple[str, Any]] = []
     sa.event.listen(
         storage.engine,

@@ -58,8 +58,7 @@ _DRIVERS = {
     "mariadb": ("pymysql", "mysql", "pymysql"),
 }
 _MYSQL = ("mysql", "mariadb")
-_STATUSES = frozenset(s.value for s in JobStatus)
-_STATUS = {s.value: s for s in JobStatus}
+_STATUS = {s.value: s for s in JobStatus}  # stored text -> JobStatus
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 _RETRIES = 5  # transient errors retried inside one call before StorageError
 _SQLITE_WATCH_INTERVAL = 0.002  # seconds between reads of PRAGMA data_version
@@ -634,7 +633,7 @@ class SQLAlchemyStorage(Storage):
         for name in ("payload", "meta"):
             if not isinstance(fields[name], dict):
                 return f"{name} is not a JSON object"
-        if fields["status"] not in _STATUSES:
+        if fields["status"] not in _STATUS:
             return f"unknown status {fields['status']!r}"
         return None
 
@@ -848,7 +847,6 @@ class SQLAlchemyStorage(Storage):
         sql, make_params = self._sqlite_insert()
         params = make_params(job)
         dbapi = self._engine.dialect.loaded_dbapi
-        hide = self._engine.hide_parameters
         serial = self._serial or contextlib.nullcontext()
 
         def once() -> str:
@@ -863,10 +861,7 @@ class SQLAlchemyStorage(Storage):
                     except dbapi.Error as error:
                         with contextlib.suppress(dbapi.Error):
                             connection.rollback()
-                        # Reported as SQLAlchemy reports the statements it runs.
-                        raise exc.DBAPIError.instance(
-                            sql, params, error, dbapi.Error, hide_parameters=hide
-                        ) from error
+                        raise self._driver_error(sql, params, error) from error
                 finally:
                     pooled.close()
             return job.id
@@ -886,12 +881,23 @@ class SQLAlchemyStorage(Storage):
         try:
             cursor.executemany(sql, rows)
         except dbapi.Error as error:
-            raise exc.DBAPIError.instance(
-                sql, rows, error, dbapi.Error, hide_parameters=self._engine.hide_parameters
-            ) from error
+            raise self._driver_error(sql, rows, error) from error
         finally:
             cursor.close()
         return [job.id for job in jobs]
+
+    def _driver_error(self, sql: str, params: Any, error: Exception) -> exc.StatementError:
+        """A driver's error on `sql`, wrapped as SQLAlchemy wraps the statements it runs.
+
+        So `_retrying` classifies it as usual, and the engine's `hide_parameters` holds.
+        """
+        return exc.DBAPIError.instance(
+            sql,
+            params,
+            error,
+            self._engine.dialect.loaded_dbapi.Error,
+            hide_parameters=self._engine.hide_parameters,
+        )
 
     def _copy_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> None:
         """Insert many jobs through COPY: several times faster than an executemany.
@@ -1373,7 +1379,7 @@ class SQLAlchemyStorage(Storage):
         def run(conn: Connection) -> dict[tuple[str, JobStatus], int]:
             counts = {}
             for queue, status, n in conn.execute(stmt):
-                if status in _STATUSES:
+                if status in _STATUS:
                     counts[(queue, JobStatus(status))] = n
                 else:
                     logger.warning("%d job(s) in queue %r have unknown status %r", n, queue, status)
