@@ -822,6 +822,208 @@ class StorageContract:
         assert now.utcoffset() == timedelta(0)
         assert abs(now - datetime.now(timezone.utc)) < timedelta(minutes=5)
 
+    # -- text compares byte for byte ------------------------------------------------------
+
+    # Strings that a loose comparison (case, accents, trailing spaces, normalisation)
+    # would take for equal: each is a different value to every backend.
+    _LOOKALIKES = ("user-A", "user-a", "café", "cafe", "cafe\u0301", "k", "k ", "ß", "ss")
+
+    def test_unique_keys_compare_byte_for_byte(self, storage: Storage) -> None:
+        jobs = [make_job(unique_key=key) for key in self._LOOKALIKES]
+        assert storage.enqueue(jobs) == [j.id for j in jobs]
+        for job in jobs:  # each key still finds its own job
+            assert storage.enqueue([make_job(unique_key=job.unique_key)]) == [job.id]
+        assert len(storage.list_jobs()) == len(jobs)
+
+    def test_claim_compares_types_and_queues_byte_for_byte(self, storage: Storage) -> None:
+        mail = make_job("mail")
+        others = [make_job(kind) for kind in ("MAIL", "Mail", "mail ", "ma\u0131l")]
+        others += [make_job("mail", queue=name) for name in ("Default ", "DEFAULT", "default ")]
+        storage.enqueue([*others, mail])
+        claimed = storage.claim(
+            queues=["default"], worker_id="w", lease_seconds=60, types={"mail"}, limit=20
+        )
+        assert [j.id for j in claimed] == [mail.id]
+        every_type = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=20)
+        assert {j.type for j in every_type} == {"MAIL", "Mail", "mail ", "ma\u0131l"}
+        spaced = storage.claim(queues=["default "], worker_id="w", lease_seconds=60, limit=20)
+        assert [j.queue for j in spaced] == ["default "]
+
+    def test_list_jobs_filters_byte_for_byte(self, storage: Storage) -> None:
+        exact = make_job("Report", queue="emails")
+        storage.enqueue([exact, make_job("report", queue="Emails"), make_job("Report ")])
+        assert [j.id for j in storage.list_jobs(type="Report", queue="emails")] == [exact.id]
+        assert [j.type for j in storage.list_jobs(type="report")] == ["report"]
+        assert [j.queue for j in storage.list_jobs(queue="Emails")] == ["Emails"]
+
+    def test_ids_compare_byte_for_byte(self, storage: Storage) -> None:
+        new = make_job()
+        storage.enqueue([new])
+        for lookalike in (new.id.upper(), new.id + " "):
+            with pytest.raises(JobNotFound):
+                storage.get(lookalike)
+            with pytest.raises(JobNotFound):
+                storage.cancel(lookalike)
+            with pytest.raises(JobNotFound):
+                storage.retry(lookalike)
+        assert storage.get(new.id).status is JobStatus.PENDING
+
+    def test_schedules_compare_byte_for_byte(self, storage: Storage) -> None:
+        tick = datetime(2030, 1, 1, tzinfo=timezone.utc)
+        names = ("Report", "report", "report ")
+        for n, name in enumerate(names):
+            assert storage.enqueue_tick(name, tick + timedelta(hours=n), make_job(name))
+        for n, name in enumerate(names):
+            assert storage.last_tick(name) == tick + timedelta(hours=n)
+        assert sorted(j.type for j in storage.list_jobs()) == sorted(names)
+
+    def test_worker_ids_compare_byte_for_byte(self, storage: Storage) -> None:
+        for worker_id in ("w-a", "W-A", "w-a "):
+            storage.save_worker(self._worker(worker_id))
+        assert sorted(w.id for w in storage.list_workers(seen_within=3600)) == [
+            "W-A",
+            "w-a",
+            "w-a ",
+        ]
+
+    def test_text_beyond_latin1_round_trips(self, storage: Storage) -> None:
+        """Emoji, CJK, Cyrillic in every text field (MySQL databases made latin1 too)."""
+        text = "邮件 ✉️ почта 🚀"
+        new = make_job(
+            f"send {text}",
+            queue=f"q {text}",
+            unique_key=f"key {text}",
+            payload={text: [text]},
+            meta={"trace": text},
+        )
+        storage.enqueue([new])
+        job = _claim_one(storage, worker=f"w {text}", queues=[f"q {text}"], types={new.type})
+        assert (job.type, job.queue, job.unique_key, job.worker_id) == (
+            new.type,
+            new.queue,
+            new.unique_key,
+            f"w {text}",
+        )
+        assert (job.payload, job.meta) == ({text: [text]}, {"trace": text})
+        assert storage.set_progress(job.id, job.lease_token or "", progress=0.5, message=text)
+        assert storage.get(job.id).progress_message == text
+        assert storage.fail(job.id, job.lease_token or "", error=f"Error: {text}", retry_in=None)
+        assert storage.get(job.id).last_error == f"Error: {text}"
+        assert [j.id for j in storage.list_jobs(queue=new.queue, type=new.type)] == [new.id]
+        assert storage.retry(job.id)
+        again = _claim_one(storage, queues=[f"q {text}"])
+        assert storage.complete(again.id, again.lease_token or "", result={"r": text})
+        assert storage.get(new.id).result == {"r": text}
+        assert storage.enqueue_tick(text, datetime(2030, 1, 1, tzinfo=timezone.utc), make_job())
+        assert storage.last_tick(text) == datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+    # -- ids and filters that cannot exist ----------------------------------------------------
+
+    # A lone surrogate cannot be encoded, NUL cannot be stored everywhere: no job, queue
+    # or type can have them (JobQueue refuses them at enqueue), so no lookup finds one.
+    _IMPOSSIBLE = ("\ud800", "a\udfffb", "nul\x00")
+
+    def test_an_id_that_cannot_exist_is_not_found(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        for job_id in self._IMPOSSIBLE:
+            for call in (storage.get, storage.cancel, storage.retry):
+                with pytest.raises(JobNotFound):
+                    call(job_id)
+
+    def test_a_filter_that_cannot_match_finds_nothing(self, storage: Storage) -> None:
+        storage.enqueue([make_job()])
+        for text in self._IMPOSSIBLE:
+            assert storage.list_jobs(queue=text) == []
+            assert storage.list_jobs(type=text) == []
+            assert storage.list_jobs(status="pending", queue="default", type=text) == []
+        assert len(storage.list_jobs(queue="default")) == 1
+
+    # -- a job sent again -------------------------------------------------------------------
+
+    def test_a_job_sent_again_returns_its_id_even_once_finished(self, storage: Storage) -> None:
+        """The retry after a lost commit acknowledgement, for a job with a unique key."""
+        job = make_job(unique_key="report-1")
+        assert storage.enqueue([job]) == [job.id]
+        assert storage.enqueue([job]) == [job.id]  # still pending
+        claimed = _claim_one(storage)
+        assert storage.enqueue([job]) == [job.id]  # running
+        assert storage.complete(claimed.id, claimed.lease_token or "", result=None)
+        assert storage.enqueue([job]) == [job.id]  # finished since
+        assert storage.enqueue([job, job]) == [job.id, job.id]
+        newer = make_job(unique_key="report-1")
+        assert storage.enqueue([newer, job]) == [newer.id, job.id]  # the key moved on
+        assert storage.enqueue([job]) == [job.id]
+        assert storage.enqueue([make_job(unique_key="report-1")]) == [newer.id]
+        assert [j.id for j in storage.list_jobs()] == [job.id, newer.id]
+        assert storage.get(job.id).status is JobStatus.COMPLETED
+
+    def test_a_job_sent_again_after_a_failure_stays_failed(self, storage: Storage) -> None:
+        job = make_job(unique_key="k", max_retries=0)
+        storage.enqueue([job])
+        claimed = _claim_one(storage)
+        assert storage.fail(claimed.id, claimed.lease_token or "", error="x", retry_in=None)
+        assert storage.enqueue([job]) == [job.id]
+        assert storage.get(job.id).status is JobStatus.FAILED
+        assert storage.enqueue_tick("s", datetime(2030, 1, 1, tzinfo=timezone.utc), job)
+        assert [j.id for j in storage.list_jobs()] == [job.id]
+
+    # -- order inside one batch ----------------------------------------------------------------
+
+    def test_a_batch_becomes_due_in_the_order_given(self, storage: Storage) -> None:
+        """Jobs with and without unique keys, mixed: claimed in the order of the call.
+
+        Many batches, because a backend that stores the two kinds in two statements
+        gives the second a later `run_at` only when its clock has ticked in between.
+        """
+        shapes = [(True, False, False), (False, True, False, True), (True, True, False)]
+        for n in range(30):
+            batch = [
+                make_job(unique_key=f"b{n}-{i}" if keyed else None)
+                for i, keyed in enumerate(shapes[n % len(shapes)])
+            ]
+            assert storage.enqueue(batch) == [j.id for j in batch]
+            stored = [storage.get(j.id).run_at for j in batch]
+            assert stored == sorted(stored), f"batch {n}: run_at out of order"
+            claimed = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=9)
+            assert [j.id for j in claimed] == [j.id for j in batch], f"batch {n}"
+            for job in claimed:
+                assert storage.complete(job.id, job.lease_token or "", result=None)
+
+    # -- the same lease twice in one call -------------------------------------------------------
+
+    def test_complete_many_counts_a_repeated_lease_once(self, storage: Storage) -> None:
+        """The first occurrence is recorded; a later one finds the lease gone."""
+        storage.enqueue([make_job() for _ in range(3)])
+        a, b, c = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=3)
+        ta, tb, tc = (j.lease_token or "" for j in (a, b, c))
+        held = storage.complete_many(
+            [(a.id, ta, 1), (b.id, tb, None), (a.id, ta, 2), (b.id, tb, None)]
+        )
+        assert held == [True, True, False, False]
+        assert storage.get(a.id).result == 1
+        # Two tokens for one job: only the one that holds the lease counts.
+        assert storage.complete_many([(c.id, "stale", 1), (c.id, tc, 2), (c.id, tc, 3)]) == [
+            False,
+            True,
+            False,
+        ]
+        assert storage.get(c.id).result == 2
+
+    def test_release_many_counts_a_repeated_lease_once(self, storage: Storage) -> None:
+        if type(storage).release is Storage.release:
+            return  # optional, as release is
+        storage.enqueue([make_job() for _ in range(3)])
+        a, b, c = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=3)
+        ta, tb, tc = (j.lease_token or "" for j in (a, b, c))
+        assert storage.release_many([(a.id, ta), (b.id, tb), (a.id, ta)]) == [True, True, False]
+        assert storage.get(a.id).attempts == 0  # given back once, not twice
+        assert storage.release_many([(c.id, "stale"), (c.id, tc), (c.id, tc)]) == [
+            False,
+            True,
+            False,
+        ]
+        assert storage.get(c.id).attempts == 0
+
     # -- concurrency ------------------------------------------------------------------------
 
     def test_concurrent_claims_never_share_a_job(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from dbjobq.storage import MemoryStorage, SQLAlchemyStorage, Storage
 from dbjobq.testing import StorageContract
+
+from .conftest import StorageConfig, _opened
 
 
 class TestMemoryStorage(StorageContract):
@@ -62,3 +66,38 @@ class TestMySQLStorage(StorageContract):
     @pytest.fixture
     def other_storage(self, mysql_storage: SQLAlchemyStorage) -> Iterator[Storage]:
         yield from _second(mysql_storage)
+
+
+@pytest.fixture(scope="module")
+def latin1_database() -> Iterator[tuple[str, str]]:
+    """A MySQL/MariaDB database whose defaults are latin1 and a loose collation."""
+    url = os.environ.get("DBJOBQ_TEST_MYSQL_URL")
+    if not url:
+        pytest.skip("set DBJOBQ_TEST_MYSQL_URL to run these tests")
+    name = f"dbjobq_latin1_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    engine = SQLAlchemyStorage(url).engine
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET latin1")
+    yield url, name
+    engine.dispose()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name}")
+    engine.dispose()
+
+
+class TestMySQLLatin1DatabaseStorage(StorageContract):
+    """The whole contract in a database made `latin1` (collation latin1_swedish_ci).
+
+    The tables declare utf8mb4 and a binary no-pad collation themselves, so nothing
+    of the database's defaults shows (the other MySQL runs use a utf8mb4_general_ci
+    database: case-insensitive and padding).
+    """
+
+    @pytest.fixture
+    def storage(self, latin1_database: tuple[str, str]) -> Iterator[Storage]:
+        url, database = latin1_database
+        yield from _opened(StorageConfig(url, f"t{uuid.uuid4().hex[:10]}_", database))
+
+    @pytest.fixture
+    def other_storage(self, storage: SQLAlchemyStorage) -> Iterator[Storage]:
+        yield from _second(storage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -206,6 +207,43 @@ UNFINISHED = (PENDING, RUNNING)
 def _long_text() -> sa.types.TypeEngine[str]:
     # MySQL's TEXT holds 64 KiB; a long traceback must not fail the write.
     return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+MYSQL_CHARSET = "utf8mb4"
+
+
+def mysql_collation(is_mariadb: bool, version: tuple[Any, ...] | None) -> str:
+    """The collation of every dbjobq table on this MySQL/MariaDB server.
+
+    Binary and without padding, so that text compares byte for byte as on every
+    other backend: `Mail`, `mail` and `mail ` are three job types, `café` and
+    `cafe` two unique keys. (Plain `utf8mb4_bin` pads: it treats `k` and `k ` as
+    equal.)
+
+    Raises:
+        ConfigurationError: On a MySQL server older than 8.0.17, which has no such
+            collation for utf8mb4.
+    """
+    if is_mariadb:
+        return "utf8mb4_nopad_bin"  # MariaDB 10.2.2+
+    if version is not None and tuple(version[:3]) >= (8, 0, 17):
+        return "utf8mb4_0900_bin"
+    shown = ".".join(str(part) for part in version or ()) or "unknown"
+    raise ConfigurationError(
+        f"dbjobq needs MySQL 8.0.17 or later (or MariaDB 10.6+), for the binary no-pad "
+        f"collation utf8mb4_0900_bin; this server is MySQL {shown}"
+    )
+
+
+def declare_mysql_collation(tables: Iterable[sa.Table], collation: str) -> None:
+    """Give each table charset utf8mb4 and `collation`, which its text columns inherit.
+
+    Set before `CREATE TABLE`, whatever the server's or database's defaults are.
+    """
+    for table in tables:
+        options = table.dialect_options["mysql"]
+        options["charset"] = MYSQL_CHARSET
+        options["collate"] = collation
 
 
 class Tables(NamedTuple):

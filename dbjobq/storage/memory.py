@@ -81,12 +81,15 @@ class MemoryStorage(Storage):
             unique = dict(self._unique)
             # Build everything first and commit at the end: all or nothing.
             for new in jobs:
+                if new.id in self._jobs or new.id in added:
+                    # The same job again (a retry after a lost acknowledgement): stored
+                    # once, like a primary key, even if it has finished since.
+                    ids.append(new.id)
+                    continue
                 if new.unique_key is not None and new.unique_key in unique:
                     ids.append(unique[new.unique_key])
                     continue
                 ids.append(new.id)
-                if new.id in self._jobs or new.id in added:
-                    continue  # the same job again: stored once, like a primary key
                 run_at = new.run_at or now + timedelta(seconds=new.delay)
                 added[new.id] = Job(
                     id=new.id,
@@ -148,6 +151,13 @@ class MemoryStorage(Storage):
                 for job in due[:limit]
             ]
             return [self._out(job) for job in claimed]
+
+    def _find(self, job_id: str) -> Job:
+        # Not a str (say a number): no job has such an id, on any backend.
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
 
     def _held(self, job_id: str, token: str) -> Job | None:
         job = self._jobs.get(job_id)
@@ -271,9 +281,7 @@ class MemoryStorage(Storage):
 
     def get(self, job_id: str) -> Job:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
+            job = self._find(job_id)
             return self._out(job)
 
     def list_jobs(
@@ -326,9 +334,7 @@ class MemoryStorage(Storage):
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
+            job = self._find(job_id)
             if job.status not in _UNFINISHED:
                 return False
             now = self._now()
@@ -343,9 +349,7 @@ class MemoryStorage(Storage):
 
     def retry(self, job_id: str) -> bool:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
+            job = self._find(job_id)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 return False
             if job.unique_key is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import random
 import re
@@ -31,6 +32,7 @@ from dbjobq.registry import WorkerInfo
 from dbjobq.storage._notify import PostgresListener, SQLiteWatcher, Watcher
 from dbjobq.storage._sql import (
     _SQLITE_NOW,
+    MYSQL_CHARSET,
     PENDING,
     RUNNING,
     SCHEMA_VERSION,
@@ -41,6 +43,8 @@ from dbjobq.storage._sql import (
     check_identifier,
     db_now,
     db_now_plus,
+    declare_mysql_collation,
+    mysql_collation,
 )
 from dbjobq.storage.base import Storage
 
@@ -110,6 +114,42 @@ def _is_transient(error: exc.DBAPIError) -> bool:
     return isinstance(error, exc.OperationalError) and not isinstance(
         orig, sqlite3.OperationalError
     )
+
+
+def _first_leases(leases: Sequence[tuple[str, str]]) -> set[int] | None:
+    """Positions of the first occurrence of each `(job_id, token)`; later ones get `False`.
+
+    `None` if a job comes with two different tokens: at most one of them holds the
+    lease, and which one only the database knows, so such a batch is taken one
+    lease at a time, in order.
+    """
+    tokens: dict[str, str] = {}
+    firsts: set[int] = set()
+    for i, (job_id, token) in enumerate(leases):
+        seen = tokens.get(job_id)
+        if seen is None:
+            tokens[job_id] = token
+            firsts.add(i)
+        elif seen != token:
+            return None
+    return firsts
+
+
+def _findable(text: object) -> bool:
+    """Whether `text` could be stored at all: an id or name that is not cannot exist.
+
+    Such values would otherwise fail in the driver (a lone surrogate cannot be
+    encoded, PostgreSQL refuses NUL characters, a number is not text).
+    """
+    if type(text) is not str:
+        return isinstance(text, str) and _findable(str(text))
+    if text.isascii():
+        return "\x00" not in text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 _engine_locks: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
@@ -358,7 +398,13 @@ class SQLAlchemyStorage(Storage):
             if got != 1:
                 raise StorageError("timed out waiting for another process creating the tables")
             try:
+                collation = mysql_collation(
+                    bool(getattr(conn.dialect, "is_mariadb", False)),
+                    conn.dialect.server_version_info,
+                )
+                declare_mysql_collation(self._metadata.sorted_tables, collation)
                 self._metadata.create_all(conn, checkfirst=True)
+                self._upgrade_collation(conn, collation)
                 self._check_version(conn)
             finally:
                 conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
@@ -383,6 +429,64 @@ class SQLAlchemyStorage(Storage):
                 f"the job tables have schema version {found}, newer than this dbjobq "
                 f"understands ({SCHEMA_VERSION}); upgrade dbjobq"
             )
+
+    _ALTER_LOCK_WAIT = 10  # seconds a collation upgrade waits for its table lock
+
+    def _upgrade_collation(self, conn: Connection, collation: str) -> None:
+        """Convert tables made before dbjobq declared its MySQL collation.
+
+        Such tables took the database's defaults: often a case-insensitive or padding
+        collation (`user-A` = `user-a`, `k` = `k `), or latin1, which cannot store
+        most of Unicode. `CONVERT TO` rewrites a table once, under a lock that blocks
+        writes meanwhile. It is safe for the rows: every charset converts to utf8mb4
+        without loss, and a binary collation tells apart more strings than any
+        other, so no unique index can clash. Older dbjobq releases work on the
+        converted tables, so this is no new layout version. It runs under the
+        schema lock, so concurrent first starts convert once.
+
+        Raises:
+            ConfigurationError: If a table cannot be converted (no lock within 10 s,
+                no ALTER privilege, an old row format), naming the statement to run.
+        """
+        names = [table.name for table in self._metadata.sorted_tables]
+        where = "TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME IN :names"
+        query = sa.text(
+            f"SELECT TABLE_NAME FROM information_schema.TABLES WHERE {where} "
+            "AND TABLE_COLLATION <> :c "
+            f"UNION SELECT TABLE_NAME FROM information_schema.COLUMNS WHERE {where} "
+            "AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME <> :c"
+        ).bindparams(sa.bindparam("names", expanding=True))
+        params = {"s": self.schema, "names": names, "c": collation}
+        stale = {str(name).lower() for name in conn.execute(query, params).scalars()}
+        tables = [t for t in self._metadata.sorted_tables if t.name.lower() in stale]
+        if not tables:
+            return
+        preparer = conn.dialect.identifier_preparer
+        wait = conn.execute(sa.text("SELECT @@SESSION.lock_wait_timeout")).scalar()
+        conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {self._ALTER_LOCK_WAIT}")
+        try:
+            for table in tables:
+                sql = (
+                    f"ALTER TABLE {preparer.format_table(table)} CONVERT TO CHARACTER SET "
+                    f"{MYSQL_CHARSET} COLLATE {collation}"
+                )
+                logger.warning(
+                    "converting table %s to %s/%s, so that text compares byte for byte "
+                    "(once; writes to it wait meanwhile)",
+                    table.name,
+                    MYSQL_CHARSET,
+                    collation,
+                )
+                try:
+                    conn.exec_driver_sql(sql)
+                except exc.DBAPIError as error:
+                    raise ConfigurationError(
+                        f"table {table.name} has a collation that compares text loosely "
+                        f"(case, accents or trailing spaces ignored) and could not be "
+                        f"converted: {error.orig}. Run this once, then start again: {sql}"
+                    ) from error
+        finally:
+            conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {int(wait or 31536000)}")
 
     _INDEX_LOCK_WAIT = 5.0  # seconds an index upgrade waits for its lock on PostgreSQL
 
@@ -761,7 +865,7 @@ class SQLAlchemyStorage(Storage):
         else:
             jobs_left = jobs
         text = self._backend != "postgresql"  # JSONText columns take text as it is
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "id": j.id,
                 "type": j.type,
@@ -781,17 +885,21 @@ class SQLAlchemyStorage(Storage):
         ]
         # Only jobs with a unique key need to know whether they were inserted; the
         # others are executemany'd without RETURNING, which drivers run much faster.
-        keyed = [row for row in rows if row["unique_key"] is not None]
-        plain = [row for row in rows if row["unique_key"] is None]
-        if plain:
-            conn.execute(stmt, plain)
+        # Runs of each kind go in the order given: SQLite and MySQL read "now" once
+        # per statement, so a later statement's jobs are due later, and jobs of one
+        # call must become due in the order they were given.
         inserted: set[str] = set()
-        if keyed:
+        keyed_rows: dict[str, dict[str, Any]] = {}
+        for keyed, run in itertools.groupby(rows, key=lambda row: row["unique_key"] is not None):
+            batch = list(run)
+            if not keyed:
+                conn.execute(stmt, batch)
+                continue
+            keyed_rows.update((str(row["id"]), row) for row in batch)
             if self._is_mysql:
-                conn.execute(stmt, keyed)
+                conn.execute(stmt, batch)
             else:
-                inserted.update(conn.execute(stmt.returning(c.id), keyed).scalars())
-        keyed_rows = {row["id"]: row for row in keyed}
+                inserted.update(conn.execute(stmt.returning(c.id), batch).scalars())
         result: list[str] = []
         for job in jobs:
             if job.unique_key is None or job.id in inserted:
@@ -976,8 +1084,15 @@ class SQLAlchemyStorage(Storage):
         conn.execute(self._copy_stmt)
 
     def _resolve_unique(self, conn: Connection, stmt: Any, row: dict[str, Any]) -> str:
-        """Return the id of the unfinished job holding `row`'s unique key."""
+        """The id for a keyed row the INSERT may have skipped.
+
+        The row's own id if that is stored (inserted just now on MySQL, which
+        returns no ids, or earlier: a job sent again, perhaps finished since);
+        otherwise the id of the unfinished job that holds its unique key.
+        """
         c = self._jobs.c
+        if self._exists(conn, row["id"]):
+            return str(row["id"])
         key = row["unique_key"]
         holder = (
             c.active_unique_key == key
@@ -1186,8 +1301,11 @@ class SQLAlchemyStorage(Storage):
         """
         if len(outcomes) < 2:
             return [self.complete(job_id, token, result=r) for job_id, token, r in outcomes]
+        firsts = _first_leases([(job_id, token) for job_id, token, _ in outcomes])
+        if firsts is None:
+            return super().complete_many(outcomes)
         groups: dict[str | None, tuple[Any, list[tuple[str, str]]]] = {}
-        for job_id, token, result in outcomes:
+        for job_id, token, result in (outcomes[i] for i in firsts):
             key = None if result is None else dumps(result)
             groups.setdefault(key, (result, []))[1].append((job_id, token))
 
@@ -1199,7 +1317,7 @@ class SQLAlchemyStorage(Storage):
 
         single = len(groups) == 1 and self._backend == "postgresql"
         done = self._run("complete_many", run, write=True, single=single)
-        return [job_id in done for job_id, _, _ in outcomes]
+        return [i in firsts and outcomes[i][0] in done for i in range(len(outcomes))]
 
     def _complete_group(
         self, conn: Connection, result: Any, leases: list[tuple[str, str]]
@@ -1230,12 +1348,16 @@ class SQLAlchemyStorage(Storage):
         """Give back several jobs in one statement (one transaction on MySQL)."""
         if len(leases) < 2:
             return [self.release(job_id, token) for job_id, token in leases]
+        firsts = _first_leases(leases)
+        if firsts is None:
+            return super().release_many(leases)
+        given = [leases[i] for i in firsts]
 
         def run(conn: Connection) -> set[str]:
-            return set(self._update_leases(conn, list(leases), self._released(), "release"))
+            return set(self._update_leases(conn, given, self._released(), "release"))
 
         done = self._run("release_many", run, write=True, single=not self._is_mysql)
-        return [job_id in done for job_id, _ in leases]
+        return [i in firsts and leases[i][0] in done for i in range(len(leases))]
 
     def _update_leases(
         self,
@@ -1333,6 +1455,8 @@ class SQLAlchemyStorage(Storage):
         return self._run("rescue_expired", run, write=True)
 
     def get(self, job_id: str) -> Job:
+        if not _findable(job_id):
+            raise JobNotFound(job_id)
         stmt = sa.select(self._jobs).where(self._jobs.c.id == job_id)
 
         def run(conn: Connection) -> Job | None:
@@ -1352,6 +1476,8 @@ class SQLAlchemyStorage(Storage):
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
     ) -> list[Job]:
+        if not all(_findable(text) for text in (queue, type) if text is not None):
+            return []  # no job can be in such a queue or of such a type
         c = self._jobs.c
         stmt = sa.select(self._jobs).order_by(c.id).limit(limit)
         if status is not None:
@@ -1408,6 +1534,8 @@ class SQLAlchemyStorage(Storage):
         )
 
     def cancel(self, job_id: str) -> bool:
+        if not _findable(job_id):
+            raise JobNotFound(job_id)
         c = self._jobs.c
         stmt = (
             sa.update(self._jobs)
@@ -1431,6 +1559,8 @@ class SQLAlchemyStorage(Storage):
         return done
 
     def retry(self, job_id: str) -> bool:
+        if not _findable(job_id):
+            raise JobNotFound(job_id)
         c = self._jobs.c
         stmt = (
             sa.update(self._jobs)
