@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from dbjobq import (
     Worker,
 )
 from dbjobq.storage import SQLAlchemyStorage
+from dbjobq.storage._sql import build_tables, mysql_collation
 from dbjobq.testing import make_job
 
 from .conftest import StorageConfig
@@ -468,3 +471,146 @@ def test_postgres_batch_updates_take_any_id(postgres_storage: SQLAlchemyStorage)
     assert postgres_storage.complete_many(outcomes) == [True, True, True]
     assert [postgres_storage.get(i).status for i in ids] == [JobStatus.COMPLETED] * 3
     assert postgres_storage.get("with,comma").attempts == 1
+
+
+# -- MySQL/MariaDB: text compares byte for byte, whatever the database's defaults ------------
+
+# Loose defaults a database may have: latin1 (latin1_swedish_ci: no emoji, no CJK,
+# case-insensitive, padding) and a case- and accent-insensitive utf8mb4 collation.
+LOOSE_DEFAULTS = {
+    "latin1": "CHARACTER SET latin1",
+    "unicode_ci": "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+}
+
+
+@pytest.fixture(params=sorted(LOOSE_DEFAULTS))
+def loose_mysql(request: pytest.FixtureRequest) -> Any:
+    """A StorageConfig in a database of its own, made with loose default collation."""
+    url = os.environ.get("DBJOBQ_TEST_MYSQL_URL") or pytest.skip("set DBJOBQ_TEST_MYSQL_URL")
+    name = f"dbjobq_loose_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = SQLAlchemyStorage(url).engine
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} {LOOSE_DEFAULTS[request.param]}")
+    yield StorageConfig(url, "dbjobq_", name)
+    admin.dispose()
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name}")
+    admin.dispose()
+
+
+def text_collations(storage: SQLAlchemyStorage) -> set[tuple[str, str, str]]:
+    """(table or table.column, charset, collation) of every dbjobq table and text column."""
+    names = [t.name for t in storage._metadata.sorted_tables]
+    where = "TABLE_SCHEMA = :s AND TABLE_NAME IN :names"
+    query = sa.text(
+        "SELECT TABLE_NAME, 'utf8mb4', TABLE_COLLATION FROM information_schema.TABLES "
+        f"WHERE {where} UNION SELECT CONCAT(TABLE_NAME, '.', COLUMN_NAME), "
+        f"CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS WHERE {where} "
+        "AND COLLATION_NAME IS NOT NULL"
+    ).bindparams(sa.bindparam("names", expanding=True))
+    with storage.engine.connect() as conn:
+        rows = conn.execute(query, {"s": storage.schema, "names": names})
+        return {(str(a), str(b), str(c)) for a, b, c in rows}
+
+
+def test_mysql_collation_is_binary_and_does_not_pad_on_each_server() -> None:
+    assert mysql_collation(True, (10, 11, 9)) == "utf8mb4_nopad_bin"
+    assert mysql_collation(False, (8, 0, 17)) == "utf8mb4_0900_bin"
+    assert mysql_collation(False, (8, 4, 3)) == "utf8mb4_0900_bin"
+    for old in ((8, 0, 16), (5, 7, 44), None):
+        with pytest.raises(ConfigurationError, match=r"MySQL 8\.0\.17"):
+            mysql_collation(False, old)
+
+
+def test_mysql_tables_declare_utf8mb4_nopad_bin_whatever_the_database_default(
+    loose_mysql: StorageConfig,
+) -> None:
+    queue = JobQueue(loose_mysql.open())
+    queue.initialize()
+    storage = queue.storage
+    assert isinstance(storage, SQLAlchemyStorage)
+    found = text_collations(storage)
+    assert len(found) > 20  # every table and text column
+    assert {(charset, collation) for _, charset, collation in found} == {
+        ("utf8mb4", "utf8mb4_nopad_bin")
+    }
+    ran: list[str] = []
+
+    @queue.handler("mail")
+    def mail(ctx: JobContext) -> None:
+        ran.append(ctx.job.id)
+
+    keys = ["user-A", "user-a", "café", "cafe", "k", "k "]
+    keyed = [queue.enqueue("mail", unique_key=key) for key in keys]
+    assert len(set(keyed)) == len(keys)
+    others = [queue.enqueue("MAIL"), queue.enqueue("mail", queue="Default ")]
+    emoji = queue.enqueue("mail", {"text": "邮件 🚀"}, unique_key="🔑 キー")
+    assert Worker(queue).run_until_empty() == len(keys) + 1
+    assert sorted(ran) == sorted([*keyed, emoji])
+    for job_id in others:  # never claimed: no handler, no attempt
+        job = queue.get_job(job_id)
+        assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
+    assert queue.get_job(emoji).payload == {"text": "邮件 🚀"}
+    queue.close()
+
+
+def create_tables_the_old_way(config: StorageConfig) -> SQLAlchemyStorage:
+    """The tables as earlier releases made them: with the database's default collation."""
+    storage = config.open()
+    metadata = sa.MetaData(schema=config.schema)
+    build_tables(metadata, config.table_prefix, "mysql")
+    with storage.engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(sa.insert(storage._version).values(version=2))
+    return storage  # not initialised: it would convert them
+
+
+def test_mysql_tables_made_the_old_way_are_converted_at_initialize(
+    loose_mysql: StorageConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = create_tables_the_old_way(loose_mysql)
+    first = make_job(unique_key="user-A", payload={"text": "é"})
+    assert old.enqueue([first]) == [first.id]
+    # What the loose collation did: another key taken for the same.
+    assert old.enqueue([make_job(unique_key="user-a")]) == [first.id]
+    assert ("utf8mb4", "utf8mb4_nopad_bin") not in {(b, c) for _, b, c in text_collations(old)}
+
+    new = loose_mysql.open()
+    with caplog.at_level(logging.WARNING, "dbjobq"):
+        new.initialize()
+    assert "converting table dbjobq_jobs" in caplog.text
+    assert {(b, c) for _, b, c in text_collations(new)} == {("utf8mb4", "utf8mb4_nopad_bin")}
+    assert new.get(first.id).payload == {"text": "é"}  # rows kept as they were
+    other = make_job(unique_key="user-a", type="邮件 🚀")
+    assert new.enqueue([other]) == [other.id]
+    assert new.enqueue([make_job(unique_key="user-A")]) == [first.id]
+    with new.engine.connect() as conn:
+        assert conn.execute(sa.select(new._version.c.version)).scalars().all() == [2]
+
+    caplog.clear()
+    again = loose_mysql.open()
+    with caplog.at_level(logging.WARNING, "dbjobq"):
+        again.initialize()  # nothing left to convert
+    assert "converting" not in caplog.text
+    for storage in (old, new, again):
+        storage.close()
+
+
+def test_mysql_collation_upgrade_of_a_busy_table_names_the_fix(
+    loose_mysql: StorageConfig,
+) -> None:
+    """A table that stays locked (a long transaction) is reported, not waited on for ever."""
+    old = create_tables_the_old_way(loose_mysql)
+    new = loose_mysql.open()
+    new._ALTER_LOCK_WAIT = 1
+    with old.engine.connect() as busy, busy.begin():
+        busy.execute(sa.select(old._jobs.c.id)).all()  # holds the table's metadata lock
+        with pytest.raises(ConfigurationError) as info:
+            new.initialize()
+    message = str(info.value)
+    assert "compares text loosely" in message
+    assert "CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin" in message
+    new.initialize()  # once the table is free, the next start converts it
+    assert {(b, c) for _, b, c in text_collations(new)} == {("utf8mb4", "utf8mb4_nopad_bin")}
+    old.close()
+    new.close()
