@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from dbjobq import (
     StorageError,
     Worker,
 )
+from dbjobq._urls import mask_url
 from dbjobq.storage import SQLAlchemyStorage
 from dbjobq.storage._sql import build_tables, mysql_collation
 from dbjobq.testing import make_job
@@ -614,3 +619,104 @@ def test_mysql_collation_upgrade_of_a_busy_table_names_the_fix(
     assert {(b, c) for _, b, c in text_collations(new)} == {("utf8mb4", "utf8mb4_nopad_bin")}
     old.close()
     new.close()
+
+
+# -- passwords never show -----------------------------------------------------------------------
+
+SECRET = "hunter2"
+# Every form in which SQLAlchemy and the drivers take a password.
+PASSWORD_FORMS = [
+    "postgresql://postgres:hunter2@127.0.0.1/db",
+    "postgresql+psycopg://postgres:hunter2@127.0.0.1:5432/db?sslmode=prefer",
+    "postgresql://postgres@127.0.0.1/db?password=hunter2",
+    "postgresql://postgres@127.0.0.1/db?sslmode=prefer&password=hunter2&application_name=x",
+    "postgresql://127.0.0.1/db?user=postgres&PASSWORD=hunter2",
+    "postgresql:///db?host=/run/postgresql&password=hunter2",
+    "postgresql://postgres:hunter2@127.0.0.1/db?password=hunter2",
+    "postgresql://postgres@127.0.0.1/db?sslpassword=hunter2",
+    "postgresql://postgres:hunter2%40x@127.0.0.1/db",
+    "postgresql://postgres:hunter2%2Fx%3Ay@127.0.0.1/db",
+    "mysql://root:hunter2@127.0.0.1:3306/db",
+    "mysql://root@127.0.0.1:3306/db?passwd=hunter2&charset=utf8mb4",
+    "mysql+pymysql://root@127.0.0.1/db?password=hunter2",
+]
+
+
+@pytest.mark.parametrize("url", PASSWORD_FORMS)
+def test_passwords_never_show_in_repr(url: str) -> None:
+    for given in (url, sa.engine.make_url(url)):
+        storage = SQLAlchemyStorage(given)
+        queue = JobQueue(storage)
+        for shown in (repr(storage), str(storage), repr(queue), mask_url(given)):
+            assert SECRET not in shown
+            assert "***" in shown
+        storage.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cr@t-tail@db.example/app", "postgresql://u:***@db.example/app"),
+        (
+            "postgresql://u:s3cr@t:tail@db.example:5432/app",
+            "postgresql://u:***@db.example:5432/app",
+        ),
+        ("mysql://u:s3cr@t/tail@db.example/app", "mysql://u:***@db.example/app"),
+        ("postgresql://u:s3cr?t@h/app?password=s3cr@t", "postgresql://u:***@h/app?password=***"),
+        ("postgresql://h/app?password=s3cr@t-tail", "postgresql://h/app?password=***"),
+        ("host=h password=s3cr@t-tail user=u", "host=h password=*** user=u"),
+        ("sqlite:///jobs.db", "sqlite:///jobs.db"),
+        ("mysql://root@127.0.0.1:3306/test", "mysql://root@127.0.0.1:3306/test"),
+    ],
+)
+def test_mask_url_masks_passwords_with_unencoded_characters(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cr@t-tail@127.0.0.1/app",  # parsed: password "s3cr", host "t-tail@..."
+        "postgresql://u:s3cr@t:tail@127.0.0.1:5432/app",  # the port does not parse
+        "mysql://u:s3cr@t-tail@127.0.0.1/app?charset=utf8mb4",
+    ],
+)
+def test_an_unencoded_at_in_a_password_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        SQLAlchemyStorage(url)
+    told = "".join(traceback.format_exception(info.value))
+    assert "%40" in str(info.value)
+    assert "s3cr" not in told and "tail" not in told
+
+
+def test_the_worker_start_up_log_masks_a_query_password(
+    postgres_config: StorageConfig, tmp_path: Path
+) -> None:
+    (tmp_path / "app.py").write_text(
+        "from dbjobq import JobQueue\nfrom dbjobq.storage import MemoryStorage\n"
+        "queue = JobQueue(MemoryStorage())\n"
+    )
+    base = postgres_config.url.rstrip("/")
+    url = f"{base}?password={SECRET}&options=-csearch_path%3D{postgres_config.schema}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    for log_format in ("text", "json"):
+        args = ["worker", "app:queue", "--url", url, "--log-format", log_format]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dbjobq", *args, "--poll-interval", "0.1"],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        lines: list[str] = []
+        while "worker(s) on" not in (line := proc.stderr.readline()):
+            assert line, f"the worker exited: {''.join(lines)}"
+            lines.append(line)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        told = "".join(lines) + line + out + err
+        assert proc.returncode == 0, told
+        assert "password=***" in line
+        assert SECRET not in told

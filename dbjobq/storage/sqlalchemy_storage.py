@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 import logging
 import random
-import re
 import sqlite3
 import threading
 import time
@@ -25,6 +24,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from dbjobq._urls import mask_url
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup, _job_builder
 from dbjobq.payload import dumps
@@ -94,10 +94,6 @@ _CREATE_STAGE = (
 
 def _seconds(name: str, value: float) -> sa.BindParameter[float]:
     return sa.bindparam(name, float(value), type_=sa.Double())
-
-
-def _mask(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _is_transient(error: exc.DBAPIError) -> bool:
@@ -309,14 +305,23 @@ class SQLAlchemyStorage(Storage):
     def _create_engine(url: str | URL, busy_timeout: float, options: dict[str, Any]) -> Engine:
         try:
             parsed = make_url(url)
-        except (exc.ArgumentError, ValueError) as error:
-            shown = _mask(url) if isinstance(url, str) else "?"
-            raise ConfigurationError(f"not a valid database URL: {shown!r}") from error
+        except (exc.ArgumentError, ValueError):
+            # Not chained: the parser's message may quote the password.
+            raise ConfigurationError(
+                f"not a valid database URL: {mask_url(url)!r} (percent-encode any @, : "
+                "or / in the user name or password, e.g. @ as %40)"
+            ) from None
+        if parsed.host is not None and "@" in parsed.host:
+            # SQLAlchemy ends the password at its first "@" and takes the rest for the
+            # host, which would then show in the driver's connection errors.
+            raise ConfigurationError(
+                f"the password in {mask_url(url)!r} holds an unencoded @: percent-encode "
+                "it as %40"
+            )
         backend = parsed.get_backend_name()
         if backend not in _DRIVERS:
             raise ConfigurationError(
-                f"unsupported database {backend!r} in "
-                f"{parsed.render_as_string(hide_password=True)!r}; "
+                f"unsupported database {backend!r} in {mask_url(parsed)!r}; "
                 "use sqlite:///path.db, postgresql://user@host/db or mysql://user@host/db"
             )
         default_driver, extra, module = _DRIVERS[backend]
@@ -362,7 +367,7 @@ class SQLAlchemyStorage(Storage):
             raise ConfigurationError(f"bad engine options: {error}") from error
 
     def __repr__(self) -> str:
-        url = self._engine.url.render_as_string(hide_password=True)
+        url = mask_url(self._engine.url)
         return f"SQLAlchemyStorage({url!r}, table_prefix={self.table_prefix!r})"
 
     @property
