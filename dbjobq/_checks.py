@@ -32,6 +32,13 @@ def check_name(value: Any, what: str, limit: int = NAME_MAX) -> str:
     return value
 
 
+def check_job_id(value: Any) -> str:
+    # Only the type: a str that no job can have is simply not found (JobNotFound).
+    if not isinstance(value, str):
+        raise InvalidJobError(f"job id must be a str, got {type(value).__name__}")
+    return value
+
+
 def check_int(value: Any, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidJobError(f"{what} must be an int, got {type(value).__name__}")

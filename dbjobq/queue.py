@@ -12,7 +12,14 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from dbjobq import _clock
-from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds
+from dbjobq._checks import (
+    KEY_MAX,
+    MAX_DELAY,
+    check_int,
+    check_job_id,
+    check_name,
+    check_seconds,
+)
 from dbjobq._ids import new_job_id, new_job_ids
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
@@ -103,6 +110,10 @@ class JobQueue:
             self.max_retries = check_int(max_retries, "max_retries", 0, 1000)
         except InvalidJobError as error:
             raise ConfigurationError(str(error)) from None
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise ConfigurationError(
+                f"retry_policy must be a RetryPolicy or None, got {type(retry_policy).__name__}"
+            )
         if max_payload_bytes is not None and (
             isinstance(max_payload_bytes, bool)
             or not isinstance(max_payload_bytes, int)
@@ -655,10 +666,12 @@ class JobQueue:
         """Return the job with this id.
 
         Raises:
-            JobNotFound: If there is no such job (or it was purged).
+            InvalidJobError: If `job_id` is not a `str`.
+            JobNotFound: If there is no such job (or it was purged, or the id is a
+                string no job can have, such as one with a lone surrogate).
             StorageError: If the storage cannot be reached.
         """
-        return self._store().get(job_id)
+        return self._store().get(check_job_id(job_id))
 
     def list_jobs(
         self,
@@ -677,9 +690,14 @@ class JobQueue:
             limit: At most this many (`None` for all).
 
         Raises:
-            InvalidJobError: If `status` is not a known status or `limit` is negative.
+            InvalidJobError: If `status` is not a known status, `queue` or `type` is
+                not a `str`, or `limit` is negative. (A `queue` or `type` that no job
+                can have, such as one with a lone surrogate, finds nothing.)
             StorageError: If the storage cannot be reached.
         """
+        for name, value in (("queue", queue), ("type", type)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidJobError(f"{name} must be a str, got {value.__class__.__name__}")
         state = None
         if status is not None:
             try:
@@ -729,10 +747,11 @@ class JobQueue:
             `True` if the job was cancelled, `False` if it had already finished.
 
         Raises:
+            InvalidJobError: If `job_id` is not a `str`.
             JobNotFound: If there is no such job.
             StorageError: If the storage cannot be reached.
         """
-        return self._store().cancel(job_id)
+        return self._store().cancel(check_job_id(job_id))
 
     def retry(self, job_id: str) -> bool:
         """Run a failed or cancelled job again: back to pending, due now, attempts reset.
@@ -742,10 +761,11 @@ class JobQueue:
             unfinished job holds its `unique_key`.
 
         Raises:
+            InvalidJobError: If `job_id` is not a `str`.
             JobNotFound: If there is no such job.
             StorageError: If the storage cannot be reached.
         """
-        done = self._store().retry(job_id)
+        done = self._store().retry(check_job_id(job_id))
         if done:
             job = self.storage.get(job_id)
             self._wake_workers({(job.queue, job.type)}, 1)

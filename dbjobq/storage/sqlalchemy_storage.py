@@ -112,6 +112,42 @@ def _is_transient(error: exc.DBAPIError) -> bool:
     )
 
 
+_MAX_BUSY_TIMEOUT = 2_147_483.0  # seconds: SQLite takes the wait in int milliseconds
+
+
+def _check_busy_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"busy_timeout must be a number of seconds, got {type(value).__name__}"
+        )
+    if not 0 <= value <= _MAX_BUSY_TIMEOUT:  # also refuses NaN
+        raise ConfigurationError(
+            f"busy_timeout must be between 0 and {_MAX_BUSY_TIMEOUT:g} seconds, got {value!r}"
+        )
+    return float(value)
+
+
+def _check_engine_options(value: Any, given_an_engine: bool) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ConfigurationError(
+            "engine_options must be a mapping of create_engine keyword arguments, got "
+            f"{type(value).__name__}"
+        )
+    if given_an_engine and value:
+        raise ConfigurationError(
+            "engine_options cannot apply to an Engine that is already made; pass them "
+            "to sqlalchemy.create_engine, or give SQLAlchemyStorage the URL"
+        )
+    connect_args = value.get("connect_args", {})
+    if not isinstance(connect_args, Mapping):
+        raise ConfigurationError(
+            f"engine_options['connect_args'] must be a mapping, got {type(connect_args).__name__}"
+        )
+    return value
+
+
 def _first_leases(leases: Sequence[tuple[str, str]]) -> set[int] | None:
     """Positions of the first occurrence of each `(job_id, token)`; later ones get `False`.
 
@@ -202,8 +238,13 @@ class SQLAlchemyStorage(Storage):
     * **PostgreSQL** (`postgresql://...`, driver psycopg 3 from the `postgres` extra):
       jobs are claimed with `FOR UPDATE SKIP LOCKED`, so any number of processes on
       any number of hosts share one table.
-    * **MySQL 8+ / MariaDB 10.6+** (`mysql://...` or `mariadb://...`, driver PyMySQL
-      from the `mysql` extra): the same, in READ COMMITTED transactions.
+    * **MySQL 8.0.17+ / MariaDB 10.6+** (`mysql://...` or `mariadb://...`, driver
+      PyMySQL from the `mysql` extra): the same, in READ COMMITTED transactions.
+      Every table declares charset utf8mb4 with a binary collation that does not
+      pad (`utf8mb4_nopad_bin` on MariaDB, `utf8mb4_0900_bin` on MySQL), whatever
+      the server's or database's defaults, so text compares byte for byte as on
+      the other backends; tables made by earlier releases are converted once by
+      `initialize`.
 
     Times (`run_at`, leases) come from the database clock. Tables are created on first
     use (`initialize`), named `<table_prefix>jobs` and `<table_prefix>schema`.
@@ -219,17 +260,21 @@ class SQLAlchemyStorage(Storage):
         table_prefix: Prefix of the table and index names (letters, digits, `_`).
         schema: PostgreSQL schema holding the tables (created if missing), or the
             MySQL database; `None` uses the connection's default.
-        busy_timeout: SQLite only: seconds a writer waits for the file lock.
-        engine_options: Extra keyword arguments for `sqlalchemy.create_engine`.
+        busy_timeout: SQLite only: seconds a writer waits for the file lock, from
+            0 to 2147483 (ignored for an `Engine`, which has its own).
+        engine_options: Extra keyword arguments for `sqlalchemy.create_engine`; not
+            with an `Engine`, which is made already.
         listen: Wake idle workers when another process enqueues (see above).
             `False` relies on polling alone: for PgBouncer in transaction pooling
             mode, which cannot pass LISTEN on. No effect on MySQL/MariaDB, which
             always poll.
 
     Raises:
-        ConfigurationError: If the URL cannot be parsed, names an unsupported
-            database, or needs a driver that is not installed; or if a name is not
-            a plain identifier.
+        ConfigurationError: If the URL cannot be parsed (or its password holds an
+            unencoded `@`), names an unsupported database, or needs a driver that
+            is not installed; if a name is not a plain identifier; or if an option
+            has the wrong type or is out of range. Nothing is connected before
+            these checks.
     """
 
     def __init__(
@@ -249,11 +294,15 @@ class SQLAlchemyStorage(Storage):
             )
         self.table_prefix = check_identifier(table_prefix, "table_prefix")
         self.schema = None if schema is None else check_identifier(schema, "schema")
+        busy_timeout = _check_busy_timeout(busy_timeout)
+        engine_options = _check_engine_options(engine_options, isinstance(url, Engine))
+        if not isinstance(listen, bool):
+            raise ConfigurationError(f"listen must be True or False, got {listen!r}")
         self._owns_engine = not isinstance(url, Engine)
         self._engine = (
             url
             if isinstance(url, Engine)
-            else self._create_engine(url, busy_timeout, dict(engine_options or {}))
+            else self._create_engine(url, busy_timeout, dict(engine_options))
         )
         self._backend = self._engine.dialect.name
         if self._backend not in _DRIVERS:
@@ -270,7 +319,7 @@ class SQLAlchemyStorage(Storage):
         self._claims: dict[tuple[Any, ...], Any] = {}  # built claim statements
         self._job_columns: list[tuple[int, str]] | None = None
         self._quick: Any = None  # how _sound_job reads a row, once known
-        self.listen = bool(listen)
+        self.listen = listen
         self._watcher: Watcher | None = None
         self._watcher_lock = threading.Lock()
         self._insert_stmt: Any = None
@@ -315,8 +364,7 @@ class SQLAlchemyStorage(Storage):
             # SQLAlchemy ends the password at its first "@" and takes the rest for the
             # host, which would then show in the driver's connection errors.
             raise ConfigurationError(
-                f"the password in {mask_url(url)!r} holds an unencoded @: percent-encode "
-                "it as %40"
+                f"the password in {mask_url(url)!r} holds an unencoded @: percent-encode it as %40"
             )
         backend = parsed.get_backend_name()
         if backend not in _DRIVERS:
