@@ -988,6 +988,11 @@ class StorageContract:
             assert [j.id for j in claimed] == [j.id for j in batch], f"batch {n}"
             for job in claimed:
                 assert storage.complete(job.id, job.lease_token or "", result=None)
+        # A large batch, which a backend may store another way (COPY, say).
+        batch = [make_job(unique_key=f"big-{i}" if i % 3 == 0 else None) for i in range(90)]
+        assert storage.enqueue(batch) == [j.id for j in batch]
+        claimed = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=100)
+        assert [j.id for j in claimed] == [j.id for j in batch]
 
     # -- the same lease twice in one call -------------------------------------------------------
 

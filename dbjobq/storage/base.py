@@ -18,6 +18,13 @@ Words used below:
 * **holds the lease**: the job is `running` and its `lease_token` equals the given
   token. Unknown ids never hold a lease.
 
+Text compares byte for byte: ids, types, queues, unique keys, schedule names and
+worker ids are equal only when they are the same string (no folding of case,
+accents, Unicode normalisation or trailing spaces, which many databases do by
+default), and any Unicode text can be stored. An id, queue or type that no job can
+have (a lone surrogate or NUL, which `JobQueue` refuses at enqueue) is simply not
+found: `JobNotFound` from `get`, `cancel` and `retry`, `[]` from `list_jobs`.
+
 The reusable conformance suite in `dbjobq.testing` checks every rule written here.
 """
 
@@ -76,13 +83,19 @@ class Storage(abc.ABC):
 
         A job whose id is already stored is not stored again and its id is returned:
         a call retried after a lost commit acknowledgement must not duplicate jobs.
+        This holds whatever became of the job since: finished, with its
+        `unique_key` held by another job by now, it still returns its own id.
+
+        Jobs of one call become due in the order given: each job's `run_at` (for
+        equal `run_at` or `delay`) is equal to or later than the previous one's,
+        and ties are broken by id, so they are claimed in that order.
 
         Args:
             jobs: Validated jobs with their ids already assigned.
 
         Returns:
-            One id per input job, in order: the given id, or the id of the existing
-            unfinished job that holds the same `unique_key`.
+            One id per input job, in order: the given id (stored now or before), or
+            the id of the existing unfinished job that holds the same `unique_key`.
         """
 
     def enqueue_in_transaction(
@@ -197,6 +210,10 @@ class Storage(abc.ABC):
         its own: a job whose lease is gone is left as it is, and does not stop the
         others from being recorded.
 
+        Outcomes are taken in order, as one `complete` after another: the same
+        lease given twice is recorded once, with the first result, and its later
+        occurrences return `False`.
+
         Returns:
             One flag per outcome, in order, as `complete` returns it.
         """
@@ -225,7 +242,8 @@ class Storage(abc.ABC):
 
         A worker gives back what is left of a batch at once. The default calls
         `release` once per job; a backend may override it to do them all in one
-        statement. Each job follows `release`'s rules on its own.
+        statement. Each job follows `release`'s rules on its own, in order: a lease
+        given twice is released once and its later occurrences return `False`.
 
         Returns:
             One flag per lease, in order, as `release` returns it.
@@ -265,7 +283,7 @@ class Storage(abc.ABC):
         """Return the job with this id.
 
         Raises:
-            JobNotFound: If there is none.
+            JobNotFound: If there is none (also for an id no job can have).
         """
 
     @abc.abstractmethod
@@ -278,6 +296,8 @@ class Storage(abc.ABC):
         limit: int | None = 100,
     ) -> list[Job]:
         """Return jobs matching every given filter, oldest first (by id).
+
+        A `queue` or `type` that no job can have matches nothing: `[]`.
 
         Args:
             status: Only jobs in this state (a `JobStatus` or its string).
