@@ -720,3 +720,28 @@ def test_the_worker_start_up_log_masks_a_query_password(
         assert proc.returncode == 0, told
         assert "password=***" in line
         assert SECRET not in told
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:s3cr@t-tail@127.0.0.1/app",
+        "postgresql://postgres:s3cr@t:tail@127.0.0.1:5432/app",
+        "postgresql://postgres@127.0.0.1:1/app?password=s3cr-tail",
+    ],
+)
+def test_the_command_line_never_prints_a_password(tmp_path: Path, url: str) -> None:
+    (tmp_path / "app.py").write_text("from dbjobq import JobQueue\nqueue = JobQueue('sqlite://')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    for args in (["stats", "--url", url], ["worker", "app:queue", "--url", url]):
+        done = subprocess.run(
+            [sys.executable, "-m", "dbjobq", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        told = done.stdout + done.stderr
+        assert done.returncode != 0, told
+        assert "s3cr" not in told and "tail" not in told, told
