@@ -936,23 +936,35 @@ class SQLAlchemyStorage(Storage):
             }
             for j in jobs_left
         ]
-        # Only jobs with a unique key need to know whether they were inserted; the
-        # others are executemany'd without RETURNING, which drivers run much faster.
-        # Runs of each kind go in the order given: SQLite and MySQL read "now" once
-        # per statement, so a later statement's jobs are due later, and jobs of one
-        # call must become due in the order they were given.
         inserted: set[str] = set()
-        keyed_rows: dict[str, dict[str, Any]] = {}
-        for keyed, run in itertools.groupby(rows, key=lambda row: row["unique_key"] is not None):
-            batch = list(run)
-            if not keyed:
-                conn.execute(stmt, batch)
-                continue
-            keyed_rows.update((str(row["id"]), row) for row in batch)
-            if self._is_mysql:
-                conn.execute(stmt, batch)
-            else:
-                inserted.update(conn.execute(stmt.returning(c.id), batch).scalars())
+        keyed_rows = {str(row["id"]): row for row in rows if row["unique_key"] is not None}
+        if self._is_mysql:
+            # One statement (PyMySQL sends one multi-row INSERT), so one "now" for all
+            # the jobs; MySQL returns no ids to tell the kinds apart for anyway.
+            if rows:
+                conn.execute(stmt, rows)
+        else:
+            # Only jobs with a unique key need to know whether they were inserted;
+            # the others are executemany'd without RETURNING, which drivers run much
+            # faster. SQLite reads its clock per statement, so there runs of each kind
+            # go in the order given: jobs of one call become due in that order.
+            # (PostgreSQL's now() is the transaction's start, the same throughout.)
+            runs: Iterable[tuple[bool, Iterable[dict[str, Any]]]] = (
+                itertools.groupby(rows, key=lambda row: row["unique_key"] is not None)
+                if self._is_sqlite
+                else [
+                    (False, [r for r in rows if r["unique_key"] is None]),
+                    (True, keyed_rows.values()),
+                ]
+            )
+            for keyed, run in runs:
+                batch = list(run)
+                if not batch:
+                    continue
+                if keyed:
+                    inserted.update(conn.execute(stmt.returning(c.id), batch).scalars())
+                else:
+                    conn.execute(stmt, batch)
         result: list[str] = []
         for job in jobs:
             if job.unique_key is None or job.id in inserted:
