@@ -161,12 +161,15 @@ class JsonFileStorage(Storage):
         }
         ids: list[str] = []
         for new in jobs:
+            if new.id in stored:
+                # The same job again (a retried call): keep it once, and return its
+                # id even if it has finished and another job holds its key by now.
+                ids.append(new.id)
+                continue
             if new.unique_key is not None and new.unique_key in holders:
                 ids.append(holders[new.unique_key])
                 continue
             ids.append(new.id)
-            if new.id in stored:
-                continue  # the same job again (a retried call): keep it once
             run_at = new.run_at or now + timedelta(seconds=new.delay)
             stored[new.id] = Job(
                 id=new.id,
