@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from dbjobq.context import JobContext
+from dbjobq.context import CancelReason, JobContext
 from dbjobq.queue import Handler
 
 
@@ -93,9 +93,9 @@ class Attempt:
         self._task = asyncio.ensure_future(self.handler.fn(self.ctx))
         return await self._task
 
-    def abort(self) -> None:
+    def abort(self, reason: CancelReason) -> None:
         """Signal the handler to stop; an async handler's task is also cancelled."""
-        self.ctx.cancelled.set()
+        self.ctx._interrupt(reason)
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)

@@ -20,10 +20,11 @@ from typing import Any, overload
 from dbjobq import _clock, _faults
 from dbjobq._checks import check_name
 from dbjobq._runner import Attempt, Runner
-from dbjobq.context import JobContext
+from dbjobq.context import CancelReason, JobContext
 from dbjobq.errors import (
     ConfigurationError,
     InvalidJobError,
+    JobError,
     JobTimeoutError,
     PayloadError,
     StorageError,
@@ -546,6 +547,8 @@ class Worker:
         self._batch.extend(jobs)
         if len(jobs) > 1:
             for job in jobs:
+                if self._exhausted(job):
+                    continue  # settled by _run_job, never run
                 attempt = self._attempt(job)
                 if attempt is not None:
                     self._ahead[job.id] = attempt
@@ -704,9 +707,11 @@ class Worker:
         self._runners += 1
         return Runner(f"dbjobq-runner-{self.id}-{self._runners}")
 
-    def _abandon(self, attempt: Attempt, why: str, grace: float = _GRACE) -> None:
+    def _abandon(
+        self, attempt: Attempt, why: str, reason: CancelReason, grace: float = _GRACE
+    ) -> None:
         """Give up on a handler that will not return; its thread keeps running alone."""
-        attempt.abort()
+        attempt.abort(reason)
         if not attempt.done.wait(grace) and self._runner is not None:
             logger.error(
                 "job %s (%s): handler did not return after %s; its thread is abandoned "
@@ -739,7 +744,12 @@ class Worker:
         def report_progress(value: float, message: str | None) -> bool:
             return storage.set_progress(job.id, token, progress=value, message=message)
 
-        ctx = JobContext(job, self.queue, report_progress=report_progress)
+        ctx = JobContext(
+            job,
+            self.queue,
+            report_progress=report_progress,
+            lost_reason=lambda: self._lost_reason(job),
+        )
         return Attempt(handler, ctx, self._signal)
 
     def _process(self, job: Job) -> None:
@@ -758,18 +768,43 @@ class Worker:
             self._current = None
             self._info_dirty = True
 
+    def _exhausted(self, job: Job) -> bool:
+        """Whether `job` was claimed past its last allowed attempt.
+
+        A job that leaves `max_retries` to its handler is rescued to `pending`
+        whatever its attempts (the storage does not know the handler's value); the
+        worker that claims it next settles it here.
+        """
+        return job.max_retries is None and job.attempts > self.queue._max_retries(job) + 1
+
     def _run_job(self, job: Job) -> None:
         lease = _Lease(job, job.lease_token or "", self._claimed_at + self.lease_seconds)
+        if self._exhausted(job):
+            logger.error(
+                "job %s (%s) failed: no retry left after %d attempts",
+                job.id,
+                job.type,
+                job.attempts - 1,
+                extra=_extra(job),
+            )
+            error = job.last_error or f"no retry left after {job.attempts - 1} attempts"
+            self._record(lease, error=error, retry_in=None)
+            return
         attempt = self._ahead.pop(job.id, None)
         if attempt is None:
             attempt = self._attempt(job)
-            if attempt is None:  # claims only ask for registered types; never expected
-                error = f"no handler for job type {job.type!r} in worker {self.id}"
-                self._record(lease, error=error, retry_in=0.0)
+            if attempt is None:
+                # Claims only ask for registered types, but a database that compares
+                # names loosely (case, trailing spaces) can still hand over another
+                # type. Back off as for a failure: retrying at once would spin.
+                problem = JobError(f"no handler for job type {job.type!r} in worker {self.id}")
+                text, retry_in = self.queue._failure(job, problem, "")
+                logger.error("job %s: %s", job.id, text, extra=_extra(job))
+                self._record(lease, error=text, retry_in=retry_in)
                 return
             self._submit(attempt)
         self._emit("job:started", job)
-        timeout = job.timeout or attempt.handler.timeout
+        timeout = self.queue._timeout(job)
         if self._watch(lease, attempt, timeout):
             self._finish(lease, attempt)
 
@@ -802,7 +837,7 @@ class Worker:
                 continue
             self._save_info_if_due()
             if self._stop_deadline is not None and now >= self._stop_deadline:
-                attempt.abort()
+                attempt.abort(CancelReason.SHUTDOWN)
                 if attempt.done.wait(_GRACE):
                     return True  # it stopped when asked: record its outcome as usual
                 logger.warning(
@@ -812,15 +847,15 @@ class Worker:
                     job.id,
                     extra=_extra(job),
                 )
-                self._abandon(attempt, "the stop timeout", grace=0)
+                self._abandon(attempt, "the stop timeout", CancelReason.SHUTDOWN, grace=0)
                 return False
             if timeout is not None and now >= started + timeout:
-                attempt.abort()
+                attempt.abort(CancelReason.TIMEOUT)
                 error = JobTimeoutError(f"job exceeded its timeout of {timeout:g}s")
                 text, retry_in = self.queue._failure(job, error, "")
                 logger.error("job %s (%s): %s", job.id, job.type, error, extra=_extra(job))
                 self._record(lease, error=text, retry_in=retry_in)
-                self._abandon(attempt, "its timeout")
+                self._abandon(attempt, "its timeout", CancelReason.TIMEOUT)
                 return False
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval
@@ -844,7 +879,7 @@ class Worker:
                             job.type,
                             extra=_extra(job),
                         )
-                        attempt.ctx.cancelled.set()
+                        attempt.ctx._interrupt(CancelReason.LEASE_LOST)
                     continue
                 self._write_errors.recovered(f"worker {self.id}: heartbeat")
                 if held:
@@ -858,7 +893,7 @@ class Worker:
                     job.type,
                     extra=_extra(job),
                 )
-                self._abandon(attempt, "its lease was lost")
+                self._abandon(attempt, "its lease was lost", self._lost_reason(job))
                 return False
 
     def _finish(self, lease: _Lease, attempt: Attempt) -> None:
@@ -875,6 +910,10 @@ class Worker:
                 error = PayloadError(f"handler result is not storable: {invalid}")
                 attempt.trace = ""
         lease.ended = attempt.finished_at or time.monotonic()
+        reason = attempt.ctx.cancel_reason
+        if error is not None and reason is not None:
+            self._interrupted(lease, reason, error, attempt.trace)
+            return
         if error is None:
             logger.debug("job %s (%s) completed", job.id, job.type, extra=_extra(job))
             if self.prefetch > 1:
@@ -907,6 +946,52 @@ class Worker:
                 extra=_extra(job),
             )
         self._record(lease, error=text, retry_in=retry_in)
+
+    def _interrupted(
+        self, lease: _Lease, reason: CancelReason, error: BaseException, trace: str
+    ) -> None:
+        """A handler that raised once asked to stop: unfinished work, not a failure.
+
+        After a shutdown (or a lease that could not be renewed) the job is given
+        back: `pending`, its attempt not counted. The fence decides, as for any
+        outcome: a job cancelled or rescued meanwhile is left as it is.
+        """
+        job, storage = lease.job, self.queue.storage
+        if reason not in (CancelReason.SHUTDOWN, CancelReason.LEASE_LOST):
+            # Cancelled: the job stays so. (A timeout was recorded when it struck.)
+            logger.info(
+                "job %s (%s) stopped (%s); outcome discarded",
+                job.id,
+                job.type,
+                reason,
+                extra=_extra(job),
+            )
+            return
+        if type(storage).release is Storage.release:  # the backend cannot give jobs back
+            text, retry_in = self.queue._failure(job, error, trace)
+            self._record(lease, error=text, retry_in=retry_in)
+            return
+        held = self._write([lease], lambda: [storage.release(job.id, lease.token)])
+        if held is None:
+            return
+        if not held[0]:
+            self._lease_lost(job)
+            return
+        logger.warning(
+            "job %s (%s) interrupted (%s): back to pending, attempt not counted",
+            job.id,
+            job.type,
+            reason,
+            extra=_extra(job),
+        )
+
+    def _lost_reason(self, job: Job) -> CancelReason:
+        """Why this worker no longer holds `job`: cancelled, or rescued or taken over."""
+        try:
+            status = self.queue.storage.get(job.id).status
+        except Exception:  # noqa: BLE001 - only decides which reason to report
+            return CancelReason.LEASE_LOST
+        return CancelReason.CANCELLED if status == "cancelled" else CancelReason.LEASE_LOST
 
     def _fail_after_bug(self, job: Job, error: Exception) -> None:
         """Record an attempt dbjobq itself could not finish, so it is not re-run blindly."""
