@@ -211,8 +211,8 @@ def test_raise_if_cancelled_does_nothing_until_the_signal(queue: JobQueue) -> No
 
 def test_without_release_an_interrupted_attempt_is_a_failed_one() -> None:
     class NoRelease(MemoryStorage):
-        release = Storage.release  # type: ignore[assignment]
-        release_many = Storage.release_many  # type: ignore[assignment]
+        release = Storage.release
+        release_many = Storage.release_many
 
     queue = JobQueue(NoRelease())
     seen: list[CancelReason | None] = []
