@@ -19,7 +19,7 @@ from typing import Any, overload
 
 from dbjobq import _clock, _faults
 from dbjobq._checks import check_name
-from dbjobq._runner import Attempt, Runner
+from dbjobq._runner import Attempt, LoopRunner, Runner
 from dbjobq.context import CancelReason, JobContext
 from dbjobq.errors import (
     ConfigurationError,
@@ -145,6 +145,12 @@ class Worker:
         max_jobs: Stop by itself after this many jobs (`None`: run until stopped).
         prefetch: The most jobs claimed at once. A storage without
             `Storage.release` gets 1.
+        concurrency: How many jobs the worker runs at once (1 to 1000). Above 1,
+            `async def` handlers run side by side as tasks of one event loop,
+            each job with its own lease, heartbeat, timeout and outcome; sync
+            handlers still run one at a time, on the worker's handler thread,
+            alongside them. Jobs are then claimed as slots free up, not in
+            batches (`prefetch` is not used).
 
     Raises:
         ConfigurationError: If an option is out of range.
@@ -162,6 +168,7 @@ class Worker:
         worker_id: str | None = None,
         max_jobs: int | None = None,
         prefetch: int = 256,
+        concurrency: int = 1,
     ) -> None:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
@@ -201,6 +208,17 @@ class Worker:
             raise ConfigurationError(f"max_jobs must be a positive int, got {max_jobs!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ConfigurationError(f"prefetch must be a positive int, got {prefetch!r}")
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= 1000
+        ):
+            raise ConfigurationError(
+                f"concurrency must be an int from 1 to 1000, got {concurrency!r}"
+            )
+        self.concurrency = concurrency
+        self._loop_runner: LoopRunner | None = None  # async handlers, with concurrency > 1
+        self._next_beat = 0.0  # when (monotonic) the running jobs' leases are renewed
         self.queue = queue
         self.queues: tuple[str, ...] = tuple(dict.fromkeys(names))
         self.poll_interval = float(poll_interval)
@@ -434,6 +452,9 @@ class Worker:
         self._last_rescue = -math.inf  # always look for expired leases first
         try:
             while not self._stopping.is_set() and not self._reached_max_jobs():
+                if self.concurrency > 1:
+                    self._serve_concurrently(drain=True)
+                    break
                 self._rescue_if_due()
                 jobs = self._claim()
                 if not jobs:
@@ -446,6 +467,9 @@ class Worker:
             if self._runner is not None:
                 self._runner.retire()
                 self._runner = None
+            if self._loop_runner is not None:
+                self._loop_runner.retire()
+                self._loop_runner = None
         return self.jobs_processed - before
 
     # -- the loop ---------------------------------------------------------------------
@@ -661,6 +685,9 @@ class Worker:
         delay = self.poll_interval
         try:
             while not self._stopping.is_set() and not self._reached_max_jobs():
+                if self.concurrency > 1:  # jobs side by side: a loop of its own
+                    self._serve_concurrently(drain=False)
+                    break
                 self._wake.clear()
                 try:
                     self._save_info_if_due()
@@ -692,6 +719,9 @@ class Worker:
             self._flush()
             if self._runner is not None:
                 self._runner.retire()
+            if self._loop_runner is not None:
+                self._loop_runner.retire()
+                self._loop_runner = None
             try:
                 self.queue.storage.remove_worker(self.id)
             except Exception as error:  # noqa: BLE001 - the record will be pruned later
@@ -703,6 +733,204 @@ class Worker:
 
     # -- one job ------------------------------------------------------------------------
 
+    # -- several jobs at once (concurrency > 1) -----------------------------------------
+
+    def _serve_concurrently(self, *, drain: bool) -> None:
+        """Run up to `concurrency` jobs at once until stopped (or, `drain`, until idle).
+
+        Jobs are claimed as slots free up. Async handlers run as tasks of one event
+        loop (`LoopRunner`); a sync handler runs on the runner thread, at most one at
+        a time. This thread renews every lease, enforces timeouts and the stop
+        deadline, and records each outcome. Handlers finishing, enqueues and `stop()`
+        all set `_wake`, which is what it waits on.
+        """
+        flights: dict[str, _Lease] = {}
+        attempts: dict[str, Attempt] = {}
+        delay, next_poll = self.poll_interval, -math.inf
+        self._next_beat = time.monotonic() + self.heartbeat_interval
+        while True:
+            self._wake.clear()
+            self._settle(flights, attempts)
+            stopping = self._stopping.is_set() or self._reached_max_jobs()
+            if stopping and not flights:
+                return
+            now = time.monotonic()
+            free = self.concurrency - len(flights)
+            if self.max_jobs is not None:
+                free = min(free, self.max_jobs - self.jobs_processed - len(flights))
+            if not stopping and free > 0 and now >= next_poll:
+                try:
+                    self._save_info_if_due()
+                    self._tick_if_due()
+                    self._rescue_if_due()
+                    jobs = self._claim_for_slots(free, attempts)
+                except Exception as error:  # noqa: BLE001 - StorageError, or a bug: back off
+                    self._poll_errors.failed(f"worker {self.id}: polling", error)
+                    self._emit("worker:error", error=f"{type(error).__name__}: {error}")
+                    next_poll = now + delay * (0.5 + random.random() / 2)
+                    delay = min(delay * 2, self.max_poll_interval)
+                else:
+                    self._poll_errors.recovered(f"worker {self.id}: polling")
+                    for job in jobs:
+                        self._launch(job, flights, attempts)
+                    if jobs:
+                        delay = self.poll_interval
+                    if len(jobs) < free:  # nothing more due for now
+                        if drain and not flights:
+                            return
+                        next_poll = now + delay
+                        delay = min(delay * 2, self.max_poll_interval)
+                    continue  # settle what was launched, and fill what is left
+            self._idle = not flights
+            until = [self._next_save()]
+            if not stopping and free > 0:
+                until.append(next_poll)
+                if self._ticker is not None:
+                    until.append(self._next_tick)
+            if flights:
+                until.append(self._next_beat)
+                for job_id, attempt in attempts.items():
+                    timeout = self.queue._timeout(flights[job_id].job)
+                    if timeout is not None and attempt.started_at is not None:
+                        until.append(attempt.started_at + timeout)
+                if self._stop_deadline is not None:
+                    until.append(self._stop_deadline)
+            if self._wake.wait(max(0.0, min(until) - time.monotonic())):
+                next_poll = -math.inf  # a slot freed, an enqueue, or stop(): look again
+            self._idle = False
+            if not flights:
+                self._save_info_if_due()
+
+    def _claim_for_slots(self, free: int, attempts: dict[str, Attempt]) -> list[Job]:
+        """Claim up to `free` jobs: async types freely, a sync one only if none runs."""
+        handlers = self.queue._handlers
+        async_types = {t for t, h in handlers.items() if h.is_async}
+        sync_types = set(handlers) - async_types
+        sync_busy = any(not a.handler.is_async for a in attempts.values())
+        began = time.monotonic()
+        store = self.queue._store()
+
+        def claim(types: set[str], limit: int) -> list[Job]:
+            return store.claim(
+                queues=self.queues,
+                types=types,
+                worker_id=self.id,
+                lease_seconds=self.lease_seconds,
+                limit=limit,
+            )
+
+        jobs = claim(async_types, free) if async_types else []
+        if sync_types and not sync_busy and len(jobs) < free:
+            jobs += claim(sync_types, 1)
+        self._claimed_at = began
+        return jobs
+
+    def _launch(self, job: Job, flights: dict[str, _Lease], attempts: dict[str, Attempt]) -> None:
+        """Start a claimed job's handler, or settle the job at once if it cannot run."""
+        lease = _Lease(job, job.lease_token or "", self._claimed_at + self.lease_seconds)
+        self._current = job
+        self._info_dirty = True
+        self._emit("job:claimed", job)
+        if self._exhausted(job):
+            self._counted(lambda: self._fail_exhausted(lease))
+            return
+        attempt = self._attempt(job)
+        if attempt is None:
+            self._counted(lambda: self._no_handler(lease))
+            return
+        if attempt.handler.is_async:
+            if self._loop_runner is None:
+                self._runners += 1
+                self._loop_runner = LoopRunner(f"dbjobq-loop-{self.id}-{self._runners}")
+            self._loop_runner.submit(attempt)
+        else:
+            self._submit(attempt)
+        flights[job.id] = lease
+        attempts[job.id] = attempt
+        self._emit("job:started", job)
+
+    def _counted(self, settle: Callable[[], None]) -> None:
+        """Settle one job (record its outcome), counting it as processed once."""
+        self._deferred = False
+        try:
+            settle()
+        finally:
+            if not self._deferred:  # else counted when its outcome is written
+                self.jobs_processed += 1
+
+    def _settle(self, flights: dict[str, _Lease], attempts: dict[str, Attempt]) -> None:
+        """Record what finished; renew leases; enforce timeouts and the stop deadline."""
+        done = [job_id for job_id, attempt in attempts.items() if attempt.done.is_set()]
+        for job_id in done:
+            self._land(flights.pop(job_id), attempts.pop(job_id))
+        now = time.monotonic()
+        if flights and self._stop_deadline is not None and now >= self._stop_deadline:
+            for attempt in attempts.values():
+                attempt.abort(CancelReason.SHUTDOWN)
+            grace_until = now + _GRACE
+            while not all(a.done.is_set() for a in attempts.values()):
+                left = grace_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(left)
+                self._wake.clear()
+            for job_id in list(flights):
+                lease, attempt = flights.pop(job_id), attempts.pop(job_id)
+                if attempt.done.is_set():
+                    self._land(lease, attempt)
+                    continue
+                logger.warning(
+                    "worker %s: stop timeout reached during job %s; leaving it to be "
+                    "rescued when its lease expires",
+                    self.id,
+                    job_id,
+                    extra=_extra(lease.job),
+                )
+                self._abandon(attempt, "the stop timeout", CancelReason.SHUTDOWN, grace=0)
+                self.jobs_processed += 1
+        for job_id in list(flights):
+            lease, attempt = flights[job_id], attempts[job_id]
+            timeout = self.queue._timeout(lease.job)
+            started = attempt.started_at
+            if timeout is None or started is None or now < started + timeout:
+                continue
+            del flights[job_id], attempts[job_id]
+            lease.started = started
+            attempt.abort(CancelReason.TIMEOUT)
+            error = JobTimeoutError(f"job exceeded its timeout of {timeout:g}s")
+            text, retry_in = self.queue._failure(lease.job, error, "")
+            logger.error("job %s (%s): %s", job_id, lease.job.type, error, extra=_extra(lease.job))
+            self._counted(lambda: self._record(lease, error=text, retry_in=retry_in))  # noqa: B023
+            self._abandon(attempt, "its timeout", CancelReason.TIMEOUT)
+        if flights and now >= self._next_beat:
+            self._next_beat = now + self.heartbeat_interval
+            for job_id in list(flights):
+                if not self._beat(flights[job_id], attempts[job_id], now):
+                    del flights[job_id], attempts[job_id]
+                    self.jobs_processed += 1
+        self._flush()
+        if flights:
+            self._save_info_if_due()
+        elif self._current is not None:
+            self._current = None
+            self._info_dirty = True
+
+    def _land(self, lease: _Lease, attempt: Attempt) -> None:
+        """Record the outcome of a handler that returned or raised."""
+        lease.started = attempt.started_at or lease.started
+        job = lease.job
+
+        def finish() -> None:
+            try:
+                self._finish(lease, attempt)
+            except Exception as error:  # a bug of ours must not end the worker
+                logger.exception(
+                    "worker %s: error while processing job %s", self.id, job.id, extra=_extra(job)
+                )
+                self._fail_after_bug(job, error)
+
+        self._counted(finish)
+
     def _new_runner(self) -> Runner:
         self._runners += 1
         return Runner(f"dbjobq-runner-{self.id}-{self._runners}")
@@ -712,7 +940,8 @@ class Worker:
     ) -> None:
         """Give up on a handler that will not return; its thread keeps running alone."""
         attempt.abort(reason)
-        if not attempt.done.wait(grace) and self._runner is not None:
+        on_loop = self.concurrency > 1 and attempt.handler.is_async  # not on the runner
+        if not attempt.done.wait(grace) and self._runner is not None and not on_loop:
             logger.error(
                 "job %s (%s): handler did not return after %s; its thread is abandoned "
                 "and its outcome will be discarded",
@@ -750,7 +979,8 @@ class Worker:
             report_progress=report_progress,
             lost_reason=lambda: self._lost_reason(job),
         )
-        return Attempt(handler, ctx, self._signal)
+        # Side by side, the worker waits on _wake, which enqueues and stop() set too.
+        return Attempt(handler, ctx, self._wake if self.concurrency > 1 else self._signal)
 
     def _process(self, job: Job) -> None:
         self._current = job
@@ -777,30 +1007,42 @@ class Worker:
         """
         return job.max_retries is None and job.attempts > self.queue._max_retries(job) + 1
 
+    def _fail_exhausted(self, lease: _Lease) -> None:
+        """Fail a job claimed past its last attempt, without running it."""
+        job = lease.job
+        logger.error(
+            "job %s (%s) failed: no retry left after %d attempts",
+            job.id,
+            job.type,
+            job.attempts - 1,
+            extra=_extra(job),
+        )
+        error = job.last_error or f"no retry left after {job.attempts - 1} attempts"
+        self._record(lease, error=error, retry_in=None)
+
+    def _no_handler(self, lease: _Lease) -> None:
+        """Record a claimed job that this worker has no handler for.
+
+        Claims only ask for registered types, but a database that compares names
+        loosely (case, trailing spaces) can still hand over another type. Back off
+        as for a failure: retrying at once would spin.
+        """
+        job = lease.job
+        problem = JobError(f"no handler for job type {job.type!r} in worker {self.id}")
+        text, retry_in = self.queue._failure(job, problem, "")
+        logger.error("job %s: %s", job.id, text, extra=_extra(job))
+        self._record(lease, error=text, retry_in=retry_in)
+
     def _run_job(self, job: Job) -> None:
         lease = _Lease(job, job.lease_token or "", self._claimed_at + self.lease_seconds)
         if self._exhausted(job):
-            logger.error(
-                "job %s (%s) failed: no retry left after %d attempts",
-                job.id,
-                job.type,
-                job.attempts - 1,
-                extra=_extra(job),
-            )
-            error = job.last_error or f"no retry left after {job.attempts - 1} attempts"
-            self._record(lease, error=error, retry_in=None)
+            self._fail_exhausted(lease)
             return
         attempt = self._ahead.pop(job.id, None)
         if attempt is None:
             attempt = self._attempt(job)
             if attempt is None:
-                # Claims only ask for registered types, but a database that compares
-                # names loosely (case, trailing spaces) can still hand over another
-                # type. Back off as for a failure: retrying at once would spin.
-                problem = JobError(f"no handler for job type {job.type!r} in worker {self.id}")
-                text, retry_in = self.queue._failure(job, problem, "")
-                logger.error("job %s: %s", job.id, text, extra=_extra(job))
-                self._record(lease, error=text, retry_in=retry_in)
+                self._no_handler(lease)
                 return
             self._submit(attempt)
         self._emit("job:started", job)
@@ -861,40 +1103,47 @@ class Worker:
                 next_beat = now + self.heartbeat_interval
                 # A slow job: the jobs claimed with it should not wait for it.
                 self._release_batch(f"job {job.id} is taking long")
-                try:
-                    _faults.reach("heartbeat")
-                    held = self.queue.storage.heartbeat(
-                        job.id, lease.token, lease_seconds=self.lease_seconds
-                    )
-                except StorageError as error:
-                    self._write_errors.failed(f"worker {self.id}: heartbeat", error)
-                    if now >= lease.until and not attempt.ctx.cancelled.is_set():
-                        # Another worker may have rescued the job by now: ask the handler
-                        # to stop. Its outcome is still recorded if the lease turns out
-                        # to be ours after all (the fence decides).
-                        logger.warning(
-                            "job %s (%s): lease could not be renewed before it expired; "
-                            "signalling the handler to stop",
-                            job.id,
-                            job.type,
-                            extra=_extra(job),
-                        )
-                        attempt.ctx._interrupt(CancelReason.LEASE_LOST)
-                    continue
-                self._write_errors.recovered(f"worker {self.id}: heartbeat")
-                if held:
-                    lease.until = now + self.lease_seconds
+                if self._beat(lease, attempt, now):
                     self._save_info_if_due()
                     continue
+                return False
+
+    def _beat(self, lease: _Lease, attempt: Attempt, now: float) -> bool:
+        """Renew a running job's lease; `False` if it is lost (the handler given up)."""
+        job = lease.job
+        try:
+            _faults.reach("heartbeat")
+            held = self.queue.storage.heartbeat(
+                job.id, lease.token, lease_seconds=self.lease_seconds
+            )
+        except StorageError as error:
+            self._write_errors.failed(f"worker {self.id}: heartbeat", error)
+            if now >= lease.until and not attempt.ctx.cancelled.is_set():
+                # Another worker may have rescued the job by now: ask the handler
+                # to stop. Its outcome is still recorded if the lease turns out
+                # to be ours after all (the fence decides).
                 logger.warning(
-                    "job %s (%s): lease lost (cancelled or rescued); stopping the handler "
-                    "and discarding its outcome",
+                    "job %s (%s): lease could not be renewed before it expired; "
+                    "signalling the handler to stop",
                     job.id,
                     job.type,
                     extra=_extra(job),
                 )
-                self._abandon(attempt, "its lease was lost", self._lost_reason(job))
-                return False
+                attempt.ctx._interrupt(CancelReason.LEASE_LOST)
+            return True
+        self._write_errors.recovered(f"worker {self.id}: heartbeat")
+        if held:
+            lease.until = now + self.lease_seconds
+            return True
+        logger.warning(
+            "job %s (%s): lease lost (cancelled or rescued); stopping the handler "
+            "and discarding its outcome",
+            job.id,
+            job.type,
+            extra=_extra(job),
+        )
+        self._abandon(attempt, "its lease was lost", self._lost_reason(job))
+        return False
 
     def _finish(self, lease: _Lease, attempt: Attempt) -> None:
         job = lease.job
