@@ -129,7 +129,7 @@ class Worker:
     and records one job at a time.
 
     Several workers may share one `JobQueue` in one process; each runs one job at a
-    time.
+    time, unless `concurrency` lets it run several `async def` jobs at once.
 
     Args:
         queue: Where jobs and handlers come from.
