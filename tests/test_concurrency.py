@@ -169,6 +169,63 @@ def test_a_stop_that_runs_out_gives_every_interrupted_job_back(queue: JobQueue) 
     assert {(j.status, j.attempts) for j in jobs} == {("pending", 0)}
 
 
+def test_every_job_in_flight_has_its_lease_renewed(queue: JobQueue) -> None:
+    gate = threading.Event()
+    started: list[str] = []
+
+    @queue.handler("fetch")
+    async def fetch(ctx: JobContext) -> str:
+        started.append(ctx.job.id)
+        while not gate.is_set():
+            await asyncio.sleep(0.005)
+        return "finished"
+
+    ids = queue.enqueue_many(JobSpec(type="fetch") for _ in range(N))
+    with Worker(queue, poll_interval=0.01, lease_seconds=0.6, concurrency=N):
+        wait_until(lambda: len(started) == N, what="all jobs to start")
+        first = {i: queue.get_job(i).lease_expires_at for i in ids}
+        # Each lease moves on, over and over: the jobs outlive several leases.
+        for _ in range(3):
+            before = dict(first)
+
+            def all_renewed(before: dict[str, Any] = before) -> bool:
+                return all(queue.get_job(i).lease_expires_at > before[i] for i in ids)
+
+            wait_until(all_renewed, what="every lease to be renewed")
+            first = {i: queue.get_job(i).lease_expires_at for i in ids}
+        gate.set()
+        wait_until(lambda: _all_completed(queue, ids), what="all jobs")
+    assert {queue.get_job(i).attempts for i in ids} == {1}  # none was rescued
+
+
+def test_cancelling_one_job_in_flight_leaves_the_others_running(queue: JobQueue) -> None:
+    gate = threading.Event()
+    started: list[str] = []
+    stopped: list[str] = []
+
+    @queue.handler("fetch")
+    async def fetch(ctx: JobContext) -> str:
+        started.append(ctx.job.id)
+        try:
+            while not gate.is_set():
+                await asyncio.sleep(0.005)
+                ctx.raise_if_cancelled()
+        except BaseException:
+            stopped.append(str(ctx.cancel_reason))
+            raise
+        return "finished"
+
+    ids = queue.enqueue_many(JobSpec(type="fetch") for _ in range(N))
+    with Worker(queue, poll_interval=0.01, lease_seconds=0.6, concurrency=N):
+        wait_until(lambda: len(started) == N, what="all jobs to start")
+        assert queue.cancel(ids[0])
+        wait_until(lambda: stopped, what="the cancelled handler to stop")
+        gate.set()
+        wait_until(lambda: _all_completed(queue, ids[1:]), what="the others")
+    assert stopped == ["cancelled"]
+    assert queue.get_job(ids[0]).status == "cancelled"
+
+
 @pytest.mark.parametrize("value", [0, 1001, True, 2.0, "4"])
 def test_concurrency_must_be_an_int_from_1_to_1000(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="concurrency"):
