@@ -731,8 +731,6 @@ class Worker:
             logger.info("worker %s stopped after %d job(s)", self.id, self.jobs_processed)
             self._emit("worker:stopped")
 
-    # -- one job ------------------------------------------------------------------------
-
     # -- several jobs at once (concurrency > 1) -----------------------------------------
 
     def _serve_concurrently(self, *, drain: bool) -> None:
@@ -930,6 +928,8 @@ class Worker:
                 self._fail_after_bug(job, error)
 
         self._counted(finish)
+
+    # -- one job ------------------------------------------------------------------------
 
     def _new_runner(self) -> Runner:
         self._runners += 1
