@@ -350,7 +350,10 @@ class Worker:
 
     @property
     def current_job(self) -> Job | None:
-        """The job being processed right now, as claimed; `None` when idle."""
+        """The job being processed right now, as claimed; `None` when idle.
+
+        With `concurrency` above 1, the job started last among those running.
+        """
         return self._current
 
     @property
