@@ -910,11 +910,13 @@ class Worker:
                     del flights[job_id], attempts[job_id]
                     self.jobs_processed += 1
         self._flush()
+        current = self._current
+        if current is not None and current.id not in flights:
+            # The job started last among those still running (dicts keep that order).
+            self._current = flights[next(reversed(flights))].job if flights else None
+            self._info_dirty = True
         if flights:
             self._save_info_if_due()
-        elif self._current is not None:
-            self._current = None
-            self._info_dirty = True
 
     def _land(self, lease: _Lease, attempt: Attempt) -> None:
         """Record the outcome of a handler that returned or raised."""

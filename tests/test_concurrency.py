@@ -143,11 +143,13 @@ def test_stop_waits_for_every_job_in_flight(queue: JobQueue) -> None:
     worker = Worker(queue, poll_interval=0.01, concurrency=N)
     worker.start()
     wait_until(lambda: len(started) == N, what="all jobs to start")
+    current = worker.current_job
+    assert current is not None and current.id in ids
     worker.stop(wait=False)
     gate.set()
     assert worker.stop(timeout=30)
     assert _all_completed(queue, ids)
-    assert worker.jobs_processed == N
+    assert worker.jobs_processed == N and worker.current_job is None
 
 
 def test_a_stop_that_runs_out_gives_every_interrupted_job_back(queue: JobQueue) -> None:
