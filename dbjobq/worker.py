@@ -765,7 +765,9 @@ class Worker:
                     self._tick_if_due()
                     self._rescue_if_due()
                     jobs = self._claim_for_slots(free, attempts)
-                except Exception as error:  # noqa: BLE001 - StorageError, or a bug: back off
+                except Exception as error:  # StorageError, or a bug: back off
+                    if drain and not flights:
+                        raise  # run_until_empty() reports it, as with one job at a time
                     self._poll_errors.failed(f"worker {self.id}: polling", error)
                     self._emit("worker:error", error=f"{type(error).__name__}: {error}")
                     next_poll = now + delay * (0.5 + random.random() / 2)

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from dbjobq import ConfigurationError, JobContext, JobQueue, JobSpec, Worker
+from dbjobq import ConfigurationError, JobContext, JobQueue, JobSpec, StorageError, Worker
 
 from .conftest import StorageConfig
 from .helpers import wait_until
+from .test_worker import FlakyStorage
 
 N = 4
 
@@ -226,6 +227,30 @@ def test_cancelling_one_job_in_flight_leaves_the_others_running(queue: JobQueue)
         wait_until(lambda: _all_completed(queue, ids[1:]), what="the others")
     assert stopped == ["cancelled"]
     assert queue.get_job(ids[0]).status == "cancelled"
+
+
+def test_a_concurrent_worker_survives_failing_polls() -> None:
+    storage = FlakyStorage(claim=5, complete=2)
+    queue = JobQueue(storage)
+
+    @queue.handler("fetch")
+    async def fetch(ctx: JobContext) -> str:
+        return "ok"
+
+    ids = queue.enqueue_many(JobSpec(type="fetch") for _ in range(2 * N))
+    with Worker(queue, poll_interval=0.01, max_poll_interval=0.02, concurrency=N) as worker:
+        wait_until(lambda: _all_completed(queue, ids), what="all jobs")
+        assert worker.is_alive
+    assert storage.calls["claim"] > 5
+
+
+def test_run_until_empty_reports_a_storage_that_fails() -> None:
+    queue = JobQueue(FlakyStorage(claim=1))
+    queue.register("t", lambda ctx: None)
+    queue.enqueue("t")
+    with pytest.raises(StorageError):
+        Worker(queue, concurrency=N).run_until_empty()
+    assert Worker(queue, concurrency=N).run_until_empty() == 1
 
 
 @pytest.mark.parametrize("value", [0, 1001, True, 2.0, "4"])
