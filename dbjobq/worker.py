@@ -381,10 +381,13 @@ class Worker:
         """Stop taking jobs and wait for the current one to finish.
 
         Wakes a sleeping worker at once. If the current job is still running when
-        `timeout` seconds have passed, its `JobContext.cancelled` is set and it gets
-        one more second to return (its outcome is then recorded as usual). After
-        that the worker gives up on it: its lease is no longer renewed, its outcome
-        will be discarded, and once the lease expires another worker rescues the job.
+        `timeout` seconds have passed, its `JobContext.cancelled` is set (with
+        `cancel_reason` `shutdown`) and it gets one more second to stop: if its
+        handler then raises (`JobContext.raise_if_cancelled`), the job goes back to
+        `pending` without using an attempt; if it returns, its result is recorded as
+        usual. After that the worker gives up on it: its lease is no longer renewed,
+        its outcome will be discarded, and once the lease expires another worker
+        rescues the job.
 
         Safe to call several times, and before `start()`. A later call with a
         shorter timeout brings the deadline forward; a longer one (or `None`) does
