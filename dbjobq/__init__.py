@@ -16,12 +16,13 @@ Worker(queue).start()
 
 from __future__ import annotations
 
-from dbjobq.context import JobContext
+from dbjobq.context import CancelReason, JobContext
 from dbjobq.errors import (
     ConfigurationError,
     DBJobQError,
     InvalidJobError,
     JobError,
+    JobInterrupted,
     JobNotFound,
     JobTimeoutError,
     JobValidationError,
@@ -40,6 +41,7 @@ from dbjobq.worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "CancelReason",
     "ConfigurationError",
     "DBJobQError",
     "Event",
@@ -48,6 +50,7 @@ __all__ = [
     "Job",
     "JobContext",
     "JobError",
+    "JobInterrupted",
     "JobNotFound",
     "JobQueue",
     "JobSpec",

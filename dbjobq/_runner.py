@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue as queue_module
 import threading
 import time
@@ -10,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from dbjobq.context import JobContext
+from dbjobq.context import CancelReason, JobContext
 from dbjobq.queue import Handler
 
 
@@ -93,9 +94,40 @@ class Attempt:
         self._task = asyncio.ensure_future(self.handler.fn(self.ctx))
         return await self._task
 
-    def abort(self) -> None:
+    def start_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start an async handler as a task of `loop`, alongside others; on its thread."""
+        with self._state:
+            if self._skipped:
+                return
+            self.started_at = time.monotonic()
+        self._loop = loop
+        try:
+            self._task = loop.create_task(self.handler.fn(self.ctx))
+        except BaseException as error:  # noqa: BLE001 - recorded like a handler's error
+            self._ended(error, traceback.format_exc())
+            return
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            self._ended(asyncio.CancelledError(), "")
+            return
+        error = task.exception()
+        if error is None:
+            self.result = task.result()
+            self._ended(None, "")
+        else:
+            self._ended(error, "".join(traceback.format_exception(error)))
+
+    def _ended(self, error: BaseException | None, trace: str) -> None:
+        self.error, self.trace = error, trace
+        self.finished_at = time.monotonic()
+        self.done.set()
+        self._watcher.set()
+
+    def abort(self, reason: CancelReason) -> None:
         """Signal the handler to stop; an async handler's task is also cancelled."""
-        self.ctx.cancelled.set()
+        self.ctx._interrupt(reason)
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)
@@ -139,3 +171,38 @@ class Runner:
     def retire(self) -> None:
         """Exit after the current handler, if any, returns."""
         self._inbox.put(None)
+
+
+class LoopRunner:
+    """A thread running one event loop, on which async handlers run side by side.
+
+    Used by workers with `concurrency` above 1. Each attempt is a task of the loop;
+    the worker thread watches them all. A handler that blocks the loop (sync code
+    inside `async def`) holds up the others on it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        loop = self.loop
+        try:
+            loop.run_forever()
+            # Abandoned tasks (their outcome discarded already): cancel, then let go.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+        finally:
+            loop.close()
+
+    def submit(self, attempt: Attempt) -> None:
+        self.loop.call_soon_threadsafe(attempt.start_on, self.loop)
+
+    def retire(self) -> None:
+        """Stop the loop once the calls queued so far have run."""
+        with contextlib.suppress(RuntimeError):  # closed already
+            self.loop.call_soon_threadsafe(self.loop.stop)

@@ -228,7 +228,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 j.type,
                 j.queue,
                 j.status.value,
-                f"{j.attempts}/{j.max_retries + 1}",
+                f"{j.attempts}/{_tries(queue, j)}",
                 j.priority,
                 _when(j.created_at),
                 _short(j.last_error, 50),
@@ -239,30 +239,48 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tries(queue: JobQueue, job: Job) -> str:
+    """Attempts allowed, as the handler of `queue` would run the job; "?" if unknown."""
+    if job.max_retries is None and job.type not in queue.handlers:
+        return "?"
+    return str(queue._max_retries(job) + 1)
+
+
 def cmd_job(args: argparse.Namespace) -> int:
-    job = _queue(args).get_job(args.id)
+    queue = _queue(args)
+    job = queue.get_job(args.id)
     if args.json:
         _print_json(job)
         return 0
-    _print_job(job)
+    _print_job(job, queue)
     return 0
 
 
-def _print_job(job: Job) -> None:
+def _print_job(job: Job, queue: JobQueue) -> None:
+    # The values the job runs with: its own, else its handler's, known with --app.
+    known = job.type in queue.handlers
+    if job.max_retries is not None or known:
+        attempts = f"{job.attempts} of {queue._max_retries(job) + 1}"
+    else:
+        attempts = f"{job.attempts} of (handler default)"
+    timeout = queue._timeout(job)
+    shown_timeout = "-" if known else "handler default"
+    if timeout is not None:
+        shown_timeout = f"{timeout:g}s"
     fields = [
         ("id", job.id),
         ("type", job.type),
         ("queue", job.queue),
         ("status", job.status.value),
         ("priority", job.priority),
-        ("attempts", f"{job.attempts} of {job.max_retries + 1}"),
+        ("attempts", attempts),
         ("run at", _when(job.run_at)),
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
         ("finished", _when(job.finished_at)),
         ("worker", job.worker_id or "-"),
         ("unique key", job.unique_key or "-"),
-        ("timeout", "-" if job.timeout is None else f"{job.timeout:g}s"),
+        ("timeout", shown_timeout),
     ]
     if job.progress is not None:
         fields.append(("progress", f"{job.progress:g} {job.progress_message or ''}".rstrip()))

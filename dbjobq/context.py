@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import threading
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from dbjobq.errors import InvalidJobError, StorageError
+from dbjobq.errors import InvalidJobError, JobInterrupted, StorageError
 from dbjobq.job import Job
 from dbjobq.payload import check_json
 
 if TYPE_CHECKING:
     from dbjobq.queue import JobQueue
 
-__all__ = ["JobContext"]
+__all__ = ["CancelReason", "JobContext"]
 
 _lazy = threading.Lock()  # creates a context's cancellation event once, whoever asks first
+
+
+class CancelReason(str, enum.Enum):
+    """Why a handler was asked to stop (`JobContext.cancel_reason`).
+
+    Members compare equal to their string values (`CancelReason.SHUTDOWN == "shutdown"`).
+    What becomes of the attempt depends on the reason, if the handler then raises
+    (for example through `JobContext.raise_if_cancelled`):
+    """
+
+    SHUTDOWN = "shutdown"
+    """The worker is stopping and its stop timeout has passed. If the handler raises,
+    the job goes back to `pending` without using an attempt; if it returns, its
+    result is recorded as usual."""
+
+    CANCELLED = "cancelled"
+    """The job was cancelled (`JobQueue.cancel`); it stays `cancelled` and the
+    handler's outcome is discarded."""
+
+    TIMEOUT = "timeout"
+    """The attempt outlived its timeout; it was recorded as a `JobTimeoutError`
+    failure (retried per the retry policy) and the handler's outcome is discarded."""
+
+    LEASE_LOST = "lease_lost"
+    """The worker lost (or could not renew) its lease, so another worker may run the
+    job; the handler's outcome is discarded."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class _JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -46,6 +76,7 @@ class JobContext:
         *,
         report_progress: Callable[[float, str | None], bool],
         cancelled: threading.Event | None = None,
+        lost_reason: Callable[[], CancelReason] | None = None,
     ) -> None:
         self.job = job
         self.queue = queue
@@ -53,15 +84,19 @@ class JobContext:
         self._cancelled = cancelled
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._report_progress = report_progress
+        self._reason: CancelReason | None = None
+        # Asked when progress() finds the lease gone: cancelled, or lost?
+        self._lost_reason = lost_reason
 
     @property
     def cancelled(self) -> threading.Event:
         """Set when the handler should stop.
 
         The job was cancelled, its timeout passed, its lease was lost, or the worker
-        is shutting down past its grace period. Long handlers should check it
-        (`ctx.cancelled.is_set()`) or wait on it instead of sleeping
-        (`ctx.cancelled.wait(5)`).
+        is shutting down past its stop timeout; `cancel_reason` says which. Long
+        handlers should wait on it instead of sleeping (`ctx.cancelled.wait(5)`)
+        and then call `raise_if_cancelled`, so that the attempt is not recorded as
+        done.
         """
         event = self._cancelled
         if event is None:
@@ -70,6 +105,37 @@ class JobContext:
                 if event is None:
                     event = self._cancelled = threading.Event()
         return event
+
+    @property
+    def cancel_reason(self) -> CancelReason | None:
+        """Why `cancelled` was set; `None` while it is not (or if user code set it)."""
+        return self._reason
+
+    def raise_if_cancelled(self) -> None:
+        """Raise `JobInterrupted` if the handler has been asked to stop.
+
+        Call it at safe points of a long handler (between batches, after waiting on
+        `cancelled`): the exception tells the worker that the work is unfinished.
+        A job interrupted by a shutdown goes back to `pending` without using an
+        attempt; see `CancelReason` for the other reasons.
+
+        Raises:
+            JobInterrupted: If `cancelled` is set; its `reason` is `cancel_reason`.
+        """
+        event = self._cancelled
+        if event is not None and event.is_set():
+            reason = self._reason
+            raise JobInterrupted(
+                f"job {self.job.id} interrupted ({reason or 'cancelled'})",
+                reason=reason,
+            )
+
+    def _interrupt(self, reason: CancelReason) -> None:
+        """Ask the handler to stop; the first reason given is the one kept."""
+        with _lazy:
+            if self._reason is None:
+                self._reason = reason
+        self.cancelled.set()
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -134,7 +200,8 @@ class JobContext:
             self.logger.warning("progress not stored: %s", error)
             return
         if not held:
-            self.cancelled.set()
+            why = self._lost_reason
+            self._interrupt(CancelReason.LEASE_LOST if why is None else why())
 
     def __repr__(self) -> str:
         return f"<JobContext {self.job.type} {self.job.id} attempt {self.attempt}>"

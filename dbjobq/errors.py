@@ -7,6 +7,7 @@ DBJobQError                     root: `except DBJobQError` catches everything be
 │   └── PayloadError            payload or result is not strict JSON, too big or too deep
 ├── JobNotFound                 no job with that id (also LookupError)
 ├── StorageError                the database failed; the driver error is on __cause__
+├── JobInterrupted              raised in a handler by `ctx.raise_if_cancelled()`
 └── JobError                    raise from a handler to fail the attempt on purpose
     ├── JobValidationError      never retried: the input itself is wrong
     └── JobTimeoutError         recorded when a job outlives its timeout
@@ -25,6 +26,7 @@ __all__ = [
     "DBJobQError",
     "InvalidJobError",
     "JobError",
+    "JobInterrupted",
     "JobNotFound",
     "JobTimeoutError",
     "JobValidationError",
@@ -81,6 +83,26 @@ class StorageError(DBJobQError):
     The original driver exception is available as `__cause__`. Operations that raise
     it had no effect: each storage operation is one transaction.
     """
+
+
+class JobInterrupted(DBJobQError):
+    """The handler was asked to stop and did: the attempt is unfinished, not failed.
+
+    Raised by `JobContext.raise_if_cancelled` once `JobContext.cancelled` is set.
+    Let it propagate out of the handler. What the worker records depends on
+    `reason` (see `dbjobq.CancelReason`): after a shutdown the job goes back to
+    `pending` without using an attempt; a cancelled job stays `cancelled`; a
+    timeout is recorded as a `JobTimeoutError` failure; after a lost lease
+    nothing is recorded.
+
+    Args:
+        message: What was interrupted.
+        reason: The `CancelReason` value, or `None` if unknown.
+    """
+
+    def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class JobError(DBJobQError):

@@ -77,8 +77,9 @@ class Job:
     """Current state."""
     attempts: int
     """How many times the job has been claimed (the current attempt included)."""
-    max_retries: int
-    """How many retries are allowed after the first attempt."""
+    max_retries: int | None
+    """How many retries are allowed after the first attempt; `None`: as many as the
+    handler allows (its `max_retries`, else its queue's) when the job runs."""
     run_at: datetime
     """Not to run before this time (UTC)."""
     created_at: datetime
@@ -90,7 +91,8 @@ class Job:
     finished_at: datetime | None = None
     """When the job reached a terminal state."""
     timeout: float | None = None
-    """Seconds an attempt may run before it fails with `JobTimeoutError`."""
+    """Seconds an attempt may run before it fails with `JobTimeoutError`; `None`: the
+    handler's `timeout` when the job runs (none if the handler has none)."""
     last_error: str | None = None
     """The latest failure: a summary line, then the traceback."""
     result: Any = None
@@ -111,8 +113,14 @@ class Job:
     """When the current lease runs out unless renewed by a heartbeat."""
 
     @property
-    def retries_left(self) -> int:
-        """How many more attempts a failure of the current attempt would allow."""
+    def retries_left(self) -> int | None:
+        """How many more attempts a failure of the current attempt would allow.
+
+        `None` when the job leaves `max_retries` to its handler
+        (`JobQueue.handlers` has the handler's value).
+        """
+        if self.max_retries is None:
+            return None
         return max(0, self.max_retries + 1 - self.attempts)
 
 
@@ -170,7 +178,8 @@ class NewJob:
     queue: str
     payload: dict[str, Any]
     priority: int
-    max_retries: int
+    max_retries: int | None
+    """`None`: the handler's value when the job runs."""
     run_at: datetime | None
     delay: float
     unique_key: str | None

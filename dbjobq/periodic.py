@@ -73,10 +73,10 @@ class Schedule:
     """Queue of the jobs."""
     priority: int = 0
     """Priority of the jobs."""
-    max_retries: int = 3
-    """Retries of each job."""
+    max_retries: int | None = None
+    """Retries of each job; `None`: the handler's when the job runs."""
     timeout: float | None = None
-    """Timeout of each attempt."""
+    """Timeout of each attempt; `None`: the handler's when the job runs."""
     unique_key: str | None = None
     """If set, a tick whose previous job is still unfinished adds no second job."""
 

@@ -58,7 +58,8 @@ class Handler:
     fn: Callable[[JobContext], Any]
     """The function; a coroutine function runs on the worker's event loop."""
     max_retries: int | None
-    """Default `max_retries` for jobs of this type enqueued in this process."""
+    """`max_retries` of the jobs of this type that do not set their own, wherever they
+    were enqueued; `None`: the queue's `max_retries`."""
     timeout: float | None
     """Seconds an attempt may run; a job's own `timeout` takes precedence."""
     retry_policy: RetryPolicy | None
@@ -81,8 +82,9 @@ class JobQueue:
             `SQLAlchemyStorage`. Defaults to `sqlite:///jobs.db` in the current
             directory.
         default_queue: Queue name used when `enqueue` gets none.
-        max_retries: Retries allowed after a failed first attempt, for jobs whose
-            type has no handler default and that do not set their own.
+        max_retries: Retries allowed after a failed first attempt, for jobs that do
+            not set their own and whose handler here has no `max_retries`. Applied
+            when the job runs, by the queue object whose worker runs it.
         retry_policy: Back-off between attempts for handlers without their own.
         max_payload_bytes: Largest accepted payload (as UTF-8 JSON); `None` for no
             limit. The same limit applies to `meta` and to handler results.
@@ -198,10 +200,11 @@ class JobQueue:
 
         Args:
             type: The job type.
-            max_retries: Default retries for jobs of this type enqueued through
-                this queue object (a job's own `max_retries` wins).
+            max_retries: Retries for jobs of this type, applied when they run
+                wherever they were enqueued (a job's own `max_retries` wins).
             timeout: Seconds an attempt may run before it fails with
-                `JobTimeoutError` (a job's own `timeout` wins).
+                `JobTimeoutError`, applied when the job runs (a job's own
+                `timeout` wins).
             retry_policy: Back-off for this type instead of the queue's.
 
         Raises:
@@ -466,13 +469,15 @@ class JobQueue:
             priority: Higher runs first (a 32-bit int, default 0).
             run_at: Do not run before this aware datetime.
             delay: Or: do not run for this many seconds (number or `timedelta`).
-            max_retries: Retries after a failed first attempt; defaults to the
-                handler's, else the queue's `max_retries`.
+            max_retries: Retries after a failed first attempt. `None` (the
+                default) stores no number: the job gets the handler's
+                `max_retries` (else the queue's) when it runs, so it does not
+                matter which queue object enqueued it.
             unique_key: While an unfinished job holds this key, return that job's
                 id instead of adding a new job.
             meta: Free-form JSON object stored with the job.
             timeout: Seconds an attempt may run before failing with
-                `JobTimeoutError`.
+                `JobTimeoutError`; `None`: the handler's `timeout` when it runs.
             connection: Join the application's open transaction instead of using
                 one of the queue's own (SQL backends: a SQLAlchemy `Connection` or
                 ORM `Session` on the same database). The job then exists if and
@@ -603,13 +608,9 @@ class JobQueue:
             if not _EARLIEST <= run_at <= latest:
                 raise InvalidJobError("run_at must be between 1970 and 100 years from now")
         delay = 0.0 if delay is None else check_seconds(delay, "delay")
-        handler = self._handlers.get(job_type)
+        # None stays None: the handler that runs the job decides (see _max_retries).
         if max_retries is not None:
             max_retries = check_int(max_retries, "max_retries", 0, 1000)
-        elif handler is not None and handler.max_retries is not None:
-            max_retries = handler.max_retries
-        else:
-            max_retries = self.max_retries
         if unique_key is not None:
             unique_key = check_name(unique_key, "unique_key", KEY_MAX)
         if timeout is not None:
@@ -817,6 +818,22 @@ class JobQueue:
 
     # -- used by Worker -------------------------------------------------------------------
 
+    def _max_retries(self, job: Job) -> int:
+        """The job's `max_retries` as this queue runs it: its own, else its handler's."""
+        if job.max_retries is not None:
+            return job.max_retries
+        handler = self._handlers.get(job.type)
+        if handler is not None and handler.max_retries is not None:
+            return handler.max_retries
+        return self.max_retries
+
+    def _timeout(self, job: Job) -> float | None:
+        """The job's `timeout` as this queue runs it: its own, else its handler's."""
+        if job.timeout is not None:
+            return job.timeout
+        handler = self._handlers.get(job.type)
+        return None if handler is None else handler.timeout
+
     def _failure(self, job: Job, error: BaseException, trace: str) -> tuple[str, float | None]:
         """Decide what a failed attempt means: the error text and the retry delay.
 
@@ -831,7 +848,7 @@ class JobQueue:
             return text, None
         if isinstance(error, PayloadError):
             return text, None  # a bad result: running the job again will not fix it
-        if job.attempts > job.max_retries:
+        if job.attempts > self._max_retries(job):
             return text, None
         handler = self._handlers.get(job.type)
         policy = (handler and handler.retry_policy) or self.retry_policy

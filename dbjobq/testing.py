@@ -130,6 +130,21 @@ class StorageContract:
         assert job.lease_token is None and job.worker_id is None
         assert job.run_at == job.created_at
 
+    def test_max_retries_and_timeout_may_be_left_to_the_handler(self, storage: Storage) -> None:
+        """`None` (the handler's value, when the job runs) is read back as `None`."""
+        alone, keyed = make_job(max_retries=None), make_job(max_retries=None, unique_key="k")
+        pair = [make_job(max_retries=None), make_job(max_retries=0)]
+        storage.enqueue([alone])
+        storage.enqueue([keyed])
+        storage.enqueue(pair)
+        for new in (alone, keyed, *pair):
+            job = storage.get(new.id)
+            assert (job.max_retries, job.timeout) == (new.max_retries, None)
+            assert job.retries_left == (None if new.max_retries is None else 1)
+        claimed = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=4)
+        assert [j.max_retries for j in claimed] == [None, None, None, 0]
+        assert [j.max_retries for j in storage.list_jobs(limit=None)].count(None) == 3
+
     def test_a_large_batch_is_stored_whole_with_every_field(self, storage: Storage) -> None:
         """Backends may store big batches another way (COPY, say): same result."""
         later = datetime.now(timezone.utc) + timedelta(hours=1)
@@ -139,7 +154,7 @@ class StorageContract:
                 queue=f"q{n % 2}",
                 payload={"n": n, "text": "é\u2028", "list": [n, 1.5, None, True]},
                 priority=n % 5,
-                max_retries=n % 4,
+                max_retries=None if n % 5 == 4 else n % 4,
                 run_at=later if n % 7 == 0 else None,
                 delay=30.0 if n % 11 == 0 and n % 7 else 0.0,
                 meta={"m": n} if n % 2 else {},
@@ -370,6 +385,28 @@ class StorageContract:
         assert again.id == first and again.attempts == 1  # its place in line is kept
         assert again.lease_token != a.lease_token
 
+    def test_release_gives_back_a_started_job_without_using_its_attempt(
+        self, storage: Storage
+    ) -> None:
+        """A handler interrupted by a shutdown: the job runs again, attempts unchanged."""
+        if type(storage).release is Storage.release:
+            return  # optional: such workers record the interrupted attempt as failed
+        storage.enqueue([make_job(max_retries=0)])
+        first = _claim_one(storage)
+        assert storage.fail(first.id, first.lease_token or "", error="boom", retry_in=0.0)
+        job = _claim_one(storage)
+        assert job.attempts == 2
+        token = job.lease_token or ""
+        assert storage.set_progress(job.id, token, progress=40, message="half")
+        assert storage.release(job.id, token)
+        back = storage.get(job.id)
+        assert (back.status, back.attempts) == (JobStatus.PENDING, 1)
+        assert back.lease_token is None and back.started_at is None
+        assert back.last_error == "boom" and back.finished_at is None
+        assert not storage.fail(job.id, token, error="late", retry_in=None)  # fenced
+        again = _claim_one(storage)
+        assert again.attempts == 2 and again.progress is None
+
     def test_release_many_gives_back_only_what_it_holds(self, storage: Storage) -> None:
         if type(storage).release is Storage.release:
             return  # optional, as release is
@@ -479,6 +516,19 @@ class StorageContract:
         assert back.lease_token is None and back.worker_id is None
         assert back.last_error is not None and "lease expired" in back.last_error
         assert "dead-worker" in back.last_error
+
+    def test_rescue_always_requeues_a_job_that_leaves_retries_to_its_handler(
+        self, storage: Storage
+    ) -> None:
+        """The storage cannot know the handler's `max_retries`: the next worker decides."""
+        storage.enqueue([make_job(max_retries=None), make_job(max_retries=0)])
+        for _ in range(3):
+            jobs = storage.claim(queues=["default"], worker_id="w", lease_seconds=0, limit=2)
+            assert storage.rescue_expired() == len(jobs)
+        left, counted = storage.list_jobs(limit=None)
+        assert (left.max_retries, left.status, left.attempts) == (None, JobStatus.PENDING, 3)
+        assert left.last_error is not None and "lease expired" in left.last_error
+        assert (counted.status, counted.attempts) == (JobStatus.FAILED, 1)
 
     def test_rescue_can_delay_the_retry(self, storage: Storage) -> None:
         storage.enqueue([make_job()])

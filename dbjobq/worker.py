@@ -19,11 +19,12 @@ from typing import Any, overload
 
 from dbjobq import _clock, _faults
 from dbjobq._checks import check_name
-from dbjobq._runner import Attempt, Runner
-from dbjobq.context import JobContext
+from dbjobq._runner import Attempt, LoopRunner, Runner
+from dbjobq.context import CancelReason, JobContext
 from dbjobq.errors import (
     ConfigurationError,
     InvalidJobError,
+    JobError,
     JobTimeoutError,
     PayloadError,
     StorageError,
@@ -128,7 +129,7 @@ class Worker:
     and records one job at a time.
 
     Several workers may share one `JobQueue` in one process; each runs one job at a
-    time.
+    time, unless `concurrency` lets it run several `async def` jobs at once.
 
     Args:
         queue: Where jobs and handlers come from.
@@ -144,6 +145,12 @@ class Worker:
         max_jobs: Stop by itself after this many jobs (`None`: run until stopped).
         prefetch: The most jobs claimed at once. A storage without
             `Storage.release` gets 1.
+        concurrency: How many jobs the worker runs at once (1 to 1000). Above 1,
+            `async def` handlers run side by side as tasks of one event loop,
+            each job with its own lease, heartbeat, timeout and outcome; sync
+            handlers still run one at a time, on the worker's handler thread,
+            alongside them. Jobs are then claimed as slots free up, not in
+            batches (`prefetch` is not used).
 
     Raises:
         ConfigurationError: If an option is out of range.
@@ -161,6 +168,7 @@ class Worker:
         worker_id: str | None = None,
         max_jobs: int | None = None,
         prefetch: int = 256,
+        concurrency: int = 1,
     ) -> None:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
@@ -200,6 +208,17 @@ class Worker:
             raise ConfigurationError(f"max_jobs must be a positive int, got {max_jobs!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ConfigurationError(f"prefetch must be a positive int, got {prefetch!r}")
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= 1000
+        ):
+            raise ConfigurationError(
+                f"concurrency must be an int from 1 to 1000, got {concurrency!r}"
+            )
+        self.concurrency = concurrency
+        self._loop_runner: LoopRunner | None = None  # async handlers, with concurrency > 1
+        self._next_beat = 0.0  # when (monotonic) the running jobs' leases are renewed
         self.queue = queue
         self.queues: tuple[str, ...] = tuple(dict.fromkeys(names))
         self.poll_interval = float(poll_interval)
@@ -331,7 +350,10 @@ class Worker:
 
     @property
     def current_job(self) -> Job | None:
-        """The job being processed right now, as claimed; `None` when idle."""
+        """The job being processed right now, as claimed; `None` when idle.
+
+        With `concurrency` above 1, the job started last among those running.
+        """
         return self._current
 
     @property
@@ -359,10 +381,13 @@ class Worker:
         """Stop taking jobs and wait for the current one to finish.
 
         Wakes a sleeping worker at once. If the current job is still running when
-        `timeout` seconds have passed, its `JobContext.cancelled` is set and it gets
-        one more second to return (its outcome is then recorded as usual). After
-        that the worker gives up on it: its lease is no longer renewed, its outcome
-        will be discarded, and once the lease expires another worker rescues the job.
+        `timeout` seconds have passed, its `JobContext.cancelled` is set (with
+        `cancel_reason` `shutdown`) and it gets one more second to stop: if its
+        handler then raises (`JobContext.raise_if_cancelled`), the job goes back to
+        `pending` without using an attempt; if it returns, its result is recorded as
+        usual. After that the worker gives up on it: its lease is no longer renewed,
+        its outcome will be discarded, and once the lease expires another worker
+        rescues the job.
 
         Safe to call several times, and before `start()`. A later call with a
         shorter timeout brings the deadline forward; a longer one (or `None`) does
@@ -433,6 +458,9 @@ class Worker:
         self._last_rescue = -math.inf  # always look for expired leases first
         try:
             while not self._stopping.is_set() and not self._reached_max_jobs():
+                if self.concurrency > 1:
+                    self._serve_concurrently(drain=True)
+                    break
                 self._rescue_if_due()
                 jobs = self._claim()
                 if not jobs:
@@ -445,6 +473,9 @@ class Worker:
             if self._runner is not None:
                 self._runner.retire()
                 self._runner = None
+            if self._loop_runner is not None:
+                self._loop_runner.retire()
+                self._loop_runner = None
         return self.jobs_processed - before
 
     # -- the loop ---------------------------------------------------------------------
@@ -546,6 +577,8 @@ class Worker:
         self._batch.extend(jobs)
         if len(jobs) > 1:
             for job in jobs:
+                if self._exhausted(job):
+                    continue  # settled by _run_job, never run
                 attempt = self._attempt(job)
                 if attempt is not None:
                     self._ahead[job.id] = attempt
@@ -658,6 +691,9 @@ class Worker:
         delay = self.poll_interval
         try:
             while not self._stopping.is_set() and not self._reached_max_jobs():
+                if self.concurrency > 1:  # jobs side by side: a loop of its own
+                    self._serve_concurrently(drain=False)
+                    break
                 self._wake.clear()
                 try:
                     self._save_info_if_due()
@@ -689,6 +725,9 @@ class Worker:
             self._flush()
             if self._runner is not None:
                 self._runner.retire()
+            if self._loop_runner is not None:
+                self._loop_runner.retire()
+                self._loop_runner = None
             try:
                 self.queue.storage.remove_worker(self.id)
             except Exception as error:  # noqa: BLE001 - the record will be pruned later
@@ -698,16 +737,221 @@ class Worker:
             logger.info("worker %s stopped after %d job(s)", self.id, self.jobs_processed)
             self._emit("worker:stopped")
 
+    # -- several jobs at once (concurrency > 1) -----------------------------------------
+
+    def _serve_concurrently(self, *, drain: bool) -> None:
+        """Run up to `concurrency` jobs at once until stopped (or, `drain`, until idle).
+
+        Jobs are claimed as slots free up. Async handlers run as tasks of one event
+        loop (`LoopRunner`); a sync handler runs on the runner thread, at most one at
+        a time. This thread renews every lease, enforces timeouts and the stop
+        deadline, and records each outcome. Handlers finishing, enqueues and `stop()`
+        all set `_wake`, which is what it waits on.
+        """
+        flights: dict[str, _Lease] = {}
+        attempts: dict[str, Attempt] = {}
+        delay, next_poll = self.poll_interval, -math.inf
+        self._next_beat = time.monotonic() + self.heartbeat_interval
+        while True:
+            self._wake.clear()
+            self._settle(flights, attempts)
+            stopping = self._stopping.is_set() or self._reached_max_jobs()
+            if stopping and not flights:
+                return
+            now = time.monotonic()
+            free = self.concurrency - len(flights)
+            if self.max_jobs is not None:
+                free = min(free, self.max_jobs - self.jobs_processed - len(flights))
+            if not stopping and free > 0 and now >= next_poll:
+                try:
+                    self._save_info_if_due()
+                    self._tick_if_due()
+                    self._rescue_if_due()
+                    jobs = self._claim_for_slots(free, attempts)
+                except Exception as error:  # StorageError, or a bug: back off
+                    if drain and not flights:
+                        raise  # run_until_empty() reports it, as with one job at a time
+                    self._poll_errors.failed(f"worker {self.id}: polling", error)
+                    self._emit("worker:error", error=f"{type(error).__name__}: {error}")
+                    next_poll = now + delay * (0.5 + random.random() / 2)
+                    delay = min(delay * 2, self.max_poll_interval)
+                else:
+                    self._poll_errors.recovered(f"worker {self.id}: polling")
+                    for job in jobs:
+                        self._launch(job, flights, attempts)
+                    if jobs:
+                        delay = self.poll_interval
+                    if len(jobs) < free:  # nothing more due for now
+                        if drain and not flights:
+                            return
+                        next_poll = now + delay
+                        delay = min(delay * 2, self.max_poll_interval)
+                    continue  # settle what was launched, and fill what is left
+            self._idle = not flights
+            until = [self._next_save()]
+            if not stopping and free > 0:
+                until.append(next_poll)
+                if self._ticker is not None:
+                    until.append(self._next_tick)
+            if flights:
+                until.append(self._next_beat)
+                for job_id, attempt in attempts.items():
+                    timeout = self.queue._timeout(flights[job_id].job)
+                    if timeout is not None and attempt.started_at is not None:
+                        until.append(attempt.started_at + timeout)
+                if self._stop_deadline is not None:
+                    until.append(self._stop_deadline)
+            if self._wake.wait(max(0.0, min(until) - time.monotonic())):
+                next_poll = -math.inf  # a slot freed, an enqueue, or stop(): look again
+            self._idle = False
+            if not flights:
+                self._save_info_if_due()
+
+    def _claim_for_slots(self, free: int, attempts: dict[str, Attempt]) -> list[Job]:
+        """Claim up to `free` jobs: async types freely, a sync one only if none runs."""
+        handlers = self.queue._handlers
+        async_types = {t for t, h in handlers.items() if h.is_async}
+        sync_types = set(handlers) - async_types
+        sync_busy = any(not a.handler.is_async for a in attempts.values())
+        began = time.monotonic()
+        store = self.queue._store()
+
+        def claim(types: set[str], limit: int) -> list[Job]:
+            return store.claim(
+                queues=self.queues,
+                types=types,
+                worker_id=self.id,
+                lease_seconds=self.lease_seconds,
+                limit=limit,
+            )
+
+        jobs = claim(async_types, free) if async_types else []
+        if sync_types and not sync_busy and len(jobs) < free:
+            jobs += claim(sync_types, 1)
+        self._claimed_at = began
+        return jobs
+
+    def _launch(self, job: Job, flights: dict[str, _Lease], attempts: dict[str, Attempt]) -> None:
+        """Start a claimed job's handler, or settle the job at once if it cannot run."""
+        lease = _Lease(job, job.lease_token or "", self._claimed_at + self.lease_seconds)
+        self._current = job
+        self._info_dirty = True
+        self._emit("job:claimed", job)
+        if self._exhausted(job):
+            self._counted(lambda: self._fail_exhausted(lease))
+            return
+        attempt = self._attempt(job)
+        if attempt is None:
+            self._counted(lambda: self._no_handler(lease))
+            return
+        if attempt.handler.is_async:
+            if self._loop_runner is None:
+                self._runners += 1
+                self._loop_runner = LoopRunner(f"dbjobq-loop-{self.id}-{self._runners}")
+            self._loop_runner.submit(attempt)
+        else:
+            self._submit(attempt)
+        flights[job.id] = lease
+        attempts[job.id] = attempt
+        self._emit("job:started", job)
+
+    def _counted(self, settle: Callable[[], None]) -> None:
+        """Settle one job (record its outcome), counting it as processed once."""
+        self._deferred = False
+        try:
+            settle()
+        finally:
+            if not self._deferred:  # else counted when its outcome is written
+                self.jobs_processed += 1
+
+    def _settle(self, flights: dict[str, _Lease], attempts: dict[str, Attempt]) -> None:
+        """Record what finished; renew leases; enforce timeouts and the stop deadline."""
+        done = [job_id for job_id, attempt in attempts.items() if attempt.done.is_set()]
+        for job_id in done:
+            self._land(flights.pop(job_id), attempts.pop(job_id))
+        now = time.monotonic()
+        if flights and self._stop_deadline is not None and now >= self._stop_deadline:
+            for attempt in attempts.values():
+                attempt.abort(CancelReason.SHUTDOWN)
+            grace_until = now + _GRACE
+            while not all(a.done.is_set() for a in attempts.values()):
+                left = grace_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(left)
+                self._wake.clear()
+            for job_id in list(flights):
+                lease, attempt = flights.pop(job_id), attempts.pop(job_id)
+                if attempt.done.is_set():
+                    self._land(lease, attempt)
+                    continue
+                logger.warning(
+                    "worker %s: stop timeout reached during job %s; leaving it to be "
+                    "rescued when its lease expires",
+                    self.id,
+                    job_id,
+                    extra=_extra(lease.job),
+                )
+                self._abandon(attempt, "the stop timeout", CancelReason.SHUTDOWN, grace=0)
+                self.jobs_processed += 1
+        for job_id in list(flights):
+            lease, attempt = flights[job_id], attempts[job_id]
+            timeout = self.queue._timeout(lease.job)
+            started = attempt.started_at
+            if timeout is None or started is None or now < started + timeout:
+                continue
+            del flights[job_id], attempts[job_id]
+            lease.started = started
+            attempt.abort(CancelReason.TIMEOUT)
+            error = JobTimeoutError(f"job exceeded its timeout of {timeout:g}s")
+            text, retry_in = self.queue._failure(lease.job, error, "")
+            logger.error("job %s (%s): %s", job_id, lease.job.type, error, extra=_extra(lease.job))
+            self._counted(lambda: self._record(lease, error=text, retry_in=retry_in))  # noqa: B023
+            self._abandon(attempt, "its timeout", CancelReason.TIMEOUT)
+        if flights and now >= self._next_beat:
+            self._next_beat = now + self.heartbeat_interval
+            for job_id in list(flights):
+                if not self._beat(flights[job_id], attempts[job_id], now):
+                    del flights[job_id], attempts[job_id]
+                    self.jobs_processed += 1
+        self._flush()
+        current = self._current
+        if current is not None and current.id not in flights:
+            # The job started last among those still running (dicts keep that order).
+            self._current = flights[next(reversed(flights))].job if flights else None
+            self._info_dirty = True
+        if flights:
+            self._save_info_if_due()
+
+    def _land(self, lease: _Lease, attempt: Attempt) -> None:
+        """Record the outcome of a handler that returned or raised."""
+        lease.started = attempt.started_at or lease.started
+        job = lease.job
+
+        def finish() -> None:
+            try:
+                self._finish(lease, attempt)
+            except Exception as error:  # a bug of ours must not end the worker
+                logger.exception(
+                    "worker %s: error while processing job %s", self.id, job.id, extra=_extra(job)
+                )
+                self._fail_after_bug(job, error)
+
+        self._counted(finish)
+
     # -- one job ------------------------------------------------------------------------
 
     def _new_runner(self) -> Runner:
         self._runners += 1
         return Runner(f"dbjobq-runner-{self.id}-{self._runners}")
 
-    def _abandon(self, attempt: Attempt, why: str, grace: float = _GRACE) -> None:
+    def _abandon(
+        self, attempt: Attempt, why: str, reason: CancelReason, grace: float = _GRACE
+    ) -> None:
         """Give up on a handler that will not return; its thread keeps running alone."""
-        attempt.abort()
-        if not attempt.done.wait(grace) and self._runner is not None:
+        attempt.abort(reason)
+        on_loop = self.concurrency > 1 and attempt.handler.is_async  # not on the runner
+        if not attempt.done.wait(grace) and self._runner is not None and not on_loop:
             logger.error(
                 "job %s (%s): handler did not return after %s; its thread is abandoned "
                 "and its outcome will be discarded",
@@ -739,8 +983,14 @@ class Worker:
         def report_progress(value: float, message: str | None) -> bool:
             return storage.set_progress(job.id, token, progress=value, message=message)
 
-        ctx = JobContext(job, self.queue, report_progress=report_progress)
-        return Attempt(handler, ctx, self._signal)
+        ctx = JobContext(
+            job,
+            self.queue,
+            report_progress=report_progress,
+            lost_reason=lambda: self._lost_reason(job),
+        )
+        # Side by side, the worker waits on _wake, which enqueues and stop() set too.
+        return Attempt(handler, ctx, self._wake if self.concurrency > 1 else self._signal)
 
     def _process(self, job: Job) -> None:
         self._current = job
@@ -758,18 +1008,55 @@ class Worker:
             self._current = None
             self._info_dirty = True
 
+    def _exhausted(self, job: Job) -> bool:
+        """Whether `job` was claimed past its last allowed attempt.
+
+        A job that leaves `max_retries` to its handler is rescued to `pending`
+        whatever its attempts (the storage does not know the handler's value); the
+        worker that claims it next settles it here.
+        """
+        return job.max_retries is None and job.attempts > self.queue._max_retries(job) + 1
+
+    def _fail_exhausted(self, lease: _Lease) -> None:
+        """Fail a job claimed past its last attempt, without running it."""
+        job = lease.job
+        logger.error(
+            "job %s (%s) failed: no retry left after %d attempts",
+            job.id,
+            job.type,
+            job.attempts - 1,
+            extra=_extra(job),
+        )
+        error = job.last_error or f"no retry left after {job.attempts - 1} attempts"
+        self._record(lease, error=error, retry_in=None)
+
+    def _no_handler(self, lease: _Lease) -> None:
+        """Record a claimed job that this worker has no handler for.
+
+        Claims only ask for registered types, but a database that compares names
+        loosely (case, trailing spaces) can still hand over another type. Back off
+        as for a failure: retrying at once would spin.
+        """
+        job = lease.job
+        problem = JobError(f"no handler for job type {job.type!r} in worker {self.id}")
+        text, retry_in = self.queue._failure(job, problem, "")
+        logger.error("job %s: %s", job.id, text, extra=_extra(job))
+        self._record(lease, error=text, retry_in=retry_in)
+
     def _run_job(self, job: Job) -> None:
         lease = _Lease(job, job.lease_token or "", self._claimed_at + self.lease_seconds)
+        if self._exhausted(job):
+            self._fail_exhausted(lease)
+            return
         attempt = self._ahead.pop(job.id, None)
         if attempt is None:
             attempt = self._attempt(job)
-            if attempt is None:  # claims only ask for registered types; never expected
-                error = f"no handler for job type {job.type!r} in worker {self.id}"
-                self._record(lease, error=error, retry_in=0.0)
+            if attempt is None:
+                self._no_handler(lease)
                 return
             self._submit(attempt)
         self._emit("job:started", job)
-        timeout = job.timeout or attempt.handler.timeout
+        timeout = self.queue._timeout(job)
         if self._watch(lease, attempt, timeout):
             self._finish(lease, attempt)
 
@@ -802,7 +1089,7 @@ class Worker:
                 continue
             self._save_info_if_due()
             if self._stop_deadline is not None and now >= self._stop_deadline:
-                attempt.abort()
+                attempt.abort(CancelReason.SHUTDOWN)
                 if attempt.done.wait(_GRACE):
                     return True  # it stopped when asked: record its outcome as usual
                 logger.warning(
@@ -812,54 +1099,61 @@ class Worker:
                     job.id,
                     extra=_extra(job),
                 )
-                self._abandon(attempt, "the stop timeout", grace=0)
+                self._abandon(attempt, "the stop timeout", CancelReason.SHUTDOWN, grace=0)
                 return False
             if timeout is not None and now >= started + timeout:
-                attempt.abort()
+                attempt.abort(CancelReason.TIMEOUT)
                 error = JobTimeoutError(f"job exceeded its timeout of {timeout:g}s")
                 text, retry_in = self.queue._failure(job, error, "")
                 logger.error("job %s (%s): %s", job.id, job.type, error, extra=_extra(job))
                 self._record(lease, error=text, retry_in=retry_in)
-                self._abandon(attempt, "its timeout")
+                self._abandon(attempt, "its timeout", CancelReason.TIMEOUT)
                 return False
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval
                 # A slow job: the jobs claimed with it should not wait for it.
                 self._release_batch(f"job {job.id} is taking long")
-                try:
-                    _faults.reach("heartbeat")
-                    held = self.queue.storage.heartbeat(
-                        job.id, lease.token, lease_seconds=self.lease_seconds
-                    )
-                except StorageError as error:
-                    self._write_errors.failed(f"worker {self.id}: heartbeat", error)
-                    if now >= lease.until and not attempt.ctx.cancelled.is_set():
-                        # Another worker may have rescued the job by now: ask the handler
-                        # to stop. Its outcome is still recorded if the lease turns out
-                        # to be ours after all (the fence decides).
-                        logger.warning(
-                            "job %s (%s): lease could not be renewed before it expired; "
-                            "signalling the handler to stop",
-                            job.id,
-                            job.type,
-                            extra=_extra(job),
-                        )
-                        attempt.ctx.cancelled.set()
-                    continue
-                self._write_errors.recovered(f"worker {self.id}: heartbeat")
-                if held:
-                    lease.until = now + self.lease_seconds
+                if self._beat(lease, attempt, now):
                     self._save_info_if_due()
                     continue
+                return False
+
+    def _beat(self, lease: _Lease, attempt: Attempt, now: float) -> bool:
+        """Renew a running job's lease; `False` if it is lost (the handler given up)."""
+        job = lease.job
+        try:
+            _faults.reach("heartbeat")
+            held = self.queue.storage.heartbeat(
+                job.id, lease.token, lease_seconds=self.lease_seconds
+            )
+        except StorageError as error:
+            self._write_errors.failed(f"worker {self.id}: heartbeat", error)
+            if now >= lease.until and not attempt.ctx.cancelled.is_set():
+                # Another worker may have rescued the job by now: ask the handler
+                # to stop. Its outcome is still recorded if the lease turns out
+                # to be ours after all (the fence decides).
                 logger.warning(
-                    "job %s (%s): lease lost (cancelled or rescued); stopping the handler "
-                    "and discarding its outcome",
+                    "job %s (%s): lease could not be renewed before it expired; "
+                    "signalling the handler to stop",
                     job.id,
                     job.type,
                     extra=_extra(job),
                 )
-                self._abandon(attempt, "its lease was lost")
-                return False
+                attempt.ctx._interrupt(CancelReason.LEASE_LOST)
+            return True
+        self._write_errors.recovered(f"worker {self.id}: heartbeat")
+        if held:
+            lease.until = now + self.lease_seconds
+            return True
+        logger.warning(
+            "job %s (%s): lease lost (cancelled or rescued); stopping the handler "
+            "and discarding its outcome",
+            job.id,
+            job.type,
+            extra=_extra(job),
+        )
+        self._abandon(attempt, "its lease was lost", self._lost_reason(job))
+        return False
 
     def _finish(self, lease: _Lease, attempt: Attempt) -> None:
         job = lease.job
@@ -875,6 +1169,10 @@ class Worker:
                 error = PayloadError(f"handler result is not storable: {invalid}")
                 attempt.trace = ""
         lease.ended = attempt.finished_at or time.monotonic()
+        reason = attempt.ctx.cancel_reason
+        if error is not None and reason is not None:
+            self._interrupted(lease, reason, error, attempt.trace)
+            return
         if error is None:
             logger.debug("job %s (%s) completed", job.id, job.type, extra=_extra(job))
             if self.prefetch > 1:
@@ -907,6 +1205,52 @@ class Worker:
                 extra=_extra(job),
             )
         self._record(lease, error=text, retry_in=retry_in)
+
+    def _interrupted(
+        self, lease: _Lease, reason: CancelReason, error: BaseException, trace: str
+    ) -> None:
+        """A handler that raised once asked to stop: unfinished work, not a failure.
+
+        After a shutdown (or a lease that could not be renewed) the job is given
+        back: `pending`, its attempt not counted. The fence decides, as for any
+        outcome: a job cancelled or rescued meanwhile is left as it is.
+        """
+        job, storage = lease.job, self.queue.storage
+        if reason not in (CancelReason.SHUTDOWN, CancelReason.LEASE_LOST):
+            # Cancelled: the job stays so. (A timeout was recorded when it struck.)
+            logger.info(
+                "job %s (%s) stopped (%s); outcome discarded",
+                job.id,
+                job.type,
+                reason,
+                extra=_extra(job),
+            )
+            return
+        if type(storage).release is Storage.release:  # the backend cannot give jobs back
+            text, retry_in = self.queue._failure(job, error, trace)
+            self._record(lease, error=text, retry_in=retry_in)
+            return
+        held = self._write([lease], lambda: [storage.release(job.id, lease.token)])
+        if held is None:
+            return
+        if not held[0]:
+            self._lease_lost(job)
+            return
+        logger.warning(
+            "job %s (%s) interrupted (%s): back to pending, attempt not counted",
+            job.id,
+            job.type,
+            reason,
+            extra=_extra(job),
+        )
+
+    def _lost_reason(self, job: Job) -> CancelReason:
+        """Why this worker no longer holds `job`: cancelled, or rescued or taken over."""
+        try:
+            status = self.queue.storage.get(job.id).status
+        except Exception:  # noqa: BLE001 - only decides which reason to report
+            return CancelReason.LEASE_LOST
+        return CancelReason.CANCELLED if status == "cancelled" else CancelReason.LEASE_LOST
 
     def _fail_after_bug(self, job: Job, error: Exception) -> None:
         """Record an attempt dbjobq itself could not finish, so it is not re-run blindly."""

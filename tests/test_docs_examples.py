@@ -33,7 +33,9 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     args = (
         ["-m", "pytest", "-q", "-p", "no:cacheprovider"] if script.name.startswith("test_") else []
     )
-    env = {**os.environ, "PYTHONPATH": str(EXAMPLES)}
+    # The examples' folder first, then whatever PYTHONPATH names (a checkout under test).
+    path = os.pathsep.join(p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(
         [sys.executable, *args, str(script)],
         cwd=tmp_path,

@@ -315,6 +315,7 @@ def raw_row(queue: JobQueue, job_id: str) -> Any:
     [
         ("payload", "'[1, 2]'", "payload is not a JSON object"),
         ("meta", "'\"text\"'", "meta is not"),
+        ("max_retries", "-5", "max_retries is -5"),  # -1 alone stands for "the handler's"
     ],
 )
 def test_a_job_with_a_payload_edited_into_nonsense_is_failed_and_the_rest_run(

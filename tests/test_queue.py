@@ -121,7 +121,7 @@ def test_enqueue_stores_the_job_with_defaults(queue: JobQueue) -> None:
     assert job.queue == "default"
     assert job.priority == 0
     assert job.status == "pending"
-    assert job.max_retries == 3
+    assert job.max_retries is None and job.timeout is None  # the handler's, when it runs
     assert job.meta == {}
 
 
@@ -152,11 +152,12 @@ def test_delay_and_run_at_set_when_a_job_is_due(queue: JobQueue) -> None:
     assert scheduled.run_at.tzinfo == timezone.utc
 
 
-def test_handler_max_retries_is_the_default_for_its_type(queue: JobQueue) -> None:
+def test_handler_max_retries_is_not_copied_into_the_job(queue: JobQueue) -> None:
+    """The handler's value applies when the job runs (see tests/test_handler_defaults.py)."""
     queue.register("fragile", lambda ctx: None, max_retries=7)
-    assert queue.get_job(queue.enqueue("fragile")).max_retries == 7
+    assert queue.get_job(queue.enqueue("fragile")).max_retries is None
     assert queue.get_job(queue.enqueue("fragile", max_retries=1)).max_retries == 1
-    assert queue.get_job(queue.enqueue("other")).max_retries == 3
+    assert queue.get_job(queue.enqueue("other")).max_retries is None
 
 
 def test_unique_key_returns_the_existing_job(queue: JobQueue) -> None:

@@ -75,7 +75,8 @@ class Storage(abc.ABC):
 
         A job is due at `NewJob.run_at` if set, else `NewJob.delay` seconds after the
         storage's current time. `attempts` starts at 0; `created_at` and `updated_at`
-        are the current time.
+        are the current time. `max_retries` and `timeout` may be `None` (the
+        handler's value applies when the job runs): they are read back as `None`.
 
         A job with a `unique_key` is not stored when an unfinished (`pending` or
         `running`) job with the same key exists: that job's id is returned in its
@@ -220,16 +221,22 @@ class Storage(abc.ABC):
         return [self.complete(job_id, token, result=result) for job_id, token, result in outcomes]
 
     def release(self, job_id: str, token: str) -> bool:
-        """Give back a claimed job that was never started (optional).
+        """Give back a claimed job whose attempt is not to count (optional).
 
         The job becomes `pending` again as if the claim had not happened:
         `attempts` goes back down by one, the lease is cleared, `started_at`
-        becomes `None`; its `run_at`, priority and place in line are kept.
+        becomes `None`; its `run_at`, priority and place in line are kept. Whatever
+        the attempt wrote meanwhile (`progress`, `progress_message`) is left as it
+        is, as are `last_error` and `result`; the next claim clears the progress.
 
-        A worker that claimed several short jobs at once releases those it will not
-        start (it is stopping, or the job ahead of them turned out slow). Backends
-        that keep this default, which raises `NotImplementedError`, get workers
-        that claim one job at a time.
+        A worker gives back two kinds of jobs this way. Jobs it claimed in a batch
+        and will not start (it is stopping, or the job ahead of them turned out
+        slow). And a started job whose handler was interrupted by a shutdown
+        (it raised once `JobContext.cancelled` was set for `shutdown`): the work
+        is unfinished, through no fault of the job, so the attempt does not count.
+        Backends that keep this default, which raises `NotImplementedError`, get
+        workers that claim one job at a time, and an interrupted attempt is
+        recorded as a failed one.
 
         Returns:
             `True` if released; `False` (and no change) if `token` does not hold
@@ -269,7 +276,10 @@ class Storage(abc.ABC):
         """Recover `running` jobs whose lease has expired (`lease_expires_at <= now`).
 
         A job with retries left (`attempts <= max_retries`) goes back to `pending`,
-        due `retry_in` seconds from now; one without becomes `failed`. In both
+        due `retry_in` seconds from now; one without becomes `failed`. A job whose
+        `max_retries` is `None` (its handler's value, which the storage does not
+        know) always goes back to `pending`, its lost attempt counted; the worker
+        that claims it next fails it at once if its handler allows no more. In both
         cases the lease is cleared (so the old holder's `complete`/`fail` return
         `False`) and `last_error` says that the lease expired, naming the worker that
         held it. A failed job gets `finished_at = now`.

@@ -259,7 +259,8 @@ class MemoryStorage(Storage):
             ]
             for job in expired:
                 error = f"lease expired: worker {job.worker_id} stopped heartbeating"
-                if job.attempts <= job.max_retries:
+                # None: the handler decides, and the worker that claims it next knows.
+                if job.max_retries is None or job.attempts <= job.max_retries:
                     self._set(
                         job,
                         status=JobStatus.PENDING,

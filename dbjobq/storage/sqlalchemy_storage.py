@@ -67,6 +67,9 @@ _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 _RETRIES = 5  # transient errors retried inside one call before StorageError
 _SQLITE_WATCH_INTERVAL = 0.002  # seconds between reads of PRAGMA data_version
 _COPY_FROM = 64  # jobs per enqueue from which PostgreSQL (psycopg) inserts through COPY
+# Stored in the NOT NULL max_retries column for Job.max_retries=None ("the handler's"):
+# no schema change, and it sorts below every real value in rescue_expired's test.
+_HANDLERS = -1
 
 # Bulk enqueue on PostgreSQL: COPY into this session's staging table, then one
 # INSERT ... SELECT that computes the times and skips clashing ids like every insert.
@@ -752,12 +755,20 @@ class SQLAlchemyStorage(Storage):
             names = [name for _, name in columns]
             self._quick = (
                 [i for i, _ in columns],
-                *(names.index(name) for name in ("status", "payload", "meta", "result")),
+                *(
+                    names.index(name)
+                    for name in ("status", "payload", "meta", "result", "max_retries")
+                ),
                 _job_builder(names),
             )
-        indexes, at_status, at_payload, at_meta, at_result, build = self._quick
+        indexes, at_status, at_payload, at_meta, at_result, at_retries, build = self._quick
         values = [row[i] for i in indexes]
         status = _STATUS.get(values[at_status])
+        retries = values[at_retries]
+        if retries == _HANDLERS:
+            values[at_retries] = None
+        elif type(retries) is not int or retries < 0:
+            return None
         if (
             status is None
             or type(values[at_payload]) is not dict
@@ -779,6 +790,8 @@ class SQLAlchemyStorage(Storage):
         if problem:
             raise StorageError(f"job {fields['id']} is corrupt: {problem}")
         fields["status"] = _STATUS[fields["status"]]
+        if fields["max_retries"] == _HANDLERS:
+            fields["max_retries"] = None
         return Job(**fields)
 
     @staticmethod
@@ -792,6 +805,9 @@ class SQLAlchemyStorage(Storage):
                 return f"{name} is not a JSON object"
         if fields["status"] not in _STATUS:
             return f"unknown status {fields['status']!r}"
+        retries = fields["max_retries"]
+        if not isinstance(retries, int) or retries < _HANDLERS:
+            return f"max_retries is {retries!r}, not a count of retries"
         return None
 
     def _upsert_ignoring(self, table: sa.Table) -> Any:
@@ -927,7 +943,7 @@ class SQLAlchemyStorage(Storage):
                 if text and j.payload_json is not None
                 else j.payload,
                 "priority": j.priority,
-                "max_retries": j.max_retries,
+                "max_retries": _HANDLERS if j.max_retries is None else j.max_retries,
                 "p_run_at": j.run_at,
                 "p_delay": j.delay,
                 "unique_key": j.unique_key,
@@ -997,7 +1013,7 @@ class SQLAlchemyStorage(Storage):
                     "queue": job.queue,
                     "payload": dumps(job.payload) if job.payload_json is None else job.payload_json,
                     "priority": job.priority,
-                    "max_retries": job.max_retries,
+                    "max_retries": _HANDLERS if job.max_retries is None else job.max_retries,
                     "p_run_at": None if job.run_at is None else job.run_at.timestamp(),
                     "p_delay": job.delay,
                     "unique_key": job.unique_key,
@@ -1124,7 +1140,7 @@ class SQLAlchemyStorage(Storage):
                             j.queue,
                             dumps(j.payload) if j.payload_json is None else j.payload_json,
                             j.priority,
-                            j.max_retries,
+                            _HANDLERS if j.max_retries is None else j.max_retries,
                             j.run_at,
                             j.delay,
                             dumps(j.meta) if j.meta_json is None else j.meta_json,
@@ -1505,12 +1521,12 @@ class SQLAlchemyStorage(Storage):
         common = {"last_error": error, "updated_at": db_now(), **self._RELEASED}
         to_retry = (
             sa.update(self._jobs)
-            .where(expired, c.attempts <= c.max_retries)
+            .where(expired, sa.or_(c.attempts <= c.max_retries, c.max_retries == _HANDLERS))
             .values(status=PENDING, run_at=db_now_plus(_seconds("retry_in", retry_in)), **common)
         )
         to_fail = (
             sa.update(self._jobs)
-            .where(expired, c.attempts > c.max_retries)
+            .where(expired, c.attempts > c.max_retries, c.max_retries != _HANDLERS)
             .values(status=JobStatus.FAILED.value, finished_at=db_now(), **common)
         )
 

@@ -290,7 +290,9 @@ class JsonFileStorage(Storage):
             for job in expired:
                 error = f"lease expired: worker {job.worker_id} stopped heartbeating"
                 # `attempts` counts the lost attempt; None as retry_in fails the job.
-                delay = retry_in if job.attempts <= job.max_retries else None
+                # max_retries None is the handler's to apply: always back to pending.
+                retries = job.max_retries
+                delay = retry_in if retries is None or job.attempts <= retries else None
                 stored[job.id] = replace(job, **_after_failure(now, error, delay))
             if expired:
                 self._save(stored)

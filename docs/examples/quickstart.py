@@ -8,8 +8,7 @@ queue = JobQueue("sqlite:///jobs.db")  # or "postgresql://user@host/db" with dbj
 @queue.handler("send_email", max_retries=3)
 def send_email(ctx: JobContext) -> dict:
     ctx.progress(50, "rendering")  # stored on the job
-    if ctx.cancelled.is_set():  # set on cancel, timeout or lost lease
-        return {"sent": False}
+    ctx.raise_if_cancelled()  # asked to stop (shutdown, cancel, timeout)? not done: raise
     return {"sent": True, "to": ctx.payload["to"]}  # stored as job.result
 
 

@@ -14,7 +14,7 @@ def export(ctx: JobContext) -> int:
     for batch in range(100):
         if ctx.cancelled.wait(0.1):  # wait on the signal instead of sleeping
             stopped_early.set()
-            break
+            ctx.raise_if_cancelled()  # not done: raise rather than return
         rows += 1000
         ctx.progress(batch + 1, f"{rows} rows")
     return rows
@@ -26,5 +26,5 @@ job = queue.get_job(job_id)
 print(job.status, job.last_error)  # failed JobTimeoutError: job exceeded its timeout of 0.5s
 assert job.status == "failed" and job.last_error is not None
 assert job.last_error.startswith("JobTimeoutError")
-assert stopped_early.is_set()  # the handler saw ctx.cancelled and returned
+assert stopped_early.is_set()  # the handler saw ctx.cancelled and stopped
 assert job.progress is not None and job.progress >= 1

@@ -28,6 +28,8 @@ import sqlalchemy as sa
 from dbjobq import JobQueue
 from dbjobq.storage import SQLAlchemyStorage
 
+from .proc import WORKER_MAX_RETRIES
+
 ROOT = Path(__file__).resolve().parents[2]
 FINISHED = {"completed", "failed", "cancelled"}
 
@@ -121,6 +123,12 @@ class Store:
             found = [dict(r) for r in rows]
         storage.close()
         return found
+
+
+def _allowed(stored_max_retries: int) -> int:
+    """Attempts a job may take; -1 (no max_retries of its own) is the workers' value."""
+    retries = WORKER_MAX_RETRIES if stored_max_retries == -1 else stored_max_retries
+    return retries + 1
 
 
 @contextmanager
@@ -341,7 +349,7 @@ def check(
         not_done = [i for i in ids if i in rows and rows[i].status != "completed"]
         if not_done:
             report.violations.append(f"{len(not_done)} job(s) not completed, e.g. {not_done[0]}")
-    over = [i for i, r in rows.items() if r.attempts > (max_attempts or r.max_retries + 1)]
+    over = [i for i, r in rows.items() if r.attempts > (max_attempts or _allowed(r.max_retries))]
     if over:
         report.violations.append(f"{len(over)} job(s) over their attempt limit")
 

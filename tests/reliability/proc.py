@@ -28,6 +28,8 @@ from typing import Any
 from dbjobq import JobContext, JobQueue, RetryPolicy, Worker, _clock, _faults
 from dbjobq.storage import SQLAlchemyStorage
 
+WORKER_MAX_RETRIES = 20  # for jobs without max_retries of their own (the harness checks it)
+
 
 class LogCounter(logging.Handler):
     """Counts warning and error records (and, at any level, lock errors)."""
@@ -112,7 +114,9 @@ def main() -> int:
     storage = SQLAlchemyStorage(
         args.url, table_prefix=args.prefix, schema=args.schema, busy_timeout=args.busy_timeout
     )
-    queue = JobQueue(storage, retry_policy=RetryPolicy(base_delay=0.0), max_retries=20)
+    queue = JobQueue(
+        storage, retry_policy=RetryPolicy(base_delay=0.0), max_retries=WORKER_MAX_RETRIES
+    )
     ledger = open(args.ledger, "a", buffering=1)  # noqa: SIM115 - lives with the process
     pid = os.getpid()
     ledger_lock = threading.Lock()
