@@ -121,6 +121,8 @@ class Worker:
     worker.stop()    # waits (30 s by default) for the current job to finish
     ```
 
+    Or `worker.run()`, which runs the same loop in the calling thread until stopped.
+
     **Polling.** After an empty poll the worker waits `poll_interval`, and doubles
     the wait after each further empty poll up to `max_poll_interval`; finding a job
     resets it to `poll_interval`. An `enqueue` in the same process wakes idle
@@ -132,8 +134,9 @@ class Worker:
     is left). Each worker also rescues expired leases as it polls.
 
     **Which jobs.** A worker takes jobs from `queues` whose type has a handler
-    registered on its `JobQueue`; jobs of other types stay `pending`, untouched,
-    for a worker that knows them.
+    registered on its `JobQueue` (or only the `types` given); jobs of other types
+    stay `pending`, untouched, for a worker that knows them. Higher priority goes
+    first, then the job due first (`lifo=True`: the job due last).
 
     **Batches.** While jobs finish quickly, a worker claims several at once (up to
     `prefetch`, sized so that a batch takes about 200 ms) and records their
