@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import timedelta
 from typing import Any, overload
 
@@ -208,6 +208,7 @@ class Worker:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
         self.types = self._checked_types(queue, types)
+        self._types = None if self.types is None else frozenset(self.types)
         for what, flag in (("lifo", lifo), ("rescue_orphans", rescue_orphans)):
             if not isinstance(flag, bool):
                 raise ConfigurationError(f"{what} must be True or False, got {flag!r}")
@@ -316,11 +317,11 @@ class Worker:
             )
         return tuple(dict.fromkeys(names))
 
-    def _handled(self) -> set[str]:
-        """The job types this worker claims."""
-        if self.types is not None:
-            return set(self.types)
-        return set(self.queue._handlers)
+    def _handled(self) -> Collection[str]:
+        """The job types this worker claims (not a copy: enqueues ask it each time)."""
+        if self._types is not None:
+            return self._types
+        return self.queue._handlers.keys()
 
     def __repr__(self) -> str:
         state = "running" if self.is_alive else "stopped"
@@ -414,7 +415,7 @@ class Worker:
 
     @property
     def is_alive(self) -> bool:
-        """Whether the worker thread is running."""
+        """Whether the worker is running: its thread, or `run()` in the calling thread."""
         thread = self._thread
         return thread is not None and not self._ended.is_set() and thread.is_alive()
 
@@ -679,7 +680,7 @@ class Worker:
 
     def _claim_jobs(self, limit: int) -> tuple[list[Job], float]:
         """Claim up to `limit` jobs; with the time (monotonic) their leases began."""
-        types = self._handled()
+        types = set(self._handled())  # a copy: handlers may be registered meanwhile
         if not types:
             return [], time.monotonic()
         began = time.monotonic()
