@@ -450,15 +450,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop_timeout = _number(args, "stop-timeout", 30.0, high=86400, strictly_above=False)
     max_jobs = _number(args, "max-jobs", None, kind=int, low=1, strictly_above=False)
     queues_raw, _ = _option(args, "queues")
+    types_raw, _ = _option(args, "types")
+    lifo_raw, lifo_source = _option(args, "lifo")
+    lifo = (lifo_raw or "false").lower()
+    if lifo not in ("1", "true", "yes", "0", "false", "no"):
+        raise UsageError(f"{lifo_source} must be true or false, got {lifo_raw!r}")
     worker_id, _ = _option(args, "worker-id")
     _configure_logging(level, log_format)
     queue = _queue(args)
     names = [q.strip() for q in queues_raw.split(",") if q.strip()] if queues_raw else None
+    types = [t.strip() for t in types_raw.split(",") if t.strip()] if types_raw else None
     try:
         workers = [
             Worker(
                 queue,
                 queues=names,
+                types=types,
+                lifo=lifo in ("1", "true", "yes"),
                 poll_interval=poll,
                 max_poll_interval=max_poll,
                 lease_seconds=lease,
@@ -554,6 +562,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--url", help="database URL, instead of the queue's own (DBJOBQ_URL)")
     worker.add_argument(
         "--queues", help="comma-separated queue names (default: the queue's default)"
+    )
+    worker.add_argument("--types", help="comma-separated job types to take (default: all handled)")
+    worker.add_argument(
+        "--lifo", action="store_true", default=None, help="newest due job first, within a priority"
     )
     worker.add_argument("--concurrency", help="worker threads in this process (default 1)")
     worker.add_argument("--worker-id", help="worker id; -1, -2, ... are added for several")

@@ -684,6 +684,9 @@ class JobQueue:
     ) -> list[Job]:
         """Return jobs, oldest first, filtered by status, queue and type.
 
+        Unlike the `get_*_jobs` helpers, which return every job in their state, this
+        browsing call stops at 100 jobs unless told otherwise.
+
         Args:
             status: A `JobStatus` or its string (`"failed"`, ...).
             queue: Only this queue.
@@ -710,20 +713,20 @@ class JobQueue:
             check_int(limit, "limit", 0, 2**31 - 1)
         return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit)
 
-    def get_pending_jobs(self, limit: int | None = 100) -> list[Job]:
-        """Jobs waiting to run, oldest first."""
+    def get_pending_jobs(self, limit: int | None = None) -> list[Job]:
+        """Jobs waiting to run, oldest first: all of them unless `limit` is given."""
         return self.list_jobs(JobStatus.PENDING, limit=limit)
 
-    def get_running_jobs(self, limit: int | None = 100) -> list[Job]:
-        """Jobs a worker holds right now, oldest first."""
+    def get_running_jobs(self, limit: int | None = None) -> list[Job]:
+        """Jobs a worker holds right now, oldest first: all of them unless `limit` is given."""
         return self.list_jobs(JobStatus.RUNNING, limit=limit)
 
-    def get_completed_jobs(self, limit: int | None = 100) -> list[Job]:
-        """Jobs that completed, oldest first."""
+    def get_completed_jobs(self, limit: int | None = None) -> list[Job]:
+        """Jobs that completed, oldest first: all of them unless `limit` is given."""
         return self.list_jobs(JobStatus.COMPLETED, limit=limit)
 
-    def get_failed_jobs(self, limit: int | None = 100) -> list[Job]:
-        """Jobs that failed for good, oldest first."""
+    def get_failed_jobs(self, limit: int | None = None) -> list[Job]:
+        """Jobs that failed for good, oldest first: all of them unless `limit` is given."""
         return self.list_jobs(JobStatus.FAILED, limit=limit)
 
     def counts(self) -> dict[str, dict[str, int]]:

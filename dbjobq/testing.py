@@ -41,7 +41,7 @@ from dbjobq.errors import JobNotFound
 from dbjobq.job import Job, JobStatus, NewJob
 from dbjobq.queue import JobQueue
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage.base import Storage
+from dbjobq.storage.base import Storage, _takes_newest_first
 from dbjobq.worker import Worker
 
 __all__ = ["StorageContract", "make_job"]
@@ -268,6 +268,30 @@ class StorageContract:
         jobs = [make_job() for _ in range(20)]
         storage.enqueue(jobs)
         assert [_claim_one(storage).id for _ in range(20)] == [j.id for j in jobs]
+
+    def test_claim_newest_first_is_lifo_within_a_priority(self, storage: Storage) -> None:
+        if not _takes_newest_first(storage):
+            pytest.skip("claim takes no newest_first (optional)")
+        low1, high1, low2, high2, low3 = (make_job(priority=p) for p in (0, 5, 0, 5, 0))
+        for job in (low1, high1, low2, high2, low3):
+            storage.enqueue([job])
+        order = [_claim_one(storage, newest_first=True).id for _ in range(5)]
+        assert order == [high2.id, high1.id, low3.id, low2.id, low1.id]
+
+    def test_claim_newest_first_in_one_batch_and_one_claim(self, storage: Storage) -> None:
+        """Jobs of one `enqueue` call and of one claim come out newest first too."""
+        if not _takes_newest_first(storage):
+            pytest.skip("claim takes no newest_first (optional)")
+        jobs = [make_job() for _ in range(6)]
+        storage.enqueue(jobs)
+        claimed = storage.claim(
+            queues=["default"], worker_id="w", lease_seconds=60, limit=4, newest_first=True
+        )
+        assert [j.id for j in claimed] == [j.id for j in reversed(jobs)][:4]
+        rest = storage.claim(
+            queues=["default"], worker_id="w", lease_seconds=60, limit=4, newest_first=False
+        )
+        assert [j.id for j in rest] == [jobs[0].id, jobs[1].id]
 
     def test_claim_limit_takes_several_in_order(self, storage: Storage) -> None:
         jobs = [make_job(priority=p) for p in (1, 3, 2)]
@@ -538,6 +562,47 @@ class StorageContract:
         assert back.status is JobStatus.PENDING
         assert back.run_at - back.updated_at >= timedelta(seconds=3599)
         assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+
+    def test_rescue_workers_takes_back_only_their_jobs_at_once(self, storage: Storage) -> None:
+        if type(storage).rescue_workers is Storage.rescue_workers:
+            pytest.skip("rescue_workers is not implemented (optional)")
+        a, b, c = make_job(max_retries=1), make_job(max_retries=1), make_job(max_retries=1)
+        storage.enqueue([a, b, c])
+        gone = _claim_one(storage, worker="host:1:gone", lease=3600)
+        gone2 = _claim_one(storage, worker="host:2:gone", lease=3600)
+        alive = _claim_one(storage, worker="host:3:alive", lease=3600)
+        assert storage.rescue_workers([]) == 0
+        assert storage.rescue_workers(["host:1:gone", "host:2:gone", "never-seen"]) == 2
+        for job in (gone, gone2):
+            back = storage.get(job.id)
+            assert back.status is JobStatus.PENDING
+            assert back.attempts == 1  # the attempt counts, as for an expired lease
+            assert back.lease_token is None and back.worker_id is None
+            assert back.last_error is not None and str(job.worker_id) in back.last_error
+            assert not storage.complete(job.id, job.lease_token or "", result="stale")
+        assert storage.get(alive.id).status is JobStatus.RUNNING
+        assert storage.heartbeat(alive.id, alive.lease_token or "", lease_seconds=60)
+        again = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=5)
+        assert {j.id for j in again} == {gone.id, gone2.id}
+
+    def test_rescue_workers_fails_a_job_without_retries_and_can_delay(
+        self, storage: Storage
+    ) -> None:
+        if type(storage).rescue_workers is Storage.rescue_workers:
+            pytest.skip("rescue_workers is not implemented (optional)")
+        last, delayed = make_job(max_retries=0), make_job(max_retries=2)
+        storage.enqueue([last, delayed])
+        job1 = _claim_one(storage, worker="gone-1", lease=3600)
+        job2 = _claim_one(storage, worker="gone-2", lease=3600)
+        assert storage.rescue_workers(["gone-1", "gone-2"], retry_in=3600) == 2
+        failed = storage.get(job1.id)
+        assert failed.status is JobStatus.FAILED and failed.finished_at is not None
+        assert failed.last_error is not None and "gone-1" in failed.last_error
+        back = storage.get(job2.id)
+        assert back.status is JobStatus.PENDING and back.finished_at is None
+        assert back.run_at - back.updated_at >= timedelta(seconds=3599)
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
+        assert storage.rescue_workers(["gone-1", "gone-2"]) == 0  # nothing running any more
 
     def test_enqueue_of_an_already_stored_id_stores_it_once(self, storage: Storage) -> None:
         """A retried enqueue (after a lost commit acknowledgement) adds nothing."""

@@ -9,12 +9,14 @@ import logging
 import math
 import os
 import random
+import signal
 import socket
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from datetime import timedelta
 from typing import Any, overload
 
 from dbjobq import _clock, _faults
@@ -35,7 +37,7 @@ from dbjobq.payload import checked_dumps
 from dbjobq.periodic import Ticker
 from dbjobq.queue import JobQueue
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage.base import Storage
+from dbjobq.storage.base import Storage, _takes_newest_first
 
 __all__ = ["Worker"]
 
@@ -48,7 +50,26 @@ _REGISTRY_CHANGED = 1.0  # ... or after its current job changed
 _FORGET_AFTER = 86400.0  # seconds after which a silent worker's record is deleted
 _BATCH_SECONDS = 0.2  # a batch of claimed jobs should take about this long to run
 _FLUSH_AFTER = 0.005  # seconds into a handler after which earlier outcomes are written
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _AHEAD_FROM = 16  # batches at least this big have the next one claimed ahead
+# Workers of this process started after this: a registry record with this process's
+# pid and an earlier start belongs to an earlier process that had the same pid.
+_PROCESS_SEEN = _clock.now() - timedelta(seconds=2)
+
+
+def _process_gone(info: WorkerInfo) -> bool:
+    """Whether the process of a registry record of this host no longer exists."""
+    if os.name != "posix" or isinstance(info.pid, bool) or info.pid <= 0:
+        return False  # no way to tell here (and os.kill(pid, 0) is no probe on Windows)
+    if info.pid == os.getpid():
+        return info.started_at < _PROCESS_SEEN  # e.g. a restarted container's pid 1
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists, as another user's process
+        return False
+    return False
 
 
 def _extra(job: Job) -> dict[str, str]:
@@ -101,6 +122,8 @@ class Worker:
     worker.stop()    # waits (30 s by default) for the current job to finish
     ```
 
+    Or `worker.run()`, which runs the same loop in the calling thread until stopped.
+
     **Polling.** After an empty poll the worker waits `poll_interval`, and doubles
     the wait after each further empty poll up to `max_poll_interval`; finding a job
     resets it to `poll_interval`. An `enqueue` in the same process wakes idle
@@ -112,8 +135,9 @@ class Worker:
     is left). Each worker also rescues expired leases as it polls.
 
     **Which jobs.** A worker takes jobs from `queues` whose type has a handler
-    registered on its `JobQueue`; jobs of other types stay `pending`, untouched,
-    for a worker that knows them.
+    registered on its `JobQueue` (or only the `types` given); jobs of other types
+    stay `pending`, untouched, for a worker that knows them. Higher priority goes
+    first, then the job due first (`lifo=True`: the job due last).
 
     **Batches.** While jobs finish quickly, a worker claims several at once (up to
     `prefetch`, sized so that a batch takes about 200 ms) and records their
@@ -133,9 +157,18 @@ class Worker:
 
     Args:
         queue: Where jobs and handlers come from.
-        queues: Queue names to take jobs from; defaults to `[queue.default_queue]`.
         poll_interval: Seconds to wait after the first empty poll.
         max_poll_interval: Longest wait between polls.
+        job_queue: Another name for `queue` (the one dbjobq 0.1 used); give one of
+            the two.
+        queues: Queue names to take jobs from; defaults to `[queue.default_queue]`.
+        types: Take only jobs of these types (each must have a handler on `queue`);
+            defaults to every type with a handler.
+        lifo: Within a priority, take the newest due job first instead of the
+            oldest. Needs a storage whose `claim` takes `newest_first`.
+        rescue_orphans: When starting, rescue at once the jobs held by workers of
+            this host whose process has ended (see `Worker.start`), instead of
+            leaving them until their leases expire.
         lease_seconds: Length of a lease; a job of a dead worker is rescued this long
             after its last heartbeat.
         heartbeat_interval: Seconds between lease renewals; defaults to
@@ -153,16 +186,22 @@ class Worker:
             batches (`prefetch` is not used).
 
     Raises:
-        ConfigurationError: If an option is out of range.
+        ConfigurationError: If an option is out of range, a type in `types` has no
+            handler, or `lifo=True` is asked of a storage that cannot claim newest
+            first.
     """
 
     def __init__(
         self,
-        queue: JobQueue,
-        *,
-        queues: Iterable[str] | None = None,
+        queue: JobQueue | None = None,
         poll_interval: float = 1.0,
         max_poll_interval: float = 10.0,
+        *,
+        job_queue: JobQueue | None = None,
+        queues: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        lifo: bool = False,
+        rescue_orphans: bool = True,
         lease_seconds: float = 30.0,
         heartbeat_interval: float | None = None,
         worker_id: str | None = None,
@@ -170,8 +209,24 @@ class Worker:
         prefetch: int = 256,
         concurrency: int = 1,
     ) -> None:
+        if job_queue is not None:
+            if queue is not None:
+                raise ConfigurationError("give the JobQueue once: as queue or as job_queue")
+            queue = job_queue
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
+        self.types = self._checked_types(queue, types)
+        self._types = None if self.types is None else frozenset(self.types)
+        for what, flag in (("lifo", lifo), ("rescue_orphans", rescue_orphans)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{what} must be True or False, got {flag!r}")
+        if lifo and not _takes_newest_first(queue.storage):
+            raise ConfigurationError(
+                f"lifo=True needs a storage whose claim() takes newest_first; "
+                f"{type(queue.storage).__name__}.claim does not"
+            )
+        self.lifo = lifo
+        self.rescue_orphans = rescue_orphans
         names = [queue.default_queue] if queues is None else list(queues)
         if isinstance(queues, str) or not names:
             raise ConfigurationError(f"queues must be a non-empty list of names, got {queues!r}")
@@ -244,6 +299,9 @@ class Worker:
         self._next_batch: concurrent.futures.Future[tuple[list[Job], float]] | None = None
         self._ahead_allowed = False  # claim ahead: only in the worker thread's loop
         self._stopping = threading.Event()
+        self._ended = threading.Event()  # the loop has returned (start() or run())
+        self._own_thread = False  # whether _thread was started by start()
+        self._signals = 0
         self._wake = threading.Event()
         self._signal = threading.Event()  # wakes _watch: handler returned, or stop()
         self._idle = False
@@ -262,6 +320,27 @@ class Worker:
         self._poll_errors = _Throttle()
         self._write_errors = _Throttle()
         self._registry_errors = _Throttle()
+
+    @staticmethod
+    def _checked_types(queue: JobQueue, types: Iterable[str] | None) -> tuple[str, ...] | None:
+        if types is None:
+            return None
+        names = [] if isinstance(types, str) else list(types)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ConfigurationError(f"types must be a non-empty list of job types, got {types!r}")
+        unknown = sorted(set(names) - set(queue._handlers))
+        if unknown:
+            known = ", ".join(sorted(queue._handlers)) or "none"
+            raise ConfigurationError(
+                f"types {unknown} have no handler on this JobQueue (it has: {known})"
+            )
+        return tuple(dict.fromkeys(names))
+
+    def _handled(self) -> Collection[str]:
+        """The job types this worker claims (not a copy: enqueues ask it each time)."""
+        if self._types is not None:
+            return self._types
+        return self.queue._handlers.keys()
 
     def __repr__(self) -> str:
         state = "running" if self.is_alive else "stopped"
@@ -308,7 +387,7 @@ class Worker:
             hostname=socket.gethostname(),
             pid=os.getpid(),
             queues=self.queues,
-            types=tuple(sorted(self.queue._handlers)),
+            types=tuple(sorted(self._handled())),
             started_at=self._started_at,
             current_job=None if current is None else current.id,
             jobs_processed=self.jobs_processed,
@@ -358,11 +437,30 @@ class Worker:
 
     @property
     def is_alive(self) -> bool:
-        """Whether the worker thread is running."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the worker is running: its thread, or `run()` in the calling thread."""
+        thread = self._thread
+        return thread is not None and not self._ended.is_set() and thread.is_alive()
+
+    @property
+    def _worker_thread(self) -> threading.Thread:
+        """The thread that runs the loop; no such attribute before `start()`/`run()`.
+
+        The name dbjobq 0.1's documentation used in its health checks. Prefer
+        `is_alive`: after `run()` returns, this is still the (live) calling thread.
+        """
+        if self._thread is None:
+            raise AttributeError(f"worker {self.id} was not started")
+        return self._thread
 
     def start(self) -> None:
         """Start the worker thread (a daemon) and return at once.
+
+        Before taking jobs the worker looks for workers of its own host that are
+        gone (see `rescue_orphans`): registry records with this hostname whose
+        process no longer exists. The jobs they held are rescued at once, as if
+        their leases had expired (the attempt counts), and their records are
+        removed. A storage without `Storage.rescue_workers` leaves such jobs to
+        lease expiry.
 
         Raises:
             RuntimeError: If the worker was started before; create a new `Worker`.
@@ -372,10 +470,100 @@ class Worker:
             raise RuntimeError(f"worker {self.id} was already started")
         self.queue.initialize()
         self._thread = threading.Thread(
-            target=self._run, name=f"dbjobq-worker-{self.id}", daemon=True
+            target=self._loop, name=f"dbjobq-worker-{self.id}", daemon=True
         )
+        self._own_thread = True
         self.queue._attach(self)
         self._thread.start()
+
+    def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run the worker in the calling thread, until it is stopped; then return.
+
+        The same loop as `start()`'s thread, for scripts and `__main__` blocks that
+        have nothing else to do. It returns once `stop()` was called (from another
+        thread, a hook or a signal) and the current job is done, or after
+        `max_jobs`.
+
+        Called on the main thread, it handles SIGINT (Ctrl-C) and SIGTERM while it
+        runs, and restores the previous handlers when it returns: the first signal
+        stops the worker as `stop()` does (30 s for the current job), a second one
+        stops waiting for it (its lease then expires and another worker rescues
+        it). Without this a Ctrl-C would raise `KeyboardInterrupt` in the middle
+        of the loop and leave the current job to lease expiry.
+
+        Args:
+            install_signal_handlers: `False` leaves signal handling alone.
+
+        Raises:
+            RuntimeError: If the worker was started before; create a new `Worker`.
+            StorageError: If the storage cannot be reached to create its tables.
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"worker {self.id} was already started")
+        self.queue.initialize()
+        self._thread = threading.current_thread()
+        previous: dict[int, Any] = {}
+        if install_signal_handlers and self._thread is threading.main_thread():
+            previous = {s: signal.signal(s, self._on_signal) for s in _STOP_SIGNALS}
+        self.queue._attach(self)
+        try:
+            self._loop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        timeout = 30.0 if self._signals == 1 else 0.0
+        # A signal handler runs between two bytecodes of the loop, which may hold
+        # the lock of one of the events stop() sets: set them from another thread.
+        threading.Thread(
+            target=self.stop,
+            args=(timeout,),
+            kwargs={"wait": False},
+            name=f"dbjobq-signal-{self.id}",
+            daemon=True,
+        ).start()
+
+    def _loop(self) -> None:
+        """The worker's life, in start()'s thread or run()'s caller."""
+        try:
+            if self.rescue_orphans:
+                self._rescue_orphans()
+            self._run()
+        finally:
+            self._ended.set()
+
+    def _rescue_orphans(self) -> None:
+        """Rescue the jobs of this host's workers whose process is gone."""
+        storage = self.queue.storage
+        if type(storage).rescue_workers is Storage.rescue_workers or os.name != "posix":
+            return
+        host = socket.gethostname()
+        try:
+            records = storage.list_workers(seen_within=_FORGET_AFTER)
+            gone = [
+                w.id for w in records if w.hostname == host and w.id != self.id and _process_gone(w)
+            ]
+            if not gone:
+                return
+            rescued = storage.rescue_workers(gone, retry_in=self.queue.retry_policy.delay(1))
+            for worker_id in gone:
+                storage.remove_worker(worker_id)
+        except Exception as error:  # noqa: BLE001 - leases still expire: nothing is lost
+            logger.warning(
+                "worker %s: could not rescue the jobs of workers gone from this host: %s",
+                self.id,
+                error,
+            )
+            return
+        logger.warning(
+            "worker %s: %d worker(s) of this host are gone (%s); rescued %d job(s) they held",
+            self.id,
+            len(gone),
+            ", ".join(gone),
+            rescued,
+        )
 
     def stop(self, timeout: float | None = 30.0, *, wait: bool = True) -> bool:
         """Stop taking jobs and wait for the current one to finish.
@@ -416,10 +604,19 @@ class Worker:
         self._signal.set()
         if wait:
             if self._stop_deadline is None:
-                thread.join()
+                self._wait_ended(thread, None)
             else:
-                thread.join(max(0.0, self._stop_deadline - time.monotonic()) + _GRACE + 0.5)
-        return not thread.is_alive()
+                left = max(0.0, self._stop_deadline - time.monotonic()) + _GRACE + 0.5
+                self._wait_ended(thread, left)
+        return not self.is_alive
+
+    def _wait_ended(self, thread: threading.Thread, timeout: float | None) -> None:
+        if thread is threading.current_thread():
+            return  # stop() from a hook or a signal handler of the loop's own thread
+        if self._own_thread:
+            thread.join(timeout)
+        else:
+            self._ended.wait(timeout)  # run()'s caller goes on living after the loop
 
     @staticmethod
     def stop_all(workers: Iterable[Worker], timeout: float | None = 30.0) -> bool:
@@ -481,7 +678,7 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------
 
     def _wants(self, wanted: set[tuple[str, str]]) -> bool:
-        handlers = self.queue._handlers
+        handlers = self._handled()
         return any(q in self.queues and t in handlers for q, t in wanted)
 
     def _reached_max_jobs(self) -> bool:
@@ -514,16 +711,19 @@ class Worker:
 
     def _claim_jobs(self, limit: int) -> tuple[list[Job], float]:
         """Claim up to `limit` jobs; with the time (monotonic) their leases began."""
-        types = set(self.queue._handlers)
+        types = set(self._handled())  # a copy: handlers may be registered meanwhile
         if not types:
             return [], time.monotonic()
         began = time.monotonic()
+        # Only when asked: a storage whose claim() lacks newest_first still works.
+        order = {"newest_first": True} if self.lifo else {}
         jobs = self.queue._store().claim(
             queues=self.queues,
             types=types,
             worker_id=self.id,
             lease_seconds=self.lease_seconds,
             limit=limit,
+            **order,
         )
         return jobs, began
 
@@ -679,7 +879,7 @@ class Worker:
         logger.info("worker %s started on queues %s", self.id, ", ".join(self.queues))
         if not self.queue._handlers:
             logger.warning("worker %s has no handlers registered: it will take no jobs", self.id)
-        handlers = self.queue._handlers
+        handlers = self._handled()
         schedules = [
             s
             for s in self.queue._schedules.values()

@@ -282,3 +282,21 @@ def test_a_periodic_job_fires_once_per_tick_across_processes(
     assert len(ticks) == len(set(ticks))  # never two jobs for one tick
     gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(ticks)}
     assert gaps == {1.0}  # and no tick skipped while the workers ran
+
+
+@pytest.mark.parametrize("sql_config", ["sqlite"], indirect=True)
+def test_worker_types_and_lifo_flags(cli: Cli) -> None:
+    bad = cli.run("worker", "--types", "send_email,resize")
+    assert bad.returncode == 2
+    assert "types ['resize'] have no handler" in bad.stderr
+    cli.env["DBJOBQ_LIFO"] = "maybe"
+    bad = cli.run("worker")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2,
+        "dbjobq worker: error: DBJOBQ_LIFO must be true or false, got 'maybe'",
+    )
+    cli.env["DBJOBQ_LIFO"] = "true"
+    ids = [cli.json("enqueue", "send_email", "--payload", '{"to": "a@x"}')["id"] for _ in range(2)]
+    worker = cli.worker("--types", "send_email", "--lifo", "--max-jobs", "2")
+    assert worker.wait(60) == 0
+    assert [status(cli, job_id) for job_id in ids] == ["completed", "completed"]

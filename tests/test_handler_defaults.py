@@ -128,9 +128,14 @@ class _LooseStorage(MemoryStorage):
         lease_seconds: float,
         types: Collection[str] | None = None,
         limit: int = 1,
+        newest_first: bool = False,
     ) -> list[Job]:
         return super().claim(
-            queues=queues, worker_id=worker_id, lease_seconds=lease_seconds, limit=limit
+            queues=queues,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            limit=limit,
+            newest_first=newest_first,
         )
 
 

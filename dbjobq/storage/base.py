@@ -31,6 +31,7 @@ The reusable conformance suite in `dbjobq.testing` checks every rule written her
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -41,6 +42,17 @@ from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.registry import WorkerInfo
 
 __all__ = ["Storage"]
+
+
+def _takes_newest_first(storage: Storage) -> bool:
+    """Whether `storage.claim` has the optional `newest_first` parameter (or `**kwargs`)."""
+    try:
+        parameters = inspect.signature(storage.claim).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.name == "newest_first" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
 
 
 class Storage(abc.ABC):
@@ -133,12 +145,20 @@ class Storage(abc.ABC):
         lease_seconds: float,
         types: Collection[str] | None = None,
         limit: int = 1,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Claim up to `limit` due jobs for one worker.
 
         A job is due when it is `pending`, `run_at <= now`, its queue is in `queues`
         and, unless `types` is `None`, its type is in `types`. Jobs are taken by
-        `priority` (highest first), then `run_at`, then `id`.
+        `priority` (highest first), then `run_at`, then `id`: first in, first out
+        within a priority. With `newest_first`, the order within a priority is
+        reversed (latest `run_at` first, then the highest `id`): last in, first out.
+        Priority still comes first.
+
+        `newest_first` is optional for a backend: workers pass it only when they
+        were created with `lifo=True`, and such a worker refuses to start on a
+        backend whose `claim` has no `newest_first` parameter.
 
         Each claimed job becomes `running` with `attempts + 1`, `worker_id` set,
         `started_at = now`, `lease_expires_at = now + lease_seconds`, `progress` and
@@ -287,6 +307,24 @@ class Storage(abc.ABC):
         Returns:
             How many jobs were rescued.
         """
+
+    def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
+        """Recover the `running` jobs held by these workers now, whatever their leases.
+
+        For workers known to be dead (a worker that finds, on its own host, the
+        registry record of a process that no longer exists), so that their jobs need
+        not wait for their leases to expire. Each job is rescued exactly as
+        `rescue_expired` would: back to `pending`, due `retry_in` seconds from now,
+        with retries left, else `failed`; the attempt counts, the lease is cleared
+        and `last_error` names the worker. Jobs of other workers are left alone.
+
+        Optional: the default raises `NotImplementedError`, and workers then leave
+        such jobs to `rescue_expired` once their leases run out.
+
+        Returns:
+            How many jobs were rescued.
+        """
+        raise NotImplementedError
 
     @abc.abstractmethod
     def get(self, job_id: str) -> Job:

@@ -20,6 +20,7 @@ from dbjobq.storage.base import Storage
 __all__ = ["MemoryStorage"]
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
+_GONE = "worker {} is gone: rescued without waiting for its lease to expire"
 
 
 def _utcnow() -> datetime:
@@ -121,6 +122,7 @@ class MemoryStorage(Storage):
         lease_seconds: float,
         types: Collection[str] | None = None,
         limit: int = 1,
+        newest_first: bool = False,
     ) -> list[Job]:
         with self._lock:
             now = self._now()
@@ -133,7 +135,9 @@ class MemoryStorage(Storage):
                 and job.queue in wanted
                 and (types is None or job.type in types)
             ]
-            due.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+            # Two stable sorts: priority first, then (run_at, id) either way round.
+            due.sort(key=lambda j: (j.run_at, j.id), reverse=newest_first)
+            due.sort(key=lambda j: -j.priority)
             token = uuid.uuid4().hex
             claimed = [
                 self._set(
@@ -257,28 +261,47 @@ class MemoryStorage(Storage):
                 and job.lease_expires_at is not None
                 and job.lease_expires_at <= now
             ]
-            for job in expired:
-                error = f"lease expired: worker {job.worker_id} stopped heartbeating"
-                # None: the handler decides, and the worker that claims it next knows.
-                if job.max_retries is None or job.attempts <= job.max_retries:
-                    self._set(
-                        job,
-                        status=JobStatus.PENDING,
-                        run_at=now + timedelta(seconds=retry_in),
-                        last_error=error,
-                        updated_at=now,
-                        **self._RELEASED,
-                    )
-                else:
-                    self._set(
-                        job,
-                        status=JobStatus.FAILED,
-                        last_error=error,
-                        finished_at=now,
-                        updated_at=now,
-                        **self._RELEASED,
-                    )
-            return len(expired)
+            return self._rescue(
+                expired, now, retry_in, "lease expired: worker {} stopped heartbeating"
+            )
+
+    def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
+        with self._lock:
+            gone = set(worker_ids)
+            held = [
+                job
+                for job in self._jobs.values()
+                if job.status is JobStatus.RUNNING and job.worker_id in gone
+            ]
+            return self._rescue(held, self._now(), retry_in, _GONE)
+
+    def _rescue(self, jobs: list[Job], now: datetime, retry_in: float, why: str) -> int:
+        """Retry or fail jobs whose worker is lost; `why` names it (`{}`: the worker id).
+
+        The one place that decides between retry and failure, for every kind of rescue.
+        """
+        for job in jobs:
+            error = why.format(job.worker_id)
+            # None: the handler decides, and the worker that claims it next knows.
+            if job.max_retries is None or job.attempts <= job.max_retries:
+                self._set(
+                    job,
+                    status=JobStatus.PENDING,
+                    run_at=now + timedelta(seconds=retry_in),
+                    last_error=error,
+                    updated_at=now,
+                    **self._RELEASED,
+                )
+            else:
+                self._set(
+                    job,
+                    status=JobStatus.FAILED,
+                    last_error=error,
+                    finished_at=now,
+                    updated_at=now,
+                    **self._RELEASED,
+                )
+        return len(jobs)
 
     def get(self, job_id: str) -> Job:
         with self._lock:

@@ -1197,16 +1197,20 @@ class SQLAlchemyStorage(Storage):
         lease_seconds: float,
         types: Collection[str] | None = None,
         limit: int = 1,
+        newest_first: bool = False,
     ) -> list[Job]:
         if not queues or (types is not None and not types) or limit < 1:
             return []
         for _ in range(100):
-            jobs, corrupt = self._claim_once(queues, worker_id, lease_seconds, types, limit)
+            jobs, corrupt = self._claim_once(
+                queues, worker_id, lease_seconds, types, limit, newest_first
+            )
             # Corrupt rows were failed on the way: look again rather than report an
             # empty queue, so that a bad row never stalls a worker.
             if jobs or not corrupt:
                 break
-        jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+        jobs.sort(key=lambda j: (j.run_at, j.id), reverse=newest_first)
+        jobs.sort(key=lambda j: -j.priority)
         return jobs
 
     def _claim_once(
@@ -1216,6 +1220,7 @@ class SQLAlchemyStorage(Storage):
         lease_seconds: float,
         types: Collection[str] | None,
         limit: int,
+        newest_first: bool = False,
     ) -> tuple[list[Job], int]:
         token = uuid.uuid4().hex
         if self._is_mysql:
@@ -1231,10 +1236,10 @@ class SQLAlchemyStorage(Storage):
                 "progress": None,
                 "progress_message": None,
             }
-            run = self._claim_in_steps(queues, types, limit, values)
+            run = self._claim_in_steps(queues, types, limit, values, newest_first)
         else:
             # Built once per kind of claim; only these three values change per call.
-            stmt = self._claim_statement(queues, types, limit)
+            stmt = self._claim_statement(queues, types, limit, newest_first)
             params = {"c_worker": worker_id, "c_token": token, "c_lease": float(lease_seconds)}
 
             def run(conn: Connection) -> tuple[list[Job], int]:
@@ -1243,17 +1248,26 @@ class SQLAlchemyStorage(Storage):
         return self._run("claim", run, write=True, single=not self._is_mysql)
 
     def _claim_statement(
-        self, queues: Sequence[str], types: Collection[str] | None, limit: int
+        self,
+        queues: Sequence[str],
+        types: Collection[str] | None,
+        limit: int,
+        newest_first: bool = False,
     ) -> Any:
         """The claim as one UPDATE ... RETURNING, built once per kind of claim."""
-        key = (tuple(queues), None if types is None else tuple(sorted(types)), limit)
+        key = (
+            tuple(queues),
+            None if types is None else tuple(sorted(types)),
+            limit,
+            newest_first,
+        )
         stmt = self._claims.get(key)
         if stmt is None:
             c = self._jobs.c
             # The CTE is an optimisation fence: PostgreSQL evaluates the locking
             # SELECT once, so LIMIT really bounds how many rows the UPDATE takes.
             # SQLite ignores FOR UPDATE; BEGIN IMMEDIATE makes the statement exclusive.
-            ready = self._ready(queues, types, limit).cte("ready")
+            ready = self._ready(queues, types, limit, newest_first).cte("ready")
             stmt = (
                 sa.update(self._jobs)
                 .where(c.id == ready.c.id)
@@ -1281,13 +1295,14 @@ class SQLAlchemyStorage(Storage):
         types: Collection[str] | None,
         limit: int,
         values: Mapping[str, Any],
+        newest_first: bool = False,
     ) -> Callable[[Connection], tuple[list[Job], int]]:
         """Claim in three statements of one transaction: lock, update, read back.
 
         MySQL has neither UPDATE ... RETURNING nor LIMIT inside an IN subquery.
         """
         c = self._jobs.c
-        select_ready = self._ready(queues, types, limit)
+        select_ready = self._ready(queues, types, limit, newest_first)
 
         def run(conn: Connection) -> tuple[list[Job], int]:
             ids = list(conn.execute(select_ready).scalars())
@@ -1332,17 +1347,24 @@ class SQLAlchemyStorage(Storage):
         return jobs, len(rows) - len(jobs)
 
     def _ready(
-        self, queues: Sequence[str], types: Collection[str] | None, limit: int
+        self,
+        queues: Sequence[str],
+        types: Collection[str] | None,
+        limit: int,
+        newest_first: bool = False,
     ) -> sa.Select[tuple[str]]:
         """The due jobs a claim takes, in claim order, locked and skipping locked rows."""
         c = self._jobs.c
         conditions = [c.status == PENDING, c.queue.in_(list(queues)), c.run_at <= db_now()]
         if types is not None:
             conditions.append(c.type.in_(sorted(types)))
+        # Newest first cannot walk the claim index in order (priority descends,
+        # run_at ascends in it): the database sorts the due rows instead.
+        order = (c.run_at.desc(), c.id.desc()) if newest_first else (c.run_at, c.id)
         return (
             sa.select(c.id)
             .where(*conditions)
-            .order_by(c.priority.desc(), c.run_at, c.id)
+            .order_by(c.priority.desc(), *order)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -1513,27 +1535,43 @@ class SQLAlchemyStorage(Storage):
     def rescue_expired(self, *, retry_in: float = 0.0) -> int:
         c = self._jobs.c
         expired = sa.and_(c.status == RUNNING, c.lease_expires_at <= db_now())
-        error = (
-            sa.literal("lease expired: worker ")
-            + sa.func.coalesce(c.worker_id, "?")
-            + sa.literal(" stopped heartbeating")
-        )
+        why = ("lease expired: worker ", " stopped heartbeating")
+        return self._rescue("rescue_expired", expired, why, retry_in)
+
+    def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
+        ids = sorted(set(worker_ids))
+        if not ids:
+            return 0
+        c = self._jobs.c
+        held = sa.and_(c.status == RUNNING, c.worker_id.in_(ids))
+        why = ("worker ", " is gone: rescued without waiting for its lease to expire")
+        return self._rescue("rescue_workers", held, why, retry_in)
+
+    def _rescue(
+        self, what: str, lost: sa.ColumnElement[bool], why: tuple[str, str], retry_in: float
+    ) -> int:
+        """Retry or fail the `lost` jobs; `last_error` is `why` around the worker id.
+
+        The one place that decides between retry and failure, for every kind of rescue.
+        """
+        c = self._jobs.c
+        error = sa.literal(why[0]) + sa.func.coalesce(c.worker_id, "?") + sa.literal(why[1])
         common = {"last_error": error, "updated_at": db_now(), **self._RELEASED}
         to_retry = (
             sa.update(self._jobs)
-            .where(expired, sa.or_(c.attempts <= c.max_retries, c.max_retries == _HANDLERS))
+            .where(lost, sa.or_(c.attempts <= c.max_retries, c.max_retries == _HANDLERS))
             .values(status=PENDING, run_at=db_now_plus(_seconds("retry_in", retry_in)), **common)
         )
         to_fail = (
             sa.update(self._jobs)
-            .where(expired, c.attempts > c.max_retries, c.max_retries != _HANDLERS)
+            .where(lost, c.attempts > c.max_retries, c.max_retries != _HANDLERS)
             .values(status=JobStatus.FAILED.value, finished_at=db_now(), **common)
         )
 
         def run(conn: Connection) -> int:
             return conn.execute(to_retry).rowcount + conn.execute(to_fail).rowcount
 
-        return self._run("rescue_expired", run, write=True)
+        return self._run(what, run, write=True)
 
     def get(self, job_id: str) -> Job:
         if not _findable(job_id):

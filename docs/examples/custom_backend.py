@@ -199,8 +199,12 @@ class JsonFileStorage(Storage):
         lease_seconds: float,
         types: Collection[str] | None = None,
         limit: int = 1,
+        newest_first: bool = False,
     ) -> list[Job]:
-        """Lease up to `limit` due jobs: highest priority first, then `run_at`, then id."""
+        """Lease up to `limit` due jobs: highest priority first, then `run_at`, then id.
+
+        `newest_first` (optional for a backend) reverses `run_at` and id: LIFO.
+        """
         with self._lock:
             stored, now = self._load(), self._now()
             due = sorted(
@@ -212,8 +216,10 @@ class JsonFileStorage(Storage):
                     and job.queue in queues
                     and (types is None or job.type in types)  # None means every type
                 ),
-                key=lambda job: (-job.priority, job.run_at, job.id),
+                key=lambda job: (job.run_at, job.id),
+                reverse=newest_first,
             )
+            due.sort(key=lambda job: -job.priority)  # stable: keeps the order above
             claimed = [
                 replace(
                     job,
@@ -278,25 +284,33 @@ class JsonFileStorage(Storage):
 
     def rescue_expired(self, *, retry_in: float = 0.0) -> int:
         """Take expired leases away: retry each job, or fail it if no retry is left."""
+        return self._rescue(
+            lambda job, now: job.lease_expires_at is not None and job.lease_expires_at <= now,
+            "lease expired: worker {} stopped heartbeating",
+            retry_in,
+        )
+
+    def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
+        """Rescue the jobs of dead workers now, as `rescue_expired` would (optional)."""
+        gone = set(worker_ids)
+        return self._rescue(lambda job, now: job.worker_id in gone, "worker {} is gone", retry_in)
+
+    def _rescue(self, lost: Callable[[Job, datetime], bool], why: str, retry_in: float) -> int:
         with self._lock:
             stored, now = self._load(), self._now()
-            expired = [
-                job
-                for job in stored.values()
-                if job.status is JobStatus.RUNNING
-                and job.lease_expires_at is not None
-                and job.lease_expires_at <= now
+            rescued = [
+                job for job in stored.values() if job.status is JobStatus.RUNNING and lost(job, now)
             ]
-            for job in expired:
-                error = f"lease expired: worker {job.worker_id} stopped heartbeating"
+            for job in rescued:
                 # `attempts` counts the lost attempt; None as retry_in fails the job.
                 # max_retries None is the handler's to apply: always back to pending.
                 retries = job.max_retries
                 delay = retry_in if retries is None or job.attempts <= retries else None
+                error = why.format(job.worker_id)
                 stored[job.id] = replace(job, **_after_failure(now, error, delay))
-            if expired:
+            if rescued:
                 self._save(stored)
-            return len(expired)
+            return len(rescued)
 
     def get(self, job_id: str) -> Job:
         """Return the job, or raise `JobNotFound`."""
