@@ -667,6 +667,7 @@ class JobQueue:
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - the job field's name
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Return jobs, oldest first, filtered by status, queue and type.
 
@@ -675,6 +676,8 @@ class JobQueue:
             queue: Only this queue.
             type: Only this job type.
             limit: At most this many (`None` for all).
+            newest_first: Newest first instead, so that `limit` keeps the latest
+                (the last 20 failures, say).
 
         Raises:
             InvalidJobError: If `status` is not a known status or `limit` is negative.
@@ -689,7 +692,8 @@ class JobQueue:
                 raise InvalidJobError(f"unknown status {status!r}; use one of: {known}") from None
         if limit is not None:
             check_int(limit, "limit", 0, 2**31 - 1)
-        return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit)
+        order: dict[str, Any] = {"newest_first": True} if newest_first else {}
+        return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit, **order)
 
     def get_pending_jobs(self, limit: int | None = 100) -> list[Job]:
         """Jobs waiting to run, oldest first."""
