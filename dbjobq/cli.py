@@ -598,7 +598,7 @@ def _serve(
             if not any(w.is_alive for w in workers):
                 break
         log.info("stopping (waiting up to %gs for running jobs)", stop_timeout)
-        stopped = Worker.stop_all(workers, timeout=stop_timeout)
+        stopped = _stop_all(workers, stop_timeout)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -607,6 +607,26 @@ def _serve(
         return EXIT_FAILURE
     log.info("stopped after %d job(s)", sum(w.jobs_processed for w in workers))
     return 0
+
+
+def _stop_all(workers: list[Worker], timeout: float) -> bool:
+    """`Worker.stop_all`, waited for in short slices so that signals are handled meanwhile.
+
+    Python runs signal handlers in the main thread, but the system may deliver a
+    signal to any thread; one that lands on a worker's thread does not interrupt a
+    long wait of the main thread, and a second Ctrl-C would wait for the stop
+    timeout. Waking every 0.1 s lets it act at once, as promised.
+    """
+    result: list[bool] = []
+    stopping = threading.Thread(
+        target=lambda: result.append(Worker.stop_all(workers, timeout=timeout)),
+        name="dbjobq-stop",
+        daemon=True,
+    )
+    stopping.start()
+    while stopping.is_alive():
+        stopping.join(0.1)
+    return bool(result and result[0])
 
 
 def _left_behind(queue: JobQueue, workers: list[Worker]) -> bool:

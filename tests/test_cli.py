@@ -60,6 +60,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 APP = """
 import os
+import signal
+import threading
 import time
 
 from dbjobq import JobContext, JobQueue
@@ -78,6 +80,16 @@ queue = JobQueue(
 def send_email(ctx: JobContext) -> dict:
     time.sleep(ctx.payload.get("seconds", 0))
     return {"sent_to": ctx.payload["to"]}
+
+
+@queue.handler("signal_from_a_thread")
+def signal_from_a_thread(ctx: JobContext) -> None:
+    # The system may deliver a process's signal to any of its threads: this sends
+    # SIGTERM to this very thread (not the main one) once the test says so.
+    while not os.path.exists(ctx.payload["go"]):
+        time.sleep(0.01)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    time.sleep(30)
 
 
 if os.environ.get("APP_PERIODIC"):
@@ -156,6 +168,15 @@ def status(cli: Cli, job_id: str) -> str:
     return str(cli.json("job", job_id)["status"])
 
 
+def read_until(proc: subprocess.Popen[str], text: str) -> None:
+    """Read the process's standard error up to a line that holds `text`."""
+    assert proc.stderr is not None
+    seen = []
+    while text not in (line := proc.stderr.readline()):
+        assert line, f"the process ended before printing {text!r}: {seen}"
+        seen.append(line)
+
+
 @ON_TWO_BACKENDS
 def test_a_worker_runs_a_job_enqueued_from_the_command_line(cli: Cli) -> None:
     worker = cli.worker("--poll-interval", "0.1", "--max-poll-interval", "0.2")
@@ -183,6 +204,7 @@ def test_sigterm_lets_the_running_job_finish_before_exit(cli: Cli) -> None:
     assert "stopping" in stderr
 
 
+@pytest.mark.slow  # three worker processes, one after the other, and a lease to expire
 @ON_TWO_BACKENDS
 def test_a_second_signal_exits_at_once_and_the_job_is_rescued_later(cli: Cli) -> None:
     worker = cli.worker("--poll-interval", "0.1", "--lease-seconds", "1")
@@ -191,9 +213,7 @@ def test_a_second_signal_exits_at_once_and_the_job_is_rescued_later(cli: Cli) ->
     )["id"]
     wait_until(lambda: status(cli, job_id) == "running", timeout=30)
     worker.send_signal(signal.SIGTERM)
-    assert worker.stderr is not None
-    while "stopping" not in worker.stderr.readline():  # the first signal was handled
-        pass
+    read_until(worker, "stopping")  # the first signal was handled
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 1
     assert status(cli, job_id) == "running"  # its lease has yet to expire
@@ -264,6 +284,7 @@ def test_bad_app_is_named(tmp_path: Path) -> None:
     assert "'app:missing' is nothing, not a dbjobq.JobQueue" in done.stderr
 
 
+@pytest.mark.slow  # two worker processes for several seconds of ticks
 @ON_TWO_BACKENDS
 def test_a_periodic_job_fires_once_per_tick_across_processes(
     sql_config: StorageConfig, tmp_path: Path
@@ -448,6 +469,24 @@ def test_demo_ignores_dbjobq_url_and_writes_its_own_file(tmp_path: Path) -> None
     assert not real.exists()
     assert (tmp_path / "dbjobq-demo.db").exists()
     assert "dbjobq-demo.db" in done.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("sql_config", ["sqlite"], indirect=True)
+def test_a_second_signal_exits_at_once_whichever_thread_receives_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    worker = cli.worker("--poll-interval", "0.1")
+    job_id = cli.json("enqueue", "signal_from_a_thread", "--payload", json.dumps({"go": str(go)}))[
+        "id"
+    ]
+    wait_until(lambda: status(cli, job_id) == "running", timeout=30)
+    worker.send_signal(signal.SIGTERM)
+    read_until(worker, "stopping")  # the first signal was handled by the main thread
+    go.touch()  # the job now sends the second one to its own thread
+    assert worker.wait(10) == 1  # at once, not after the 30 s stop timeout
+    assert worker.stderr is not None
+    assert "second signal, exiting at once" in worker.stderr.read()
 
 
 @pytest.mark.parametrize("sql_config", ["sqlite"], indirect=True)
