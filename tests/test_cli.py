@@ -171,7 +171,7 @@ def status(cli: Cli, job_id: str) -> str:
 def read_until(proc: subprocess.Popen[str], text: str) -> None:
     """Read the process's standard error up to a line that holds `text`."""
     assert proc.stderr is not None
-    seen = []
+    seen: list[str] = []
     while text not in (line := proc.stderr.readline()):
         assert line, f"the process ended before printing {text!r}: {seen}"
         seen.append(line)
