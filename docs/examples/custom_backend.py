@@ -514,6 +514,7 @@ def _after_failure(now: datetime, error: str, retry_in: float | None) -> dict[st
 
 
 if __name__ == "__main__":
+    Path("jobs.json").unlink(missing_ok=True)  # start from an empty file, for the output below
     queue = JobQueue(JsonFileStorage("jobs.json"))  # in the current directory
 
     @queue.handler("add")
@@ -525,7 +526,7 @@ if __name__ == "__main__":
     print("processed", Worker(queue).run_until_empty(), "jobs")
     for job_id in ids:
         job = queue.get_job(job_id)
-        print(job.id, job.status, job.result)  # <id> completed 10, then 11, then 12
+        print(job.id, job.status, job.result)  # <id> completed 10 (then 11, then 12)
         assert job.status is JobStatus.COMPLETED
 
     # The jobs are in the file: a new storage object on the same path reads them.
