@@ -278,7 +278,7 @@ class JobQueue:
         the type and the queue enqueue the ticks, so run at least one.
 
         Args:
-            cron: A five-field cron expression (needs `dbjobq[cron]`).
+            cron: A five-field cron expression (needs the `cron` extra).
             every: Or a fixed interval, seconds or a `timedelta` (at least 1 s);
                 ticks fall on multiples of it counted from 1970-01-01 UTC.
             name: The schedule's name, unique per queue object.

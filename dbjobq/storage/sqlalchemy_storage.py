@@ -313,7 +313,11 @@ class SQLAlchemyStorage(Storage):
                 f"no SQLAlchemy driver {parsed.drivername!r}: {error}"
             ) from error
         except ImportError as error:
-            hint = f'Run "pip install dbjobq[{extra}]"' if extra else f"install {module}"
+            hint = (
+                f'Install the "{extra}" extra (pip install -e ".[{extra}]" in a dbjobq checkout)'
+                if extra
+                else f"install {module}"
+            )
             raise ConfigurationError(
                 f"the database driver for {parsed.drivername!r} is not installed "
                 f"({error.name or module} not found). {hint}"
