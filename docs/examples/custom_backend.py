@@ -308,8 +308,9 @@ class JsonFileStorage(Storage):
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[Job]:
-        """Return the jobs that match every filter, oldest first (by id)."""
+        """Return the jobs that match every filter, oldest (or newest) first, by id."""
         wanted = None if status is None else JobStatus(status)  # also accepts "pending"
         with self._lock:
             stored = self._load()
@@ -322,6 +323,7 @@ class JsonFileStorage(Storage):
                 and (type is None or job.type == type)
             ),
             key=lambda job: job.id,
+            reverse=newest_first,
         )
         return found[:limit]
 
