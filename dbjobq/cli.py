@@ -2,8 +2,10 @@
 
 Every option can also come from an environment variable, `DBJOBQ_` and the option's
 name in capitals (`--url` from `DBJOBQ_URL`, `--max-poll-interval` from
-`DBJOBQ_MAX_POLL_INTERVAL`); an option on the command line wins. Bad values are
-refused at start with one line naming the option, and exit status 2.
+`DBJOBQ_MAX_POLL_INTERVAL`, `--json` from `DBJOBQ_JSON=1`); an option on the command
+line wins. `demo` is the exception: it never reads `DBJOBQ_URL`, so that it cannot
+write into the real database. Bad values are refused at start with one line naming
+the option, and exit status 2.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dbjobq.events import Event
 from dbjobq.job import Job, JobStatus
 from dbjobq.jsonlog import JSONFormatter
 from dbjobq.queue import JobQueue
+from dbjobq.storage import SQLAlchemyStorage, Storage
 from dbjobq.worker import Worker
 
 __all__ = ["main"]
@@ -39,6 +42,10 @@ EXIT_FAILURE = 1
 
 class UsageError(Exception):
     """A bad option: printed as one line, exit status 2."""
+
+
+class NoTables(Exception):
+    """A command that only reads found no dbjobq tables: exit status 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,9 +88,32 @@ def _number(
         ok = False
     if not ok:
         what = "a whole number" if kind is int else "a number"
-        bound = f"above {low:g}" if strictly_above else f"at least {low:g}"
+        bound = f"above {_plain(low)}" if strictly_above else f"at least {_plain(low)}"
+        if high != math.inf:
+            bound += f" and at most {_plain(high)}"
         raise UsageError(f"{source} must be {what} {bound}, got {raw!r}")
     return value
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: 2147483647, not 2.14748e+09."""
+    return str(int(number)) if number == int(number) else f"{number:g}"
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def _flag(args: argparse.Namespace, name: str) -> bool:
+    """A switch given on the command line, or as DBJOBQ_<NAME>=1 (or 0)."""
+    if getattr(args, name.replace("-", "_"), False):
+        return True
+    raw = _env(name)
+    if raw is None or raw.strip().lower() in _FALSE:
+        return False
+    if raw.strip().lower() in _TRUE:
+        return True
+    variable = f"DBJOBQ_{name.upper().replace('-', '_')}"
+    raise UsageError(f"{variable} must be 1 or 0 (true or false), got {raw!r}")
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
@@ -117,16 +147,43 @@ def _load_app(spec: str, source: str) -> JobQueue:
     return queue
 
 
-def _queue(args: argparse.Namespace) -> JobQueue:
-    """The queue from --app (with its handlers) or --url (or both: handlers, other URL)."""
+def _queue(args: argparse.Namespace, *, existing: bool = True) -> JobQueue:
+    """The queue from --app (with its handlers) or --url (or both: handlers, other URL).
+
+    With `existing` (commands that work on jobs already there), a database without
+    the tables raises `NoTables` instead of having them created: a mistyped URL
+    must not quietly become a new, empty queue.
+    """
     app, app_source = _option(args, "app")
     url, _ = _option(args, "url")
     if app:
         queue = _load_app(app, app_source)
-        return queue._with_storage(url) if url else queue
-    if url:
-        return JobQueue(url)
-    raise UsageError("give the database with --url (or DBJOBQ_URL), or an app with --app")
+        queue = queue._with_storage(url) if url else queue
+    elif url:
+        queue = JobQueue(url)
+    else:
+        raise UsageError("give the database with --url (or DBJOBQ_URL), or an app with --app")
+    _opened.append(queue)
+    if existing and not queue.storage.schema_exists():
+        raise NoTables(
+            f"no dbjobq tables at {_where(queue.storage)}; check the URL, or create "
+            "them with dbjobq init"
+        )
+    return queue
+
+
+_opened: list[JobQueue] = []  # closed when the command ends
+
+
+def _where(storage: Storage) -> str:
+    """The database of a storage, for messages, with any password masked."""
+    if not isinstance(storage, SQLAlchemyStorage):
+        return repr(storage)
+    url = storage.engine.url
+    query = {k: ("***" if "password" in k.lower() else v) for k, v in url.query.items()}
+    shown = url.set(query=query).render_as_string(hide_password=True)
+    where = f"{shown} (table prefix {storage.table_prefix!r}"
+    return where + (f", schema {storage.schema!r})" if storage.schema else ")")
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -146,12 +203,37 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# Characters that a terminal acts on instead of showing: C0 and C1 controls (ESC starts
+# colour, cursor and title sequences, CSI is one byte in C1), line and paragraph
+# separators, and the bidirectional overrides that reorder what is shown.
+_OTHERS = "\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\x00-\x1f{_OTHERS}]")
+_UNSAFE_BUT_LINES = re.compile(f"[\x00-\x08\x0b-\x1f{_OTHERS}]")  # keeps \t and \n
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _safe(value: object, *, lines: bool = False) -> str:
+    r"""Text from job data, with what a terminal would act on escaped (ESC as `\u001b`).
+
+    Job types, queues, errors and payloads come from whoever enqueued or ran the
+    job; printed raw, an escape sequence in them could rewrite the screen or hide
+    text. `lines=True` keeps newlines (for tracebacks).
+    """
+    text = str(value)
+    return (_UNSAFE_BUT_LINES if lines else _UNSAFE).sub(_escape, text)
+
+
 def _print_json(value: Any) -> None:
-    print(json.dumps(_jsonable(value), indent=2, ensure_ascii=False))
+    # json.dumps escapes C0 controls itself; the rest become \uXXXX escapes, which
+    # decode to the very same strings: the output stays exact JSON.
+    print(_safe(json.dumps(_jsonable(value), indent=2, ensure_ascii=False), lines=True))
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [["" if c is None else _safe(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -183,8 +265,18 @@ def _when(value: datetime | None) -> str:
 # -- commands ---------------------------------------------------------------------------------
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    queue = _queue(args, existing=False)
+    queue.initialize()
+    if args.json:
+        _print_json({"initialized": True})
+    else:
+        print(f"dbjobq tables ready at {_where(queue.storage)}")
+    return 0
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    queue = _queue(args)
+    queue = _queue(args, existing=False)  # the first job creates the tables
     try:
         payload = json.loads(args.payload) if args.payload else None
     except ValueError as error:
@@ -214,9 +306,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    limit = _number(args, "limit", 20, kind=int, low=1, high=2**31 - 1, strictly_above=False)
+    newest_first = args.newest_first
+    if newest_first is None:  # finished jobs: the latest are the interesting ones
+        newest_first = args.status in ("completed", "failed", "cancelled")
     queue = _queue(args)
-    limit = _number(args, "limit", 20, kind=int, low=1)
-    jobs = queue.list_jobs(args.status, queue=args.queue, type=args.type, limit=limit)
+    jobs = queue.list_jobs(
+        args.status, queue=args.queue, type=args.type, limit=limit, newest_first=newest_first
+    )
     if args.json:
         _print_json(jobs)
         return 0
@@ -286,14 +383,14 @@ def _print_job(job: Job, queue: JobQueue) -> None:
         fields.append(("progress", f"{job.progress:g} {job.progress_message or ''}".rstrip()))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
-        print(f"{name.ljust(width)}  {value}")
-    print(f"{'payload'.ljust(width)}  {json.dumps(job.payload, ensure_ascii=False)}")
+        print(f"{name.ljust(width)}  {_safe(value)}")
+    print(f"{'payload'.ljust(width)}  {_safe(json.dumps(job.payload, ensure_ascii=False))}")
     if job.meta:
-        print(f"{'meta'.ljust(width)}  {json.dumps(job.meta, ensure_ascii=False)}")
+        print(f"{'meta'.ljust(width)}  {_safe(json.dumps(job.meta, ensure_ascii=False))}")
     if job.result is not None:
-        print(f"{'result'.ljust(width)}  {json.dumps(job.result, ensure_ascii=False)}")
+        print(f"{'result'.ljust(width)}  {_safe(json.dumps(job.result, ensure_ascii=False))}")
     if job.last_error:
-        print(f"\nlast error:\n{job.last_error}")
+        print(f"\nlast error:\n{_safe(job.last_error, lines=True)}")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -362,9 +459,11 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    queue = _queue(args)
-    if args.all_failed == bool(args.id):
+    if args.all_failed and args.id:
         raise UsageError("give a job ID or --all-failed, not both")
+    if not args.all_failed and not args.id:
+        raise UsageError("give the ID of the job to retry, or --all-failed for every failed job")
+    queue = _queue(args)
     ids = (
         [args.id]
         if args.id
@@ -411,7 +510,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.jobs < 1 or args.workers < 1:
         raise UsageError("--jobs and --workers must be at least 1")
-    return run_demo(args.url or _env("url"), jobs=args.jobs, workers=args.workers)
+    # Not DBJOBQ_URL: that names the real database, which a demo must not write into.
+    return run_demo(args.url, jobs=args.jobs, workers=args.workers)
 
 
 # -- the worker command -------------------------------------------------------------------------
@@ -429,10 +529,11 @@ def _configure_logging(level: str, fmt: str) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if args.app is None and _env("app") is None:
-        raise UsageError("give the app as module:queue (or DBJOBQ_APP)")
+    if args.app and args.app_option and args.app != args.app_option:
+        raise UsageError(f"two apps given: {args.app!r} and --app {args.app_option!r}")
+    args.app = args.app or args.app_option or _env("app")
     if args.app is None:
-        args.app = _env("app")
+        raise UsageError("give the app as module:queue, --app module:queue or DBJOBQ_APP")
     level, level_source = _option(args, "log-level")
     level = (level or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -457,7 +558,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"{lifo_source} must be true or false, got {lifo_raw!r}")
     worker_id, _ = _option(args, "worker-id")
     _configure_logging(level, log_format)
-    queue = _queue(args)
+    queue = _queue(args, existing=False)  # workers create the tables
     names = [q.strip() for q in queues_raw.split(",") if q.strip()] if queues_raw else None
     types = [t.strip() for t in types_raw.split(",") if t.strip()] if types_raw else None
     try:
@@ -523,15 +624,50 @@ def _serve(
             if not any(w.is_alive for w in workers):
                 break
         log.info("stopping (waiting up to %gs for running jobs)", stop_timeout)
-        stopped = Worker.stop_all(workers, timeout=stop_timeout)
+        stopped = _stop_all(workers, stop_timeout)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if not stopped:
+    if not stopped or _left_behind(queue, workers):
         log.error("some jobs did not finish in time; they will be rescued when their leases expire")
         return EXIT_FAILURE
     log.info("stopped after %d job(s)", sum(w.jobs_processed for w in workers))
     return 0
+
+
+def _stop_all(workers: list[Worker], timeout: float) -> bool:
+    """`Worker.stop_all`, waited for in short slices so that signals are handled meanwhile.
+
+    Python runs signal handlers in the main thread, but the system may deliver a
+    signal to any thread; one that lands on a worker's thread does not interrupt a
+    long wait of the main thread, and a second Ctrl-C would wait for the stop
+    timeout. Waking every 0.1 s lets it act at once, as promised.
+    """
+    result: list[bool] = []
+    stopping = threading.Thread(
+        target=lambda: result.append(Worker.stop_all(workers, timeout=timeout)),
+        name="dbjobq-stop",
+        daemon=True,
+    )
+    stopping.start()
+    while stopping.is_alive():
+        stopping.join(0.1)
+    return bool(result and result[0])
+
+
+def _left_behind(queue: JobQueue, workers: list[Worker]) -> bool:
+    """Whether a job is still `running` under these (now stopped) workers.
+
+    A worker gives up on a handler that outlives the stop timeout: its thread ends,
+    but the job stays `running` under its lease, to be rescued once that expires.
+    """
+    ids = {w.id for w in workers}
+    try:
+        running = queue.list_jobs(JobStatus.RUNNING, limit=None)
+    except DBJobQError as error:
+        logging.getLogger("dbjobq.cli").error("could not look for jobs left behind: %s", error)
+        return True
+    return any(job.worker_id in ids for job in running)
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -557,8 +693,15 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
         return sub
 
+    init = command("init", "create the tables (workers and the first enqueue also do)", cmd_init)
+    init.description = (
+        "Create the tables and indexes if missing; idempotent. The other commands that "
+        "read or change jobs never create them: they report a database without them."
+    )
+
     worker = command("worker", "run workers until SIGTERM or Ctrl-C", cmd_worker)
     worker.add_argument("app", nargs="?", help="module:queue whose handlers to run (DBJOBQ_APP)")
+    worker.add_argument("--app", dest="app_option", metavar="APP", help="the same as APP")
     worker.add_argument("--url", help="database URL, instead of the queue's own (DBJOBQ_URL)")
     worker.add_argument(
         "--queues", help="comma-separated queue names (default: the queue's default)"
@@ -588,11 +731,26 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--unique-key", help="return the unfinished job holding this key instead")
     enqueue.add_argument("--max-retries", type=int, help="retries after a failed first attempt")
 
-    jobs = command("jobs", "list jobs, oldest first", cmd_jobs)
+    jobs = command("jobs", "list jobs (finished ones newest first, others oldest first)", cmd_jobs)
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs.add_argument("--queue")
     jobs.add_argument("--type")
     jobs.add_argument("--limit", help="at most this many (default 20)")
+    order = jobs.add_mutually_exclusive_group()
+    order.add_argument(
+        "--newest-first",
+        dest="newest_first",
+        action="store_const",
+        const=True,
+        help="latest first (the default with --status completed, failed or cancelled)",
+    )
+    order.add_argument(
+        "--oldest-first",
+        dest="newest_first",
+        action="store_const",
+        const=False,
+        help="earliest first (the default otherwise)",
+    )
 
     job = command("job", "show one job in full: payload, result, progress, error", cmd_job)
     job.add_argument("id")
@@ -628,20 +786,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `dbjobq` command line; returns the exit status."""
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
+    name = args.command
     try:
-        return run(args)
+        if hasattr(args, "json"):
+            args.json = _flag(args, "json")
+        status = run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen below
+    except BrokenPipeError:
+        # The reader went away (`dbjobq jobs | head`): stop quietly, as Python's
+        # documentation recommends, and keep the exit-time flush from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
     except UsageError as error:
-        print(f"dbjobq {args.command}: error: {error}", file=sys.stderr)
+        print(f"dbjobq {name}: error: {_safe(error)}", file=sys.stderr)
         return EXIT_USAGE
+    except NoTables as error:
+        print(f"dbjobq {name}: {_safe(error)}", file=sys.stderr)
+        return EXIT_FAILURE
     except JobNotFound as error:
-        print(f"dbjobq {args.command}: {error}", file=sys.stderr)
+        print(f"dbjobq {name}: {_safe(error)}", file=sys.stderr)
         return EXIT_FAILURE
     except (ConfigurationError, InvalidJobError) as error:
-        print(f"dbjobq {args.command}: error: {error}", file=sys.stderr)
+        print(f"dbjobq {name}: error: {_safe(error)}", file=sys.stderr)
         return EXIT_USAGE
     except DBJobQError as error:
-        print(f"dbjobq {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"dbjobq {name}: {type(error).__name__}: {_safe(error)}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        while _opened:
+            _opened.pop().close()
+    return status
 
 
 if __name__ == "__main__":

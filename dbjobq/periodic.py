@@ -45,7 +45,8 @@ def _cron(expr: str, start: datetime, *, reverse: bool) -> datetime:
         from cronsim import CronSim, CronSimError
     except ImportError:
         raise ConfigurationError(
-            'cron schedules need the "cronsim" package. Run "pip install dbjobq[cron]"'
+            'cron schedules need the "cronsim" package, from the "cron" extra: '
+            'pip install -e ".[cron]" in a dbjobq checkout, or pip install cronsim'
         ) from None
     try:
         return next(CronSim(expr, start, reverse=reverse))

@@ -292,7 +292,7 @@ class JobQueue:
         the type and the queue enqueue the ticks, so run at least one.
 
         Args:
-            cron: A five-field cron expression (needs `dbjobq[cron]`).
+            cron: A five-field cron expression (needs the `cron` extra).
             every: Or a fixed interval, seconds or a `timedelta` (at least 1 s);
                 ticks fall on multiples of it counted from 1970-01-01 UTC.
             name: The schedule's name, unique per queue object.
@@ -681,6 +681,7 @@ class JobQueue:
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - the job field's name
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Return jobs, oldest first, filtered by status, queue and type.
 
@@ -692,6 +693,8 @@ class JobQueue:
             queue: Only this queue.
             type: Only this job type.
             limit: At most this many (`None` for all).
+            newest_first: Newest first instead, so that `limit` keeps the latest
+                (the last 20 failures, say).
 
         Raises:
             InvalidJobError: If `status` is not a known status, `queue` or `type` is
@@ -711,7 +714,8 @@ class JobQueue:
                 raise InvalidJobError(f"unknown status {status!r}; use one of: {known}") from None
         if limit is not None:
             check_int(limit, "limit", 0, 2**31 - 1)
-        return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit)
+        order: dict[str, Any] = {"newest_first": True} if newest_first else {}
+        return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit, **order)
 
     def get_pending_jobs(self, limit: int | None = None) -> list[Job]:
         """Jobs waiting to run, oldest first: all of them unless `limit` is given."""

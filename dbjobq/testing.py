@@ -232,6 +232,11 @@ class StorageContract:
         storage.initialize()
         assert len(storage.list_jobs()) == 1
 
+    def test_schema_exists_once_initialized(self, storage: Storage) -> None:
+        assert storage.schema_exists() is True
+        storage.enqueue([make_job()])
+        assert storage.schema_exists() is True
+
     # -- claiming ---------------------------------------------------------------------
 
     def test_claim_returns_nothing_when_empty(self, storage: Storage) -> None:
@@ -790,6 +795,17 @@ class StorageContract:
         assert [j.id for j in storage.list_jobs(status=JobStatus.PENDING, type="x")] == [a.id, c.id]
         assert [j.id for j in storage.list_jobs(limit=2)] == [a.id, b.id]
         assert len(storage.list_jobs(limit=None)) == 4
+
+    def test_list_jobs_newest_first_keeps_the_latest_under_a_limit(self, storage: Storage) -> None:
+        a, b, c, d = (make_job("x"), make_job("y"), make_job("x"), make_job("x", queue="q"))
+        storage.enqueue([a, b, c, d])
+        assert [j.id for j in storage.list_jobs(newest_first=True)] == [d.id, c.id, b.id, a.id]
+        assert [j.id for j in storage.list_jobs(limit=2, newest_first=True)] == [d.id, c.id]
+        assert [j.id for j in storage.list_jobs(type="x", queue="default", newest_first=True)] == [
+            c.id,
+            a.id,
+        ]
+        assert [j.id for j in storage.list_jobs(newest_first=False)] == [a.id, b.id, c.id, d.id]
 
     def test_count_jobs_per_queue_and_status(self, storage: Storage) -> None:
         jobs = [make_job(queue="a"), make_job(queue="a"), make_job(queue="b")]

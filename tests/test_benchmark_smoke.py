@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import require
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_every_benchmark_case_runs_and_prints_its_row() -> None:
+    require("huey")
     backends = ["--backend", "sqlite"]
     if os.environ.get("DBJOBQ_TEST_POSTGRES_URL"):
+        require("pgqueuer", "asyncpg")
         backends += ["--backend", "postgresql"]
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", *backends],

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dbjobq.testing import StorageContract
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
@@ -31,6 +33,7 @@ def test_the_docs_test_file_is_left_to_this_test() -> None:
     assert TEST_FILE.read_text(encoding="utf-8").startswith("# docs-test: custom\n")
 
 
+@pytest.mark.slow  # the whole conformance suite again, on a backend that rewrites a file
 def test_the_example_backend_passes_every_conformance_test(tmp_path: Path) -> None:
     expected = len(contract_tests())
     assert expected >= 50  # the suite is really there

@@ -325,7 +325,7 @@ def test_bad_urls_raise_configuration_error(url: str, message: str) -> None:
 
 def test_missing_driver_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "psycopg", None)
-    with pytest.raises(ConfigurationError, match=r"pip install dbjobq\[postgres\]"):
+    with pytest.raises(ConfigurationError, match=r'pip install -e "\.\[postgres\]"'):
         SQLAlchemyStorage("postgresql://u:pw@localhost/db")
 
 

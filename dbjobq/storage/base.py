@@ -81,6 +81,19 @@ class Storage(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Release connections and other resources. The default does nothing."""
 
+    def schema_exists(self) -> bool:
+        """Whether the tables (or other structures) that `initialize` makes are there.
+
+        Looks without creating anything: read-only tools such as `dbjobq stats` call
+        it first, so that a mistyped database URL is reported instead of silently
+        getting an empty queue of its own. Optional: the default, for backends with
+        nothing to create, returns `True`.
+
+        Raises:
+            StorageError: If the store cannot be reached.
+        """
+        return True
+
     @abc.abstractmethod
     def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         """Store new `pending` jobs, all in one transaction.
@@ -342,6 +355,7 @@ class Storage(abc.ABC):
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Return jobs matching every given filter, oldest first (by id).
 
@@ -352,6 +366,9 @@ class Storage(abc.ABC):
             queue: Only jobs in this queue.
             type: Only jobs of this type.
             limit: At most this many; `None` for all.
+            newest_first: Newest first (by id, descending) instead, so that `limit`
+                keeps the latest jobs. `JobQueue` passes it only when `True`: a
+                backend written before it keeps working for oldest-first lists.
         """
 
     @abc.abstractmethod

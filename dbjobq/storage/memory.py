@@ -315,6 +315,7 @@ class MemoryStorage(Storage):
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[Job]:
         with self._lock:
             found = sorted(
@@ -326,6 +327,7 @@ class MemoryStorage(Storage):
                     and (type is None or job.type == type)
                 ),
                 key=lambda j: j.id,
+                reverse=newest_first,
             )
             return [self._out(job) for job in found[:limit]]
 

@@ -409,7 +409,11 @@ class SQLAlchemyStorage(Storage):
                 f"no SQLAlchemy driver {parsed.drivername!r}: {error}"
             ) from error
         except ImportError as error:
-            hint = f'Run "pip install dbjobq[{extra}]"' if extra else f"install {module}"
+            hint = (
+                f'Install the "{extra}" extra (pip install -e ".[{extra}]" in a dbjobq checkout)'
+                if extra
+                else f"install {module}"
+            )
             raise ConfigurationError(
                 f"the database driver for {parsed.drivername!r} is not installed "
                 f"({error.name or module} not found). {hint}"
@@ -438,6 +442,38 @@ class SQLAlchemyStorage(Storage):
             if not self._initialized:
                 self._run("initialize", self._create_schema, write=True)
                 self._initialized = True
+
+    def schema_exists(self) -> bool:
+        """Whether the jobs table exists; creates nothing, not even a SQLite file.
+
+        A SQLite file is opened read-only, and only if it exists.
+
+        Raises:
+            StorageError: If the database cannot be reached (or a SQLite file is
+                not a database).
+        """
+        import os.path
+        import urllib.parse
+
+        name, url = self._jobs.name, self._engine.url
+        # A plain path (not a file: URI), which connecting would create if missing:
+        plain = url.database not in (None, "", ":memory:") and "uri" not in url.query
+        if self._is_sqlite and plain:
+            path = os.path.abspath(str(url.database))
+            if not os.path.isfile(path):
+                return False
+            query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+            try:
+                ro = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+                with contextlib.closing(ro):
+                    return ro.execute(query, (name,)).fetchone() is not None
+            except sqlite3.Error as error:
+                raise StorageError(f"schema_exists failed: {error}") from error
+        return self._run(
+            "schema_exists",
+            lambda conn: bool(sa.inspect(conn).has_table(name, schema=self.schema)),
+            write=False,
+        )
 
     def _create_schema(self, conn: Connection) -> None:
         lock_name = f"dbjobq:{self.schema}:{self.table_prefix}"
@@ -1594,11 +1630,12 @@ class SQLAlchemyStorage(Storage):
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[Job]:
         if not all(_findable(text) for text in (queue, type) if text is not None):
             return []  # no job can be in such a queue or of such a type
         c = self._jobs.c
-        stmt = sa.select(self._jobs).order_by(c.id).limit(limit)
+        stmt = sa.select(self._jobs).order_by(c.id.desc() if newest_first else c.id).limit(limit)
         if status is not None:
             stmt = stmt.where(c.status == JobStatus(status).value)
         if queue is not None:

@@ -19,8 +19,12 @@ shared = JobQueue(SQLAlchemyStorage(engine, table_prefix="shared_"))
 # In memory, for tests and scripts.
 scratch = JobQueue(MemoryStorage())
 
-for queue in (default, billing, mail, shared, scratch):
+billing_job, mail_job = billing.enqueue("ping"), mail.enqueue("ping")
+for queue in (default, shared, scratch):
     queue.enqueue("ping")
 print(sorted(sa.inspect(engine).get_table_names()))
-# ['billing_jobs', 'billing_schema', 'mail_jobs', 'mail_schema', 'shared_jobs', 'shared_schema']
-assert len(billing.list_jobs()) == len(mail.list_jobs()) == 1
+# ['billing_jobs', 'billing_periodic', 'billing_schema', 'billing_workers', 'mail_jobs',
+#  'mail_periodic', 'mail_schema', 'mail_workers', 'shared_jobs', 'shared_periodic',
+#  'shared_schema', 'shared_workers']: four tables per prefix
+billing_ids = {job.id for job in billing.list_jobs(limit=None)}
+assert billing_job in billing_ids and mail_job not in billing_ids  # each sees its own jobs

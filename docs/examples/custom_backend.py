@@ -327,8 +327,9 @@ class JsonFileStorage(Storage):
         queue: str | None = None,
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[Job]:
-        """Return the jobs that match every filter, oldest first (by id)."""
+        """Return the jobs that match every filter, oldest (or newest) first, by id."""
         wanted = None if status is None else JobStatus(status)  # also accepts "pending"
         with self._lock:
             stored = self._load()
@@ -341,6 +342,7 @@ class JsonFileStorage(Storage):
                 and (type is None or job.type == type)
             ),
             key=lambda job: job.id,
+            reverse=newest_first,
         )
         return found[:limit]
 
@@ -533,6 +535,7 @@ def _after_failure(now: datetime, error: str, retry_in: float | None) -> dict[st
 
 
 if __name__ == "__main__":
+    Path("jobs.json").unlink(missing_ok=True)  # start from an empty file, for the output below
     queue = JobQueue(JsonFileStorage("jobs.json"))  # in the current directory
 
     @queue.handler("add")
@@ -544,7 +547,7 @@ if __name__ == "__main__":
     print("processed", Worker(queue).run_until_empty(), "jobs")
     for job_id in ids:
         job = queue.get_job(job_id)
-        print(job.id, job.status, job.result)  # <id> completed 10, then 11, then 12
+        print(job.id, job.status, job.result)  # <id> completed 10 (then 11, then 12)
         assert job.status is JobStatus.COMPLETED
 
     # The jobs are in the file: a new storage object on the same path reads them.

@@ -4,7 +4,7 @@ import math
 
 from dbjobq import DBJobQError, InvalidJobError, JobQueue, PayloadError
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///errors_at_enqueue.db")
 
 try:
     queue.enqueue("report", {"ratio": math.nan})

@@ -12,7 +12,7 @@ handler = logging.StreamHandler(stream)
 handler.setFormatter(JSONFormatter())  # one JSON object per line
 logging.basicConfig(level=logging.INFO, handlers=[handler])
 
-queue = JobQueue("sqlite:///jobs.db", retry_policy=RetryPolicy(base_delay=0))
+queue = JobQueue("sqlite:///events_and_logging.db", retry_policy=RetryPolicy(base_delay=0))
 failures: list[str] = []
 
 

@@ -2,7 +2,7 @@
 
 from dbjobq import JobContext, JobQueue, JobValidationError, RetryPolicy, Worker
 
-queue = JobQueue("sqlite:///jobs.db", retry_policy=RetryPolicy(base_delay=0))
+queue = JobQueue("sqlite:///lifecycle.db", retry_policy=RetryPolicy(base_delay=0))
 attempts_seen: list[int] = []
 
 

@@ -2,13 +2,16 @@
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from dbjobq import JobContext, JobQueue, RetryPolicy, Worker
 
 logging.basicConfig(
     level=logging.INFO, format="%(levelname)s %(name)s %(message)s"
 )  # dbjobq logs through the standard logging module and adds no handlers
-queue = JobQueue("sqlite:///jobs.db", retry_policy=RetryPolicy(base_delay=0))
+for old in Path().glob("operations.db*"):  # start from an empty file, for the output below
+    old.unlink()
+queue = JobQueue("sqlite:///operations.db", retry_policy=RetryPolicy(base_delay=0))
 
 
 @queue.handler("sync", max_retries=0)

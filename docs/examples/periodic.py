@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from dbjobq import JobContext, JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///periodic.db")
 beats: list[str] = []
 
 
@@ -25,5 +25,5 @@ for worker in workers:
     worker.start()
 time.sleep(3.5)
 Worker.stop_all(workers)
-print(len(beats), len(set(beats)))  # 4 4: one job per tick, though three workers saw each
+print(len(beats), len(set(beats)))  # e.g. 4 4: one job per tick, though three workers saw each
 assert len(beats) == len(set(beats)) >= 2

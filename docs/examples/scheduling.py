@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 from dbjobq import JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///scheduling.db")
 queue.register("remind", lambda ctx: "reminded")
 
 later = queue.enqueue("remind", delay=timedelta(hours=1))

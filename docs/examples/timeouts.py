@@ -4,7 +4,7 @@ import threading
 
 from dbjobq import JobContext, JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///timeouts.db")
 stopped_early = threading.Event()
 
 

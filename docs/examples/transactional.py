@@ -1,10 +1,14 @@
 """Enqueue in your own transaction: no job for a signup that was rolled back."""
 
+from pathlib import Path
+
 import sqlalchemy as sa
 
 from dbjobq import JobQueue
 
-engine = sa.create_engine("sqlite:///app.db")
+for old in Path().glob("transactional.db*"):  # start from an empty file, for the output below
+    old.unlink()
+engine = sa.create_engine("sqlite:///transactional.db")
 users = sa.Table("users", sa.MetaData(), sa.Column("name", sa.String, primary_key=True))
 users.create(engine)
 

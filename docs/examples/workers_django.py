@@ -5,7 +5,7 @@
 # jobs/tasks.py: the queue and its handlers, imported by views and by apps.py
 from dbjobq import JobContext, JobQueue
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///workers_django.db")
 
 
 @queue.handler("send_welcome")

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from dbjobq import JobContext, JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///workers_fastapi.db")
 
 
 @queue.handler("send_welcome")

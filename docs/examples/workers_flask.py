@@ -13,7 +13,7 @@ def send_welcome(ctx: JobContext) -> dict[str, str]:
     return {"sent_to": ctx.payload["email"]}
 
 
-def create_app(database_url: str = "sqlite:///jobs.db", workers: int = 2) -> Flask:
+def create_app(database_url: str = "sqlite:///workers_flask.db", workers: int = 2) -> Flask:
     app = Flask(__name__)
     queue = JobQueue(database_url)
     queue.register("send_welcome", send_welcome)

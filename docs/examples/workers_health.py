@@ -9,7 +9,7 @@ from typing import Any
 
 from dbjobq import JobContext, JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///workers_health.db")
 release = threading.Event()  # lets the demo decide when the export job ends
 
 

@@ -2,10 +2,13 @@
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from dbjobq import JobContext, JobQueue, JobSpec, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+for old in Path().glob("workers_many.db*"):  # start from an empty file, for the output below
+    old.unlink()
+queue = JobQueue("sqlite:///workers_many.db")
 
 
 @queue.handler("resize")
@@ -33,6 +36,6 @@ elapsed = time.monotonic() - started
 
 assert Worker.stop_all(workers), "a worker is still busy"
 per_worker = [worker.jobs_processed for worker in workers]
-print(f"{elapsed:.1f}s, per worker: {per_worker}")  # 0.6s, per worker: [10, 10, 10, 10]
+print(f"{elapsed:.1f}s, per worker: {per_worker}")  # e.g. 0.6s, per worker: [10, 10, 10, 10]
 assert sum(per_worker) == 40
 assert sum(1 for n in per_worker if n > 0) > 1  # the jobs were shared

@@ -1,10 +1,13 @@
 """Workers in scripts and tests: run_until_empty() and max_jobs."""
 
 import time
+from pathlib import Path
 
 from dbjobq import JobContext, JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+for old in Path().glob("workers_scripts.db*"):  # start from an empty file, for the output below
+    old.unlink()
+queue = JobQueue("sqlite:///workers_scripts.db")
 
 
 @queue.handler("thumbnail")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from dbjobq import JobContext, JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")
+queue = JobQueue("sqlite:///workers_stop.db")
 
 
 @queue.handler("report")
@@ -31,7 +31,7 @@ wait_for(lambda: worker.current_job is not None)
 
 started = time.monotonic()
 assert worker.stop(timeout=0.5)  # True: the worker thread has ended
-print(f"stop() returned after {time.monotonic() - started:.1f}s")  # 1.5s: timeout + 1 s grace
+print(f"stop() returned after {time.monotonic() - started:.1f}s")  # about 1.5s: timeout + 1 s grace
 job = queue.get_job(job_id)
 print(job.status, job.worker_id == worker.id)  # running True: left for rescue
 assert job.status == "running"
