@@ -466,15 +466,10 @@ class Worker:
             RuntimeError: If the worker was started before; create a new `Worker`.
             StorageError: If the storage cannot be reached to create its tables.
         """
-        if self._thread is not None:
-            raise RuntimeError(f"worker {self.id} was already started")
-        self.queue.initialize()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"dbjobq-worker-{self.id}", daemon=True
-        )
+        thread = threading.Thread(target=self._loop, name=f"dbjobq-worker-{self.id}", daemon=True)
+        self._begin(thread)
         self._own_thread = True
-        self.queue._attach(self)
-        self._thread.start()
+        thread.start()
 
     def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run the worker in the calling thread, until it is stopped; then return.
@@ -498,19 +493,23 @@ class Worker:
             RuntimeError: If the worker was started before; create a new `Worker`.
             StorageError: If the storage cannot be reached to create its tables.
         """
-        if self._thread is not None:
-            raise RuntimeError(f"worker {self.id} was already started")
-        self.queue.initialize()
-        self._thread = threading.current_thread()
+        self._begin(threading.current_thread())
         previous: dict[int, Any] = {}
         if install_signal_handlers and self._thread is threading.main_thread():
             previous = {s: signal.signal(s, self._on_signal) for s in _STOP_SIGNALS}
-        self.queue._attach(self)
         try:
             self._loop()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _begin(self, thread: threading.Thread) -> None:
+        """What start() and run() do first: refuse a second start, create the tables."""
+        if self._thread is not None:
+            raise RuntimeError(f"worker {self.id} was already started")
+        self.queue.initialize()
+        self._thread = thread
+        self.queue._attach(self)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1

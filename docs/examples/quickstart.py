@@ -2,7 +2,7 @@ import time
 
 from dbjobq import JobContext, JobQueue, Worker
 
-queue = JobQueue("sqlite:///jobs.db")  # or "postgresql://user@host/db" with dbjobq[postgres]
+queue = JobQueue("sqlite:///jobs.db")  # or "postgresql://user@host/db" (the postgres extra)
 
 
 @queue.handler("send_email", max_retries=3)
