@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from dbjobq import __version__
+from dbjobq._urls import mask_url
 from dbjobq.errors import ConfigurationError, DBJobQError, InvalidJobError, JobNotFound
 from dbjobq.events import Event
 from dbjobq.job import Job, JobStatus
@@ -179,10 +180,7 @@ def _where(storage: Storage) -> str:
     """The database of a storage, for messages, with any password masked."""
     if not isinstance(storage, SQLAlchemyStorage):
         return repr(storage)
-    url = storage.engine.url
-    query = {k: ("***" if "password" in k.lower() else v) for k, v in url.query.items()}
-    shown = url.set(query=query).render_as_string(hide_password=True)
-    where = f"{shown} (table prefix {storage.table_prefix!r}"
+    where = f"{mask_url(storage.engine.url)} (table prefix {storage.table_prefix!r}"
     return where + (f", schema {storage.schema!r})" if storage.schema else ")")
 
 

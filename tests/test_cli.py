@@ -473,6 +473,21 @@ def test_the_message_masks_the_password(capsys: pytest.CaptureFixture[str]) -> N
         assert "no dbjobq tables at " in err or "StorageError" in err
 
 
+# SQLite ignores (and SQLAlchemy warns of) such query arguments; the URL is still shown.
+@pytest.mark.filterwarnings("ignore:Query string argument")
+@pytest.mark.parametrize("key", ["password", "passwd", "pwd", "sslpassword"])
+def test_init_and_missing_tables_messages_mask_query_passwords(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"sqlite:///{tmp_path / 'none.db'}?{key}=s3cret"
+    assert main(["stats", "--url", missing]) == 1
+    assert main(["init", "--url", f"sqlite:///{tmp_path / 'new.db'}?{key}=s3cret"]) == 0
+    out, err = capsys.readouterr()
+    assert "s3cret" not in out + err
+    assert f"{key}=***" in err
+    assert f"{key}=***" in out
+
+
 def test_demo_ignores_dbjobq_url_and_writes_its_own_file(tmp_path: Path) -> None:
     real = tmp_path / "real.db"
     done = subprocess.run(
