@@ -43,8 +43,11 @@ class CancelReason(str, enum.Enum):
     failure (retried per the retry policy) and the handler's outcome is discarded."""
 
     LEASE_LOST = "lease_lost"
-    """The worker lost (or could not renew) its lease, so another worker may run the
-    job; the handler's outcome is discarded."""
+    """The worker lost its lease (another worker rescued the job) or could not renew
+    it (the database was out of reach), so another worker may run the job. What the
+    handler does next is written only if the lease turns out to be this worker's
+    still: a result is recorded, a raise gives the job back to `pending` without
+    using an attempt (as after a shutdown); otherwise it is discarded."""
 
     def __str__(self) -> str:
         return self.value

@@ -264,8 +264,9 @@ class Storage(abc.ABC):
 
         A worker gives back two kinds of jobs this way. Jobs it claimed in a batch
         and will not start (it is stopping, or the job ahead of them turned out
-        slow). And a started job whose handler was interrupted by a shutdown
-        (it raised once `JobContext.cancelled` was set for `shutdown`): the work
+        slow). And a started job whose handler was interrupted by a shutdown or
+        a lease it could not renew (it raised once `JobContext.cancelled` was set
+        for `shutdown` or `lease_lost`): the work
         is unfinished, through no fault of the job, so the attempt does not count.
         Backends that keep this default, which raises `NotImplementedError`, get
         workers that claim one job at a time, and an interrupted attempt is
