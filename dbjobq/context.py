@@ -68,7 +68,6 @@ class JobContext:
     """Handed to every handler call: the job, a cancellation signal, progress, logging.
 
     Attributes:
-        job: The job as claimed (status `running`, `attempts` counting this attempt).
         queue: The `JobQueue` running the job, e.g. to enqueue follow-up jobs.
     """
 
@@ -81,7 +80,8 @@ class JobContext:
         cancelled: threading.Event | None = None,
         lost_reason: Callable[[], CancelReason] | None = None,
     ) -> None:
-        self.job = job
+        self._claimed = job
+        self._job: Job | None = None  # with the values it runs with, made on first use
         self.queue = queue
         # Both made on first use: most short handlers never look at them.
         self._cancelled = cancelled
@@ -90,6 +90,18 @@ class JobContext:
         self._reason: CancelReason | None = None
         # Asked when progress() finds the lease gone: cancelled, or lost?
         self._lost_reason = lost_reason
+
+    @property
+    def job(self) -> Job:
+        """The job as claimed: status `running`, `attempts` counting this attempt.
+
+        `max_retries` and `timeout` are the values the job runs with: its own if it
+        was enqueued with them, else its handler's (never `None` for `max_retries`).
+        """
+        job = self._job
+        if job is None:
+            job = self._job = self.queue._effective(self._claimed)
+        return job
 
     @property
     def cancelled(self) -> threading.Event:
@@ -129,7 +141,7 @@ class JobContext:
         if event is not None and event.is_set():
             reason = self._reason
             raise JobInterrupted(
-                f"job {self.job.id} interrupted ({reason or 'cancelled'})",
+                f"job {self._claimed.id} interrupted ({reason or 'cancelled'})",
                 reason=reason,
             )
 
@@ -148,7 +160,7 @@ class JobContext:
         start with `[type id]`.
         """
         if self._logger is None:
-            job = self.job
+            job = self._claimed
             self._logger = _JobLogger(
                 logging.getLogger("dbjobq.job"), {"job_id": job.id, "job_type": job.type}
             )
@@ -157,17 +169,17 @@ class JobContext:
     @property
     def payload(self) -> dict[str, Any]:
         """The job's payload (a JSON object)."""
-        return self.job.payload
+        return self._claimed.payload
 
     @property
     def meta(self) -> dict[str, Any]:
         """The job's free-form metadata."""
-        return self.job.meta
+        return self._claimed.meta
 
     @property
     def attempt(self) -> int:
         """Which attempt this is, starting at 1."""
-        return self.job.attempts
+        return self._claimed.attempts
 
     def progress(self, value: float, message: str | None = None) -> None:
         """Store the job's progress (for example a percentage) and an optional message.
@@ -207,4 +219,4 @@ class JobContext:
             self._interrupt(CancelReason.LEASE_LOST if why is None else why())
 
     def __repr__(self) -> str:
-        return f"<JobContext {self.job.type} {self.job.id} attempt {self.attempt}>"
+        return f"<JobContext {self._claimed.type} {self._claimed.id} attempt {self.attempt}>"

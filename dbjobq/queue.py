@@ -834,6 +834,13 @@ class JobQueue:
             return handler.max_retries
         return self.max_retries
 
+    def _effective(self, job: Job) -> Job:
+        """The job with the `max_retries` and `timeout` it runs with here filled in."""
+        max_retries, timeout = self._max_retries(job), self._timeout(job)
+        if max_retries == job.max_retries and timeout == job.timeout:
+            return job
+        return dataclasses.replace(job, max_retries=max_retries, timeout=timeout)
+
     def _timeout(self, job: Job) -> float | None:
         """The job's `timeout` as this queue runs it: its own, else its handler's."""
         if job.timeout is not None:

@@ -431,9 +431,12 @@ class Worker:
     def current_job(self) -> Job | None:
         """The job being processed right now, as claimed; `None` when idle.
 
-        With `concurrency` above 1, the job started last among those running.
+        Its `max_retries` and `timeout` are the values it runs with (see
+        `JobContext.job`). With `concurrency` above 1, the job started last among
+        those running.
         """
-        return self._current
+        job = self._current
+        return None if job is None else self.queue._effective(job)
 
     @property
     def is_alive(self) -> bool:

@@ -196,3 +196,52 @@ def test_cli_job_shows_the_values_the_job_runs_with(
     for args in (["--url", url], ["--app", "handler_defaults_app:queue"]):
         fields = shown(own, *args)
         assert (fields["attempts"], fields["timeout"]) == ("0 of 2", "5s")
+
+
+@pytest.mark.parametrize(
+    ("enqueue", "expected"),
+    [({}, (2, 60.0, "1/3")), ({"max_retries": 4, "timeout": 5}, (4, 5.0, "1/5"))],
+    ids=["left to the handler", "its own"],
+)
+def test_the_running_job_shows_the_values_it_runs_with(
+    storage: Storage, enqueue: dict[str, float], expected: tuple[int, float, str]
+) -> None:
+    """ctx.job and Worker.current_job carry the values the job runs with, so that
+    `job.max_retries + 1` (the Coming-from-0.1 page's fix) works on a job enqueued
+    without them; the stored job still leaves them open."""
+    queue = JobQueue(storage, max_retries=7)
+    seen: list[tuple[int | None, float | None]] = []
+    release, running = threading.Event(), threading.Event()
+
+    @queue.handler("export", max_retries=2, timeout=60)
+    def export(ctx: JobContext) -> str:
+        seen.append((ctx.job.max_retries, ctx.job.timeout))
+        running.set()
+        release.wait(30)
+        assert ctx.job.max_retries is not None  # what the type says Job allows
+        return f"{ctx.job.attempts}/{ctx.job.max_retries + 1}"
+
+    job_id = JobQueue(storage).enqueue("export", **enqueue)  # type: ignore[arg-type]
+    worker = Worker(queue, poll_interval=0.05)
+    worker.start()
+    try:
+        assert running.wait(30)
+        current = worker.current_job
+        assert current is not None
+        assert (current.max_retries, current.timeout) == expected[:2]
+    finally:
+        release.set()
+        worker.stop()
+    assert seen == [expected[:2]]
+    job = queue.get_job(job_id)
+    assert job.result == expected[2]
+    assert job.max_retries == enqueue.get("max_retries")
+
+
+def test_without_a_handler_value_the_queue_max_retries_applies(storage: Storage) -> None:
+    queue = JobQueue(storage, max_retries=7)
+    seen: list[tuple[int | None, float | None]] = []
+    queue.register("plain", lambda ctx: seen.append((ctx.job.max_retries, ctx.job.timeout)))
+    queue.enqueue("plain")
+    Worker(queue).run_until_empty()
+    assert seen == [(7, None)]
