@@ -1020,9 +1020,7 @@ class Worker:
         """
         handlers = self.queue._handlers
         types = set(self._handled())  # a copy: handlers may be registered meanwhile
-        # A type without a handler (unregistered since) counts as async: _launch
-        # settles it at once without taking the sync slot.
-        sync_types = {t for t in types if (h := handlers.get(t)) is not None and not h.is_async}
+        sync_types = {t for t in types if not handlers[t].is_async}  # types= are all handled
         async_types = types - sync_types
         began = time.monotonic()
         store = self.queue._store()
