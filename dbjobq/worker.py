@@ -282,6 +282,7 @@ class Worker:
         self.heartbeat_interval = float(heartbeat_interval)
         self.max_jobs = max_jobs
         releases = type(queue.storage).release is not Storage.release
+        self._releases = releases  # whether claimed jobs can be given back
         self.prefetch = prefetch if releases else 1
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.rescue_interval = max(1.0, self.poll_interval)
@@ -1010,28 +1011,70 @@ class Worker:
                 self._save_info_if_due()
 
     def _claim_for_slots(self, free: int, attempts: dict[str, Attempt]) -> list[Job]:
-        """Claim up to `free` jobs: async types freely, a sync one only if none runs."""
+        """Claim up to `free` jobs of this worker's types, priority first across all.
+
+        Async jobs take any free slot; a sync job only the one sync slot, while no
+        sync job runs. With that slot free, one claim over every handled type takes
+        the `free` jobs first in line, whether async or sync; of the sync jobs among
+        them the first is kept and the others are given back (`release_many`), and
+        their slots go to the async jobs next in line. On a storage that cannot give
+        jobs back, the claims go one job at a time until a sync job comes, so that
+        none is claimed that cannot run.
+        """
         handlers = self.queue._handlers
-        async_types = {t for t, h in handlers.items() if h.is_async}
-        sync_types = set(handlers) - async_types
-        sync_busy = any(not a.handler.is_async for a in attempts.values())
+        types = set(self._handled())  # a copy: handlers may be registered meanwhile
+        sync_types = {t for t in types if not handlers[t].is_async}  # types= are all handled
+        async_types = types - sync_types
         began = time.monotonic()
         store = self.queue._store()
+        # Only when asked: a storage whose claim() lacks newest_first still works.
+        order = {"newest_first": True} if self.lifo else {}
 
-        def claim(types: set[str], limit: int) -> list[Job]:
+        def claim(of: set[str], limit: int) -> list[Job]:
+            if not of or limit < 1:
+                return []
             return store.claim(
                 queues=self.queues,
-                types=types,
+                types=of,
                 worker_id=self.id,
                 lease_seconds=self.lease_seconds,
                 limit=limit,
+                **order,
             )
 
-        jobs = claim(async_types, free) if async_types else []
-        if sync_types and not sync_busy and len(jobs) < free:
-            jobs += claim(sync_types, 1)
         self._claimed_at = began
-        return jobs
+        sync_busy = any(not a.handler.is_async for a in attempts.values())
+        if not sync_types or sync_busy:
+            return claim(async_types, free)
+        if self._releases:
+            jobs = claim(types, free)
+            extra = [j for j in jobs if j.type in sync_types][1:]
+            if not extra:
+                return jobs
+            self._give_back(extra)
+            given = {j.id for j in extra}
+            kept = [j for j in jobs if j.id not in given]
+            return kept + claim(async_types, free - len(kept))
+        jobs = []
+        while len(jobs) < free:
+            got = claim(types, 1)
+            jobs += got
+            if not got or got[0].type in sync_types:
+                break
+        return jobs + claim(async_types, free - len(jobs))
+
+    def _give_back(self, jobs: list[Job]) -> None:
+        """Release claimed jobs this worker will not start (their leases expire else)."""
+        try:
+            self.queue._store().release_many([(j.id, j.lease_token or "") for j in jobs])
+        except StorageError as error:
+            logger.warning(
+                "worker %s: could not give back %d sync job(s) it cannot start yet (%s); "
+                "they will be rescued when their leases expire",
+                self.id,
+                len(jobs),
+                error,
+            )
 
     def _launch(self, job: Job, flights: dict[str, _Lease], attempts: dict[str, Attempt]) -> None:
         """Start a claimed job's handler, or settle the job at once if it cannot run."""

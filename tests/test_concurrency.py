@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from dbjobq import ConfigurationError, JobContext, JobQueue, JobSpec, StorageError, Worker
+from dbjobq.storage import MemoryStorage, Storage
 
 from .conftest import StorageConfig
 from .helpers import wait_until
@@ -104,6 +105,59 @@ def test_sync_handlers_still_run_one_at_a_time_beside_async_ones(queue: JobQueue
     with Worker(queue, poll_interval=0.01, concurrency=N):
         wait_until(lambda: _all_completed(queue, ids), timeout=60, what="all jobs")
     assert state["sync_peak"] == 1 and overlap.peak == N - 1
+
+
+def test_a_high_priority_sync_job_is_not_starved_by_low_priority_async_ones(
+    queue: JobQueue,
+) -> None:
+    """Priority comes first across async and sync types: the sync job is claimed first."""
+
+    @queue.handler("fetch")
+    async def fetch(ctx: JobContext) -> None:
+        pass
+
+    @queue.handler("crunch")
+    def crunch(ctx: JobContext) -> None:
+        pass
+
+    ids = queue.enqueue_many(JobSpec(type="fetch") for _ in range(3 * N))
+    urgent = queue.enqueue("crunch", priority=9)
+    # Next in line, but the one sync slot is taken: given back, their slots go to async jobs.
+    later = queue.enqueue_many(JobSpec(type="crunch", priority=5) for _ in range(2))
+    worker = Worker(queue, concurrency=N)
+    claimed: list[str] = []
+    worker.on("job:claimed", lambda event: claimed.append(event.job.id))
+    assert worker.run_until_empty() == 3 * N + 3
+    assert claimed[0] == urgent
+    assert _all_completed(queue, [*ids, urgent, *later])
+    # The sync jobs claimed beside it and given back did not count as attempts.
+    assert {queue.get_job(i).attempts for i in [*ids, urgent, *later]} == {1}
+
+
+class _NoRelease(MemoryStorage):
+    """A backend that cannot give claimed jobs back (keeps `Storage.release`)."""
+
+    release = Storage.release
+
+
+def test_without_release_priority_still_comes_first_and_no_job_is_held() -> None:
+    queue = JobQueue(_NoRelease())
+
+    @queue.handler("fetch")
+    async def fetch(ctx: JobContext) -> None:
+        pass
+
+    queue.register("crunch", lambda ctx: None)
+    first = queue.enqueue("fetch", priority=9)
+    urgent = queue.enqueue_many(JobSpec(type="crunch", priority=5) for _ in range(2))
+    rest = queue.enqueue_many(JobSpec(type="fetch") for _ in range(N))
+    worker = Worker(queue, concurrency=N)
+    claimed: list[str] = []
+    worker.on("job:claimed", lambda event: claimed.append(event.job.id))
+    assert worker.run_until_empty() == N + 3
+    # One claim at a time until the sync job: the second sync job is never claimed beside it.
+    assert claimed[:N] == [first, urgent[0], *rest[: N - 2]]
+    assert {queue.get_job(i).attempts for i in [first, *urgent, *rest]} == {1}
 
 
 def test_each_job_keeps_its_own_timeout(queue: JobQueue) -> None:

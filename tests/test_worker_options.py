@@ -71,6 +71,27 @@ def test_types_wake_only_the_worker_that_takes_them(queue: JobQueue) -> None:
         assert (for_a.jobs_processed, for_b.jobs_processed) == (0, 1)
 
 
+def test_a_concurrent_worker_with_types_takes_only_those_types(queue: JobQueue) -> None:
+    """Async and sync types alike: the others stay pending, never claimed."""
+    ran: list[str] = []
+
+    async def run_async(ctx: JobContext) -> None:
+        ran.append(ctx.job.type)
+
+    def run_sync(ctx: JobContext) -> None:
+        ran.append(ctx.job.type)
+
+    for name, handler in (("a", run_async), ("b", run_async), ("c", run_sync), ("d", run_sync)):
+        queue.register(name, handler)
+    mine = queue.enqueue_many(JobSpec(type=t) for t in ("a", "c", "a", "c", "a"))
+    others = queue.enqueue_many(JobSpec(type=t) for t in ("b", "d", "b", "d"))
+    assert Worker(queue, types=["a", "c"], concurrency=4).run_until_empty() == 5
+    assert sorted(ran) == ["a", "a", "a", "c", "c"]
+    assert all(queue.get_job(i).status == "completed" for i in mine)
+    for job in (queue.get_job(i) for i in others):  # left, untouched, for another worker
+        assert (job.status, job.attempts, job.worker_id) == ("pending", 0, None)
+
+
 @pytest.mark.parametrize(
     ("types", "message"),
     [
@@ -122,6 +143,28 @@ def test_a_lifo_worker_in_its_thread_takes_the_newest_first(queue: JobQueue) -> 
         gate.set()
         wait_until(lambda: len(order) == 5, what="five jobs")
     assert order == [0, 4, 3, 2, 1]
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_concurrent_lifo_worker_starts_the_newest_first(queue: JobQueue, kind: str) -> None:
+    """Priority first, then newest first, also when jobs run side by side."""
+    if kind == "async":
+
+        async def handler(ctx: JobContext) -> None:
+            pass
+
+        queue.register("t", handler)
+    else:
+        queue.register("t", lambda ctx: None)
+    for name, priority in (("old", 0), ("urgent-old", 9), ("mid", 0), ("urgent-new", 9)):
+        queue.enqueue("t", {"name": name}, priority=priority)
+    queue.enqueue_many([JobSpec(type="t", payload={"name": n}) for n in ("new1", "new2")])
+    worker = Worker(queue, lifo=True, concurrency=2)
+    started: list[str] = []
+    worker.on("job:started", lambda event: started.append(event.job.payload["name"]))
+    assert worker.run_until_empty() == 6
+    # Started in claim order: each claim takes the newest due jobs of the top priority.
+    assert started == ["urgent-new", "urgent-old", "new2", "new1", "mid", "old"]
 
 
 class _OldClaim(MemoryStorage):

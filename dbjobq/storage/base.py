@@ -263,10 +263,11 @@ class Storage(abc.ABC):
         is, as are `last_error` and `result`; the next claim clears the progress.
 
         A worker gives back two kinds of jobs this way. Jobs it claimed in a batch
-        and will not start (it is stopping, or the job ahead of them turned out
-        slow). And a started job whose handler was interrupted by a shutdown or
-        a lease it could not renew (it raised once `JobContext.cancelled` was set
-        for `shutdown` or `lease_lost`): the work
+        and will not start (it is stopping, the job ahead of them turned out
+        slow, or, with `concurrency`, they are sync jobs beyond the one its sync
+        slot takes). And a started job whose handler was interrupted by a shutdown
+        or a lease it could not renew (it raised once `JobContext.cancelled` was
+        set for `shutdown` or `lease_lost`): the work
         is unfinished, through no fault of the job, so the attempt does not count.
         Backends that keep this default, which raises `NotImplementedError`, get
         workers that claim one job at a time, and an interrupted attempt is
