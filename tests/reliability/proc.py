@@ -155,11 +155,13 @@ def main() -> int:
     if args.fault:
         point, action = args.fault.split(":")
         _faults.arm(point, action)
-    for worker in workers:
-        worker.start()
-    print("ready", flush=True)
     alive = True
     try:
+        for worker in workers:
+            worker.start()
+        # Inside the try: the harness may signal as soon as it reads the line, while
+        # print() is still flushing it.
+        print("ready", flush=True)
         while True:
             time.sleep(0.2)
             alive = alive and all(w.is_alive for w in workers)
