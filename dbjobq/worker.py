@@ -455,12 +455,13 @@ class Worker:
     def start(self) -> None:
         """Start the worker thread (a daemon) and return at once.
 
-        Before taking jobs the worker looks for workers of its own host that are
-        gone (see `rescue_orphans`): registry records with this hostname whose
-        process no longer exists. The jobs they held are rescued at once, as if
-        their leases had expired (the attempt counts), and their records are
-        removed. A storage without `Storage.rescue_workers` leaves such jobs to
-        lease expiry.
+        Before taking jobs or saving its own registry record, the worker looks for
+        workers of its own host that are gone (see `rescue_orphans`): registry
+        records with this hostname whose process no longer exists, its own
+        predecessor's too (restarted with the same `worker_id`). The jobs they
+        held are rescued at once, as if their leases had expired (the attempt
+        counts), and their records are removed. A storage without
+        `Storage.rescue_workers` leaves such jobs to lease expiry.
 
         Raises:
             RuntimeError: If the worker was started before; create a new `Worker`.
@@ -541,9 +542,9 @@ class Worker:
         host = socket.gethostname()
         try:
             records = storage.list_workers(seen_within=_FORGET_AFTER)
-            gone = [
-                w.id for w in records if w.hostname == host and w.id != self.id and _process_gone(w)
-            ]
+            # A record with our own id is our predecessor's (a restart with the same
+            # worker_id): rescue it too, before our first save replaces it.
+            gone = [w.id for w in records if w.hostname == host and _process_gone(w)]
             if not gone:
                 return
             rescued = storage.rescue_workers(gone, retry_in=self.queue.retry_policy.delay(1))

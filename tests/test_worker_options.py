@@ -236,6 +236,25 @@ def test_a_record_of_an_earlier_process_with_this_pid_is_an_orphan(queue: JobQue
         wait_until(lambda: queue.get_job(job_id).status == "completed", what="the rescue")
 
 
+def test_a_restart_with_the_same_worker_id_rescues_its_predecessor(queue: JobQueue) -> None:
+    """`--worker-id web1` restarted: the dead record has our id and is seconds old."""
+    queue.register("t", lambda ctx: f"attempt {ctx.attempt}")
+    job_id = queue.enqueue("t", max_retries=3)
+    _hold(queue.storage, "web1", job_id)
+    queue.storage.save_worker(_record("web1", _dead_pid()))  # fresh: saved just now
+    with Worker(queue, poll_interval=0.01, lease_seconds=3600, worker_id="web1") as worker:
+        wait_until(lambda: worker._idle, what="the worker to poll")
+        # Rescued before the first poll, before this worker saved its own record.
+        assert queue.get_job(job_id).status != "running"
+        wait_until(lambda: queue.get_job(job_id).status == "completed", what="the rescue")
+        job = queue.get_job(job_id)
+        assert (job.attempts, job.result) == (2, "attempt 2")
+        assert job.last_error is not None and "web1" in job.last_error
+        wait_until(lambda: queue.list_workers(), what="the worker's record")
+        (record,) = queue.list_workers()
+        assert (record.id, record.pid) == ("web1", os.getpid())
+
+
 def test_a_storage_without_rescue_workers_waits_for_the_lease() -> None:
     class Old(MemoryStorage):
         rescue_workers = Storage.rescue_workers
