@@ -48,6 +48,12 @@ _LONGEST = 86400.0  # upper bound of intervals and leases: catches unit mistakes
 _REGISTRY_EVERY = 5.0  # seconds between saves of a worker's registry record
 _REGISTRY_CHANGED = 1.0  # ... or after its current job changed
 _FORGET_AFTER = 86400.0  # seconds after which a silent worker's record is deleted
+# A record of another worker id counts as orphaned only once it is this many seconds
+# old (storage clock): a live worker saves its record every _REGISTRY_EVERY seconds,
+# so it does not get this old, even where the pid is invisible to us (another pid
+# namespace with the same hostname). Well under the default 30 s lease. Tests shorten
+# it (monkeypatch) rather than wait.
+_ORPHAN_AFTER = 3 * _REGISTRY_EVERY
 _BATCH_SECONDS = 0.2  # a batch of claimed jobs should take about this long to run
 _FLUSH_AFTER = 0.005  # seconds into a handler after which earlier outcomes are written
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -174,7 +180,7 @@ class Worker:
         heartbeat_interval: Seconds between lease renewals; defaults to
             `lease_seconds / 3`.
         worker_id: Identifies this worker in job records; defaults to
-            `host:pid:random`.
+            `host:pid:random`. Unique among running workers.
         max_jobs: Stop by itself after this many jobs (`None`: run until stopped).
         prefetch: The most jobs claimed at once. A storage without
             `Storage.release` gets 1.
@@ -459,12 +465,14 @@ class Worker:
     def start(self) -> None:
         """Start the worker thread (a daemon) and return at once.
 
-        Before taking jobs the worker looks for workers of its own host that are
-        gone (see `rescue_orphans`): registry records with this hostname whose
-        process no longer exists. The jobs they held are rescued at once, as if
-        their leases had expired (the attempt counts), and their records are
-        removed. A storage without `Storage.rescue_workers` leaves such jobs to
-        lease expiry.
+        Before taking jobs or saving its own registry record, the worker looks for
+        workers of its own host that are gone (see `rescue_orphans`): registry
+        records with this hostname whose process no longer exists, and which
+        either were not saved for 15 seconds (a live worker saves its record every
+        5) or have this worker's own id (its predecessor, restarted with the same
+        `worker_id`). The jobs they held are rescued at once, as if their leases
+        had expired (the attempt counts), and their records are removed. A storage
+        without `Storage.rescue_workers` leaves such jobs to lease expiry.
 
         Raises:
             RuntimeError: If the worker was started before; create a new `Worker`.
@@ -544,9 +552,19 @@ class Worker:
             return
         host = socket.gethostname()
         try:
-            records = storage.list_workers(seen_within=_FORGET_AFTER)
+            records = [
+                w for w in storage.list_workers(seen_within=_FORGET_AFTER) if w.hostname == host
+            ]
+            if not records:
+                return
+            # Asked after the first list: a record saved in between counts as fresh.
+            fresh = {w.id for w in storage.list_workers(seen_within=_ORPHAN_AFTER)}
             gone = [
-                w.id for w in records if w.hostname == host and w.id != self.id and _process_gone(w)
+                w.id
+                for w in records
+                # Our own id is our predecessor's (ids are unique among running
+                # workers), however recent: a restart with the same --worker-id.
+                if (w.id == self.id or w.id not in fresh) and _process_gone(w)
             ]
             if not gone:
                 return

@@ -1,4 +1,9 @@
-"""A worker process killed with SIGKILL: the next worker on the host rescues its job at once."""
+"""A worker process killed with SIGKILL: the next worker on the host rescues its job.
+
+At once, that is, once the dead process's registry record is stale: older than a live
+worker lets its record get (`dbjobq.worker._ORPHAN_AFTER`, 15 s). The test shortens
+that threshold and waits for the record to pass it, as measured by the storage.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dbjobq import JobContext, JobQueue, Worker
+from dbjobq import worker as worker_module
 
 from .conftest import FAST_RETRIES, StorageConfig
 from .helpers import wait_until
@@ -22,6 +28,7 @@ def test_the_job_of_a_killed_process_is_rescued_when_a_worker_starts(
     sql_config: StorageConfig,
     processes: Processes,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ledger = tmp_path / "ledger.txt"
     queue = JobQueue(sql_config.open(), retry_policy=FAST_RETRIES)
@@ -42,6 +49,18 @@ def test_the_job_of_a_killed_process_is_rescued_when_a_worker_starts(
     def slow(ctx: JobContext) -> str:
         return f"rescued, attempt {ctx.attempt}"
 
+    # While the record is fresh, the pid we cannot see may be a live process of
+    # another pid namespace: the job is left alone.
+    monkeypatch.setattr(worker_module, "_ORPHAN_AFTER", 3600.0)
+    with Worker(queue, poll_interval=0.05, max_poll_interval=0.2) as worker:
+        wait_until(lambda: worker._idle, what="the worker to poll")
+        assert queue.get_job(job_id).status == "running"
+    # The dead process saves its record no more: it gets stale.
+    monkeypatch.setattr(worker_module, "_ORPHAN_AFTER", 1.0)
+    wait_until(
+        lambda: record.id not in {w.id for w in queue.storage.list_workers(seen_within=1.0)},
+        what="the dead worker's record to get stale",
+    )
     with Worker(queue, poll_interval=0.05, max_poll_interval=0.2) as worker:
         wait_until(lambda: queue.get_job(job_id).status.is_finished, timeout=30)
         job = queue.get_job(job_id)

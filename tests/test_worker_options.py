@@ -228,7 +228,26 @@ def _hold(storage: Storage, worker_id: str, job_id: str) -> Job:
     return job
 
 
-def test_jobs_of_a_dead_process_on_this_host_are_rescued_at_start(queue: JobQueue) -> None:
+_SHORT = 0.2  # the orphan threshold these tests use, instead of 15 s
+
+
+def _stale(monkeypatch: pytest.MonkeyPatch, storage: Storage, *ids: str) -> None:
+    """Shorten the orphan threshold and wait until the records of `ids` are that old.
+
+    Measured as the worker does (`list_workers` on the storage's clock): no guess.
+    """
+    from dbjobq import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_ORPHAN_AFTER", _SHORT)
+    wait_until(
+        lambda: not set(ids) & {w.id for w in storage.list_workers(seen_within=_SHORT)},
+        what="the records to get stale",
+    )
+
+
+def test_jobs_of_a_dead_process_on_this_host_are_rescued_at_start(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = queue.storage
     queue.register("t", lambda ctx: f"attempt {ctx.attempt}")
     dead, other_host, alive = "dead:1:x", "elsewhere:2:y", "alive:3:z"
@@ -238,6 +257,7 @@ def test_jobs_of_a_dead_process_on_this_host_are_rescued_at_start(queue: JobQueu
     storage.save_worker(_record(dead, _dead_pid()))
     storage.save_worker(_record(other_host, _dead_pid(), host="another-host"))
     storage.save_worker(_record(alive, os.getppid()))  # alive: this test's parent process
+    _stale(monkeypatch, storage, dead, other_host, alive)
 
     with Worker(queue, poll_interval=0.01, lease_seconds=3600) as worker:
         wait_until(lambda: queue.get_job(ids[0]).status == "completed", what="the rescue")
@@ -251,7 +271,9 @@ def test_jobs_of_a_dead_process_on_this_host_are_rescued_at_start(queue: JobQueu
         assert {other_host, alive, worker.id} <= registry
 
 
-def test_no_orphan_rescue_when_turned_off_or_for_this_process(queue: JobQueue) -> None:
+def test_no_orphan_rescue_when_turned_off_or_for_this_process(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = queue.storage
     queue.register("t", lambda ctx: "ok")
     a, b = queue.enqueue("t"), queue.enqueue("t")
@@ -260,6 +282,7 @@ def test_no_orphan_rescue_when_turned_off_or_for_this_process(queue: JobQueue) -
     storage.save_worker(_record("dead:1:x", _dead_pid()))
     # This process's pid, started after it: another worker of this very process.
     storage.save_worker(_record("me:2:y", os.getpid(), started_at=datetime.now(timezone.utc)))
+    _stale(monkeypatch, storage, "dead:1:x", "me:2:y")
     with Worker(queue, poll_interval=0.01, rescue_orphans=False) as worker:
         wait_until(lambda: worker._idle, what="the worker to poll")
         assert queue.get_job(a).status == "running"
@@ -268,18 +291,63 @@ def test_no_orphan_rescue_when_turned_off_or_for_this_process(queue: JobQueue) -
         assert queue.get_job(b).status == "running"
 
 
-def test_a_record_of_an_earlier_process_with_this_pid_is_an_orphan(queue: JobQueue) -> None:
+def test_a_record_of_an_earlier_process_with_this_pid_is_an_orphan(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A restarted container gets the same pid: an earlier start means an earlier process."""
     queue.register("t", lambda ctx: "ok")
     job_id = queue.enqueue("t")
     _hold(queue.storage, "old:1:x", job_id)
     old_start = datetime.now(timezone.utc) - timedelta(hours=1)
     queue.storage.save_worker(_record("old:1:x", os.getpid(), started_at=old_start))
+    _stale(monkeypatch, queue.storage, "old:1:x")
     with Worker(queue, poll_interval=0.01):
         wait_until(lambda: queue.get_job(job_id).status == "completed", what="the rescue")
 
 
-def test_a_storage_without_rescue_workers_waits_for_the_lease() -> None:
+def test_a_fresh_record_of_a_gone_pid_is_not_an_orphan_until_stale(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same hostname, pid not visible, just saved: maybe a live worker in another pid
+    namespace (containers with host networking). Its jobs are left alone until its
+    record is older than a live worker ever lets it get."""
+    queue.register("t", lambda ctx: f"attempt {ctx.attempt}")
+    job_id = queue.enqueue("t", max_retries=3)
+    _hold(queue.storage, "neighbour:1:x", job_id)
+    queue.storage.save_worker(_record("neighbour:1:x", _dead_pid()))
+    with Worker(queue, poll_interval=0.01, lease_seconds=3600) as worker:
+        wait_until(lambda: worker._idle, what="the worker to poll")
+        assert queue.get_job(job_id).status == "running"
+        assert "neighbour:1:x" in {w.id for w in queue.list_workers()}
+    _stale(monkeypatch, queue.storage, "neighbour:1:x")
+    with Worker(queue, poll_interval=0.01, lease_seconds=3600):
+        wait_until(lambda: queue.get_job(job_id).status == "completed", what="the rescue")
+        assert queue.get_job(job_id).result == "attempt 2"
+        assert "neighbour:1:x" not in {w.id for w in queue.list_workers()}
+
+
+def test_a_restart_with_the_same_worker_id_rescues_its_predecessor(queue: JobQueue) -> None:
+    """`--worker-id web1` restarted: the dead record has our id and is seconds old."""
+    queue.register("t", lambda ctx: f"attempt {ctx.attempt}")
+    job_id = queue.enqueue("t", max_retries=3)
+    _hold(queue.storage, "web1", job_id)
+    queue.storage.save_worker(_record("web1", _dead_pid()))  # fresh: saved just now
+    with Worker(queue, poll_interval=0.01, lease_seconds=3600, worker_id="web1") as worker:
+        wait_until(lambda: worker._idle, what="the worker to poll")
+        # Rescued before the first poll, before this worker saved its own record.
+        assert queue.get_job(job_id).status != "running"
+        wait_until(lambda: queue.get_job(job_id).status == "completed", what="the rescue")
+        job = queue.get_job(job_id)
+        assert (job.attempts, job.result) == (2, "attempt 2")
+        assert job.last_error is not None and "web1" in job.last_error
+        wait_until(lambda: queue.list_workers(), what="the worker's record")
+        (record,) = queue.list_workers()
+        assert (record.id, record.pid) == ("web1", os.getpid())
+
+
+def test_a_storage_without_rescue_workers_waits_for_the_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class Old(MemoryStorage):
         rescue_workers = Storage.rescue_workers
 
@@ -288,6 +356,7 @@ def test_a_storage_without_rescue_workers_waits_for_the_lease() -> None:
     job_id = queue.enqueue("t")
     _hold(queue.storage, "dead:1:x", job_id)
     queue.storage.save_worker(_record("dead:1:x", _dead_pid()))
+    _stale(monkeypatch, queue.storage, "dead:1:x")
     with Worker(queue, poll_interval=0.01) as worker:
         wait_until(lambda: worker._idle, what="the worker to poll")
         assert queue.get_job(job_id).status == JobStatus.RUNNING
