@@ -16,7 +16,6 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Collection, Iterable
-from datetime import timedelta
 from typing import Any, overload
 
 from dbjobq import _clock, _faults
@@ -58,17 +57,23 @@ _BATCH_SECONDS = 0.2  # a batch of claimed jobs should take about this long to r
 _FLUSH_AFTER = 0.005  # seconds into a handler after which earlier outcomes are written
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _AHEAD_FROM = 16  # batches at least this big have the next one claimed ahead
-# Workers of this process started after this: a registry record with this process's
-# pid and an earlier start belongs to an earlier process that had the same pid.
-_PROCESS_SEEN = _clock.now() - timedelta(seconds=2)
+# Ids of the workers begun in this process. A registry record with this process's pid
+# belongs to an earlier process that had the same pid (a restarted container's pid 1)
+# only if no worker of this process had its id: clocks are not compared, since they
+# may be skewed or stepped, and a sibling worker must never lose its jobs.
+_BEGUN_HERE: set[str] = set()
+_BEGUN_LOCK = threading.Lock()
 
 
-def _process_gone(info: WorkerInfo) -> bool:
-    """Whether the process of a registry record of this host no longer exists."""
+def _process_gone(info: WorkerInfo, begun_here: Collection[str] = ()) -> bool:
+    """Whether the process of a registry record of this host no longer exists.
+
+    `begun_here`: ids of workers this process has begun (before the one asking).
+    """
     if os.name != "posix" or isinstance(info.pid, bool) or info.pid <= 0:
         return False  # no way to tell here (and os.kill(pid, 0) is no probe on Windows)
     if info.pid == os.getpid():
-        return info.started_at < _PROCESS_SEEN  # e.g. a restarted container's pid 1
+        return info.id not in begun_here
     try:
         os.kill(info.pid, 0)
     except ProcessLookupError:
@@ -308,6 +313,7 @@ class Worker:
         self._stopping = threading.Event()
         self._ended = threading.Event()  # the loop has returned (start() or run())
         self._own_thread = False  # whether _thread was started by start()
+        self._begun_before: frozenset[str] = frozenset()  # see _BEGUN_HERE
         self._signals = 0
         self._wake = threading.Event()
         self._signal = threading.Event()  # wakes _watch: handler returned, or stop()
@@ -520,6 +526,9 @@ class Worker:
         if self._thread is not None:
             raise RuntimeError(f"worker {self.id} was already started")
         self.queue.initialize()
+        with _BEGUN_LOCK:
+            self._begun_before = frozenset(_BEGUN_HERE)
+            _BEGUN_HERE.add(self.id)
         self._thread = thread
         self.queue._attach(self)
 
@@ -564,7 +573,7 @@ class Worker:
                 for w in records
                 # Our own id is our predecessor's (ids are unique among running
                 # workers), however recent: a restart with the same --worker-id.
-                if (w.id == self.id or w.id not in fresh) and _process_gone(w)
+                if (w.id == self.id or w.id not in fresh) and _process_gone(w, self._begun_before)
             ]
             if not gone:
                 return

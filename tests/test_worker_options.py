@@ -278,28 +278,35 @@ def test_no_orphan_rescue_when_turned_off_or_for_this_process(
     queue.register("t", lambda ctx: "ok")
     a, b = queue.enqueue("t"), queue.enqueue("t")
     _hold(storage, "dead:1:x", a)
-    _hold(storage, "me:2:y", b)
     storage.save_worker(_record("dead:1:x", _dead_pid()))
-    # This process's pid, started after it: another worker of this very process.
-    storage.save_worker(_record("me:2:y", os.getpid(), started_at=datetime.now(timezone.utc)))
-    _stale(monkeypatch, storage, "dead:1:x", "me:2:y")
-    with Worker(queue, poll_interval=0.01, rescue_orphans=False) as worker:
-        wait_until(lambda: worker._idle, what="the worker to poll")
-        assert queue.get_job(a).status == "running"
-    with Worker(queue, poll_interval=0.01) as worker:
-        wait_until(lambda: queue.get_job(a).status == "completed", what="the rescue")
-        assert queue.get_job(b).status == "running"
+    # Another worker of this very process (it takes nothing: its queue is empty). Its
+    # record carries this pid, whatever start time its clock gave it.
+    sibling = Worker(queue, queues=["elsewhere"], worker_id="me:2:y", max_poll_interval=60)
+    sibling.start()
+    try:
+        wait_until(lambda: "me:2:y" in {w.id for w in storage.list_workers(seen_within=60)})
+        _hold(storage, "me:2:y", b)
+        _stale(monkeypatch, storage, "dead:1:x", "me:2:y")
+        with Worker(queue, poll_interval=0.01, rescue_orphans=False) as worker:
+            wait_until(lambda: worker._idle, what="the worker to poll")
+            assert queue.get_job(a).status == "running"
+        with Worker(queue, poll_interval=0.01) as worker:
+            wait_until(lambda: queue.get_job(a).status == "completed", what="the rescue")
+            assert queue.get_job(b).status == "running"
+    finally:
+        sibling.stop()
 
 
 def test_a_record_of_an_earlier_process_with_this_pid_is_an_orphan(
     queue: JobQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A restarted container gets the same pid: an earlier start means an earlier process."""
+    """A restarted container gets the same pid: a record with this pid whose id no
+    worker of this process had is an earlier process's, whatever its start time."""
     queue.register("t", lambda ctx: "ok")
     job_id = queue.enqueue("t")
     _hold(queue.storage, "old:1:x", job_id)
-    old_start = datetime.now(timezone.utc) - timedelta(hours=1)
-    queue.storage.save_worker(_record("old:1:x", os.getpid(), started_at=old_start))
+    later = datetime.now(timezone.utc) + timedelta(hours=1)  # a clock that was ahead
+    queue.storage.save_worker(_record("old:1:x", os.getpid(), started_at=later))
     _stale(monkeypatch, queue.storage, "old:1:x")
     with Worker(queue, poll_interval=0.01):
         wait_until(lambda: queue.get_job(job_id).status == "completed", what="the rescue")
