@@ -32,10 +32,10 @@ def check_name(value: Any, what: str, limit: int = NAME_MAX) -> str:
     return value
 
 
-def check_job_id(value: Any) -> str:
+def check_str(value: Any, what: str) -> str:
     # Only the type: a str that no job can have is simply not found (JobNotFound).
     if not isinstance(value, str):
-        raise InvalidJobError(f"job id must be a str, got {type(value).__name__}")
+        raise InvalidJobError(f"{what} must be a str, got {type(value).__name__}")
     return value
 
 

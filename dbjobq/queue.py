@@ -16,9 +16,9 @@ from dbjobq._checks import (
     KEY_MAX,
     MAX_DELAY,
     check_int,
-    check_job_id,
     check_name,
     check_seconds,
+    check_str,
 )
 from dbjobq._ids import new_job_id, new_job_ids
 from dbjobq.context import JobContext
@@ -672,7 +672,7 @@ class JobQueue:
                 string no job can have, such as one with a lone surrogate).
             StorageError: If the storage cannot be reached.
         """
-        return self._store().get(check_job_id(job_id))
+        return self._store().get(check_str(job_id, "job id"))
 
     def list_jobs(
         self,
@@ -703,8 +703,8 @@ class JobQueue:
             StorageError: If the storage cannot be reached.
         """
         for name, value in (("queue", queue), ("type", type)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidJobError(f"{name} must be a str, got {value.__class__.__name__}")
+            if value is not None:
+                check_str(value, name)
         state = None
         if status is not None:
             try:
@@ -759,7 +759,7 @@ class JobQueue:
             JobNotFound: If there is no such job.
             StorageError: If the storage cannot be reached.
         """
-        return self._store().cancel(check_job_id(job_id))
+        return self._store().cancel(check_str(job_id, "job id"))
 
     def retry(self, job_id: str) -> bool:
         """Run a failed or cancelled job again: back to pending, due now, attempts reset.
@@ -773,7 +773,7 @@ class JobQueue:
             JobNotFound: If there is no such job.
             StorageError: If the storage cannot be reached.
         """
-        done = self._store().retry(check_job_id(job_id))
+        done = self._store().retry(check_str(job_id, "job id"))
         if done:
             job = self.storage.get(job_id)
             self._wake_workers({(job.queue, job.type)}, 1)

@@ -294,6 +294,8 @@ class Worker:
         self.max_jobs = max_jobs
         releases = type(queue.storage).release is not Storage.release
         self._releases = releases  # whether claimed jobs can be given back
+        # Passed only when asked: a storage whose claim() lacks newest_first still works.
+        self._order: dict[str, bool] = {"newest_first": True} if lifo else {}
         self.prefetch = prefetch if releases else 1
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.rescue_interval = max(1.0, self.poll_interval)
@@ -562,10 +564,12 @@ class Worker:
         host = socket.gethostname()
         try:
             records = [
-                w for w in storage.list_workers(seen_within=_FORGET_AFTER) if w.hostname == host
+                w
+                for w in storage.list_workers(seen_within=_FORGET_AFTER)
+                if w.hostname == host and _process_gone(w, self._begun_before)
             ]
             if not records:
-                return
+                return  # the usual start: no second look at the registry
             # Asked after the first list: a record saved in between counts as fresh.
             fresh = {w.id for w in storage.list_workers(seen_within=_ORPHAN_AFTER)}
             gone = [
@@ -573,7 +577,7 @@ class Worker:
                 for w in records
                 # Our own id is our predecessor's (ids are unique among running
                 # workers), however recent: a restart with the same --worker-id.
-                if (w.id == self.id or w.id not in fresh) and _process_gone(w, self._begun_before)
+                if w.id == self.id or w.id not in fresh
             ]
             if not gone:
                 return
@@ -745,17 +749,18 @@ class Worker:
         if not types:
             return [], time.monotonic()
         began = time.monotonic()
-        # Only when asked: a storage whose claim() lacks newest_first still works.
-        order = {"newest_first": True} if self.lifo else {}
-        jobs = self.queue._store().claim(
+        return self._claim_of(types, limit), began
+
+    def _claim_of(self, types: Collection[str], limit: int) -> list[Job]:
+        """Claim up to `limit` due jobs of these types from this worker's queues."""
+        return self.queue._store().claim(
             queues=self.queues,
             types=types,
             worker_id=self.id,
             lease_seconds=self.lease_seconds,
             limit=limit,
-            **order,
+            **self._order,
         )
-        return jobs, began
 
     def _claim_ahead(self, jobs: list[Job]) -> None:
         """Start claiming the next batch in the background while `jobs` run.
@@ -1053,21 +1058,9 @@ class Worker:
         sync_types = {t for t in types if not handlers[t].is_async}  # types= are all handled
         async_types = types - sync_types
         began = time.monotonic()
-        store = self.queue._store()
-        # Only when asked: a storage whose claim() lacks newest_first still works.
-        order = {"newest_first": True} if self.lifo else {}
 
         def claim(of: set[str], limit: int) -> list[Job]:
-            if not of or limit < 1:
-                return []
-            return store.claim(
-                queues=self.queues,
-                types=of,
-                worker_id=self.id,
-                lease_seconds=self.lease_seconds,
-                limit=limit,
-                **order,
-            )
+            return self._claim_of(of, limit) if of and limit >= 1 else []
 
         self._claimed_at = began
         sync_busy = any(not a.handler.is_async for a in attempts.values())
@@ -1317,18 +1310,19 @@ class Worker:
 
     def _run_job(self, job: Job) -> None:
         lease = _Lease(job, job.lease_token or "", self._claimed_at + self.lease_seconds)
-        if self._exhausted(job):
-            self._fail_exhausted(lease)
-            return
+        # _run_batch hands no exhausted job to the runner: only the others need a look.
         attempt = self._ahead.pop(job.id, None)
         if attempt is None:
+            if self._exhausted(job):
+                self._fail_exhausted(lease)
+                return
             attempt = self._attempt(job)
             if attempt is None:
                 self._no_handler(lease)
                 return
             self._submit(attempt)
         self._emit("job:started", job)
-        timeout = self.queue._timeout(job)
+        timeout = job.timeout if job.timeout is not None else attempt.handler.timeout
         if self._watch(lease, attempt, timeout):
             self._finish(lease, attempt)
 
@@ -1441,8 +1435,7 @@ class Worker:
                 error = PayloadError(f"handler result is not storable: {invalid}")
                 attempt.trace = ""
         lease.ended = attempt.finished_at or time.monotonic()
-        reason = attempt.ctx.cancel_reason
-        if error is not None and reason is not None:
+        if error is not None and (reason := attempt.ctx.cancel_reason) is not None:
             self._interrupted(lease, reason, error, attempt.trace)
             return
         if error is None:
@@ -1498,7 +1491,7 @@ class Worker:
                 extra=_extra(job),
             )
             return
-        if type(storage).release is Storage.release:  # the backend cannot give jobs back
+        if not self._releases:  # the backend cannot give jobs back
             text, retry_in = self.queue._failure(job, error, trace)
             self._record(lease, error=text, retry_in=retry_in)
             return

@@ -135,9 +135,11 @@ class MemoryStorage(Storage):
                 and job.queue in wanted
                 and (types is None or job.type in types)
             ]
-            # Two stable sorts: priority first, then (run_at, id) either way round.
-            due.sort(key=lambda j: (j.run_at, j.id), reverse=newest_first)
-            due.sort(key=lambda j: -j.priority)
+            # Priority first (highest), then (run_at, id) either way round.
+            if newest_first:
+                due.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+            else:
+                due.sort(key=lambda j: (-j.priority, j.run_at, j.id))
             token = uuid.uuid4().hex
             claimed = [
                 self._set(

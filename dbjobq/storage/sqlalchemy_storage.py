@@ -99,6 +99,14 @@ def _seconds(name: str, value: float) -> sa.BindParameter[float]:
     return sa.bindparam(name, float(value), type_=sa.Double())
 
 
+def _answers(ids: Sequence[str], firsts: Sequence[int], done: Collection[str]) -> list[bool]:
+    """One flag per lease: written, for the first occurrences among `firsts` only."""
+    flags = [False] * len(ids)
+    for i in firsts:
+        flags[i] = ids[i] in done
+    return flags
+
+
 def _is_transient(error: exc.DBAPIError) -> bool:
     if error.connection_invalidated:
         return True
@@ -151,20 +159,22 @@ def _check_engine_options(value: Any, given_an_engine: bool) -> Mapping[str, Any
     return value
 
 
-def _first_leases(leases: Sequence[tuple[str, str]]) -> set[int] | None:
-    """Positions of the first occurrence of each `(job_id, token)`; later ones get `False`.
+def _first_leases(leases: Sequence[tuple[str, str]]) -> Sequence[int] | None:
+    """Positions (ascending) of the first occurrence of each `(job_id, token)`.
 
-    `None` if a job comes with two different tokens: at most one of them holds the
-    lease, and which one only the database knows, so such a batch is taken one
-    lease at a time, in order.
+    Later occurrences are answered `False`. `None` if a job comes with two different
+    tokens: at most one of them holds the lease, and which one only the database
+    knows, so such a batch is taken one lease at a time, in order.
     """
+    if len({job_id for job_id, _ in leases}) == len(leases):
+        return range(len(leases))  # the usual batch: no job twice
     tokens: dict[str, str] = {}
-    firsts: set[int] = set()
+    firsts: list[int] = []
     for i, (job_id, token) in enumerate(leases):
         seen = tokens.get(job_id)
         if seen is None:
             tokens[job_id] = token
-            firsts.add(i)
+            firsts.append(i)
         elif seen != token:
             return None
     return firsts
@@ -1245,8 +1255,11 @@ class SQLAlchemyStorage(Storage):
             # empty queue, so that a bad row never stalls a worker.
             if jobs or not corrupt:
                 break
-        jobs.sort(key=lambda j: (j.run_at, j.id), reverse=newest_first)
-        jobs.sort(key=lambda j: -j.priority)
+        # Priority first (highest), then (run_at, id) either way round: ids are unique.
+        if newest_first:
+            jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+        else:
+            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         return jobs
 
     def _claim_once(
@@ -1444,7 +1457,7 @@ class SQLAlchemyStorage(Storage):
         if firsts is None:
             return super().complete_many(outcomes)
         groups: dict[str | None, tuple[Any, list[tuple[str, str]]]] = {}
-        for job_id, token, result in (outcomes[i] for i in sorted(firsts)):
+        for job_id, token, result in (outcomes[i] for i in firsts):
             key = None if result is None else dumps(result)
             groups.setdefault(key, (result, []))[1].append((job_id, token))
 
@@ -1456,7 +1469,7 @@ class SQLAlchemyStorage(Storage):
 
         single = len(groups) == 1 and self._backend == "postgresql"
         done = self._run("complete_many", run, write=True, single=single)
-        return [i in firsts and outcomes[i][0] in done for i in range(len(outcomes))]
+        return _answers([job_id for job_id, _, _ in outcomes], firsts, done)
 
     def _complete_group(
         self, conn: Connection, result: Any, leases: list[tuple[str, str]]
@@ -1490,13 +1503,13 @@ class SQLAlchemyStorage(Storage):
         firsts = _first_leases(leases)
         if firsts is None:
             return super().release_many(leases)
-        given = [leases[i] for i in sorted(firsts)]
+        given = [leases[i] for i in firsts]
 
         def run(conn: Connection) -> set[str]:
             return set(self._update_leases(conn, given, self._released(), "release"))
 
         done = self._run("release_many", run, write=True, single=not self._is_mysql)
-        return [i in firsts and leases[i][0] in done for i in range(len(leases))]
+        return _answers([job_id for job_id, _ in leases], firsts, done)
 
     def _update_leases(
         self,
