@@ -1280,7 +1280,12 @@ class Worker:
         whatever its attempts (the storage does not know the handler's value); the
         worker that claims it next settles it here.
         """
-        return job.max_retries is None and job.attempts > self.queue._max_retries(job) + 1
+        # A first attempt never is: max_retries is at least 0 (the usual case, cheaply).
+        return (
+            job.attempts > 1
+            and job.max_retries is None
+            and job.attempts > self.queue._max_retries(job) + 1
+        )
 
     def _fail_exhausted(self, lease: _Lease) -> None:
         """Fail a job claimed past its last attempt, without running it."""

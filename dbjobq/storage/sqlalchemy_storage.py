@@ -1457,7 +1457,8 @@ class SQLAlchemyStorage(Storage):
         if firsts is None:
             return super().complete_many(outcomes)
         groups: dict[str | None, tuple[Any, list[tuple[str, str]]]] = {}
-        for job_id, token, result in (outcomes[i] for i in firsts):
+        chosen = outcomes if isinstance(firsts, range) else [outcomes[i] for i in firsts]
+        for job_id, token, result in chosen:
             key = None if result is None else dumps(result)
             groups.setdefault(key, (result, []))[1].append((job_id, token))
 
@@ -1503,7 +1504,7 @@ class SQLAlchemyStorage(Storage):
         firsts = _first_leases(leases)
         if firsts is None:
             return super().release_many(leases)
-        given = [leases[i] for i in firsts]
+        given = list(leases) if isinstance(firsts, range) else [leases[i] for i in firsts]
 
         def run(conn: Connection) -> set[str]:
             return set(self._update_leases(conn, given, self._released(), "release"))
