@@ -391,11 +391,23 @@ signal.pause()
 """
 
 SETUP = """
-import sys, threading, time
+import signal, sys, threading, time
 from dbjobq import JobQueue, Worker
 from dbjobq.storage.sqlalchemy_storage import SQLAlchemyStorage
 
 sys.stdout.reconfigure(line_buffering=True)
+
+# Linux hands a process's signal to any thread that does not block it; signal.pause()
+# returns only if it is the main thread. Threads start with SIGINT/SIGTERM blocked,
+# so the test's signal reaches the main thread (see the Coming-from-0.1 page).
+_start = threading.Thread.start
+def _start_blocked(self):
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        _start(self)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+threading.Thread.start = _start_blocked
 queue = JobQueue(SQLAlchemyStorage("sqlite:///jobs.db"))
 
 @queue.handler("slow")
