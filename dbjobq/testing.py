@@ -41,7 +41,7 @@ from dbjobq.errors import JobNotFound
 from dbjobq.job import Job, JobStatus, NewJob
 from dbjobq.queue import JobQueue
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage.base import Storage, _takes_newest_first
+from dbjobq.storage.base import Storage
 from dbjobq.worker import Worker
 
 __all__ = ["StorageContract", "make_job"]
@@ -275,7 +275,7 @@ class StorageContract:
         assert [_claim_one(storage).id for _ in range(20)] == [j.id for j in jobs]
 
     def test_claim_newest_first_is_lifo_within_a_priority(self, storage: Storage) -> None:
-        if not _takes_newest_first(storage):
+        if not storage.capabilities.newest_first:
             pytest.skip("claim takes no newest_first (optional)")
         low1, high1, low2, high2, low3 = (make_job(priority=p) for p in (0, 5, 0, 5, 0))
         for job in (low1, high1, low2, high2, low3):
@@ -285,7 +285,7 @@ class StorageContract:
 
     def test_claim_newest_first_in_one_batch_and_one_claim(self, storage: Storage) -> None:
         """Jobs of one `enqueue` call and of one claim come out newest first too."""
-        if not _takes_newest_first(storage):
+        if not storage.capabilities.newest_first:
             pytest.skip("claim takes no newest_first (optional)")
         jobs = [make_job() for _ in range(6)]
         storage.enqueue(jobs)
@@ -395,7 +395,7 @@ class StorageContract:
         assert storage.get(job.id).result == 1
 
     def test_release_puts_an_unstarted_job_back_in_its_place(self, storage: Storage) -> None:
-        if type(storage).release is Storage.release:
+        if not storage.capabilities.release:
             # Optional: without it, workers claim one job at a time.
             assert Worker(JobQueue(storage)).prefetch == 1
             return
@@ -418,7 +418,7 @@ class StorageContract:
         self, storage: Storage
     ) -> None:
         """A handler interrupted by a shutdown: the job runs again, attempts unchanged."""
-        if type(storage).release is Storage.release:
+        if not storage.capabilities.release:
             return  # optional: such workers record the interrupted attempt as failed
         storage.enqueue([make_job(max_retries=0)])
         first = _claim_one(storage)
@@ -437,7 +437,7 @@ class StorageContract:
         assert again.attempts == 2 and again.progress is None
 
     def test_release_many_gives_back_only_what_it_holds(self, storage: Storage) -> None:
-        if type(storage).release is Storage.release:
+        if not storage.capabilities.release:
             return  # optional, as release is
         ids = storage.enqueue([make_job() for _ in range(5)])
         claimed = storage.claim(queues=["default"], worker_id="w1", lease_seconds=60, limit=4)
@@ -569,7 +569,7 @@ class StorageContract:
         assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60) == []
 
     def test_rescue_workers_takes_back_only_their_jobs_at_once(self, storage: Storage) -> None:
-        if type(storage).rescue_workers is Storage.rescue_workers:
+        if not storage.capabilities.rescue_workers:
             pytest.skip("rescue_workers is not implemented (optional)")
         a, b, c = make_job(max_retries=1), make_job(max_retries=1), make_job(max_retries=1)
         storage.enqueue([a, b, c])
@@ -593,7 +593,7 @@ class StorageContract:
     def test_rescue_workers_fails_a_job_without_retries_and_can_delay(
         self, storage: Storage
     ) -> None:
-        if type(storage).rescue_workers is Storage.rescue_workers:
+        if not storage.capabilities.rescue_workers:
             pytest.skip("rescue_workers is not implemented (optional)")
         last, delayed = make_job(max_retries=0), make_job(max_retries=2)
         storage.enqueue([last, delayed])
@@ -1146,7 +1146,7 @@ class StorageContract:
         assert storage.get(c.id).result == 2
 
     def test_release_many_counts_a_repeated_lease_once(self, storage: Storage) -> None:
-        if type(storage).release is Storage.release:
+        if not storage.capabilities.release:
             return  # optional, as release is
         storage.enqueue([make_job() for _ in range(3)])
         a, b, c = storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=3)

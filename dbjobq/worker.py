@@ -36,7 +36,6 @@ from dbjobq.payload import checked_dumps
 from dbjobq.periodic import Ticker
 from dbjobq.queue import JobQueue
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage.base import Storage, _takes_newest_first
 
 __all__ = ["Worker"]
 
@@ -154,7 +153,7 @@ class Worker:
     `prefetch`, sized so that a batch takes about 200 ms) and records their
     outcomes together: fewer round trips and commits per job. It starts with one
     job per claim and grows the batch only as far as jobs stay short. Where the
-    storage says it pays (`Storage.claims_ahead`: PostgreSQL, MySQL), the next
+    storage says it pays (`Capabilities.claims_ahead`: PostgreSQL, MySQL), the next
     batch is claimed on a helper thread while the current one runs. Jobs
     claimed but not started go back to the queue, untouched (`attempts` as it
     was), when the worker stops, when the job ahead of them runs longer than
@@ -231,7 +230,7 @@ class Worker:
         for what, flag in (("lifo", lifo), ("rescue_orphans", rescue_orphans)):
             if not isinstance(flag, bool):
                 raise ConfigurationError(f"{what} must be True or False, got {flag!r}")
-        if lifo and not _takes_newest_first(queue.storage):
+        if lifo and not queue.storage.capabilities.newest_first:
             raise ConfigurationError(
                 f"lifo=True needs a storage whose claim() takes newest_first; "
                 f"{type(queue.storage).__name__}.claim does not"
@@ -292,7 +291,7 @@ class Worker:
         self.lease_seconds = float(lease_seconds)
         self.heartbeat_interval = float(heartbeat_interval)
         self.max_jobs = max_jobs
-        releases = type(queue.storage).release is not Storage.release
+        releases = queue.storage.capabilities.release
         self._releases = releases  # whether claimed jobs can be given back
         # Passed only when asked: a storage whose claim() lacks newest_first still works.
         self._order: dict[str, bool] = {"newest_first": True} if lifo else {}
@@ -559,7 +558,7 @@ class Worker:
     def _rescue_orphans(self) -> None:
         """Rescue the jobs of this host's workers whose process is gone."""
         storage = self.queue.storage
-        if type(storage).rescue_workers is Storage.rescue_workers or os.name != "posix":
+        if not storage.capabilities.rescue_workers or os.name != "posix":
             return
         host = socket.gethostname()
         try:
@@ -921,7 +920,7 @@ class Worker:
             if s.queue in self.queues and s.type in handlers
         ]
         self._ticker = Ticker(self.queue.storage, schedules) if schedules else None
-        self._ahead_allowed = self.prefetch > 1 and self.queue.storage.claims_ahead
+        self._ahead_allowed = self.prefetch > 1 and self.queue.storage.capabilities.claims_ahead
         self._emit("worker:started")
         delay = self.poll_interval
         try:

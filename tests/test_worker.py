@@ -881,7 +881,7 @@ def test_a_handler_stuck_mid_batch_lets_the_rest_of_the_batch_run_once(
 @pytest.fixture(params=["postgres", "mysql"])
 def server_queue(request: pytest.FixtureRequest) -> JobQueue:
     storage = request.getfixturevalue(f"{request.param}_storage")
-    assert storage.claims_ahead
+    assert storage.capabilities.claims_ahead
     return JobQueue(storage)
 
 

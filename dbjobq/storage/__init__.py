@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dbjobq.storage.base import Storage
+from dbjobq.storage.base import Capabilities, Storage
 from dbjobq.storage.memory import MemoryStorage
 from dbjobq.storage.sqlalchemy_storage import SQLAlchemyStorage
 
-__all__ = ["MemoryStorage", "SQLAlchemyStorage", "Storage"]
+__all__ = ["Capabilities", "MemoryStorage", "SQLAlchemyStorage", "Storage"]

@@ -31,6 +31,7 @@ The reusable conformance suite in `dbjobq.testing` checks every rule written her
 from __future__ import annotations
 
 import abc
+import dataclasses
 import inspect
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
@@ -41,7 +42,7 @@ from dbjobq.errors import ConfigurationError
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.registry import WorkerInfo
 
-__all__ = ["Storage"]
+__all__ = ["Capabilities", "Storage"]
 
 
 def _takes_newest_first(storage: Storage) -> bool:
@@ -55,6 +56,37 @@ def _takes_newest_first(storage: Storage) -> bool:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities:
+    """What a backend can do beyond the required methods.
+
+    Workers and the conformance suite read `Storage.capabilities` and nothing else
+    to decide whether an optional part of the contract is there. Every flag
+    defaults to `False`, the safe choice: a worker then does without the feature
+    (see each flag), and the suite skips its tests.
+    """
+
+    release: bool = False
+    """`release`/`release_many` give back a claimed job without using its attempt.
+    Without it workers claim one job at a time and an attempt interrupted by a
+    shutdown counts as a failed one."""
+    rescue_workers: bool = False
+    """`rescue_workers` takes back the jobs of workers known to be dead at once;
+    without it they wait for their leases to expire."""
+    newest_first: bool = False
+    """`claim(newest_first=True)` claims last in, first out; needed by
+    `Worker(lifo=True)`."""
+    claims_ahead: bool = False
+    """Workers claim their next batch while the current one runs: worth it where a
+    claim mostly waits on a database server, not where it is CPU work in this
+    process (SQLite, memory). Needs `release`."""
+    notify: bool = False
+    """`subscribe` reports jobs enqueued by other processes, so idle workers wake
+    in milliseconds rather than at their next poll."""
+    transactions: bool = False
+    """`enqueue_in_transaction` joins the application's own transaction."""
+
+
 class Storage(abc.ABC):
     """Persists jobs. Each method is atomic: one transaction, no partial effects.
 
@@ -62,14 +94,24 @@ class Storage(abc.ABC):
     (with the original exception as `__cause__`), and the operation had no effect.
     """
 
-    claims_ahead: bool = False
-    """Whether workers claim their next batch while the current one runs.
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this backend offers beyond the required methods (see `Capabilities`).
 
-    Worth it where a claim mostly waits on a database server (the worker's own
-    Python work goes on meanwhile); not where the claim is CPU work in this
-    process (SQLite, memory). Jobs claimed ahead are leased like any others and
-    are given back with `release_many` when the worker stops or slows down.
-    """
+        Declare it in a backend as a class attribute (`capabilities =
+        Capabilities(release=True, ...)`) or a property. The default works it out
+        from which optional methods the class overrides, for backends written before
+        `Capabilities` existed.
+        """
+        cls = type(self)
+        return Capabilities(
+            release=cls.release is not Storage.release,
+            rescue_workers=cls.rescue_workers is not Storage.rescue_workers,
+            newest_first=_takes_newest_first(self),
+            claims_ahead=bool(getattr(self, "claims_ahead", False)),
+            notify=cls.subscribe is not Storage.subscribe,
+            transactions=cls.enqueue_in_transaction is not Storage.enqueue_in_transaction,
+        )
 
     def initialize(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Create tables or other structures if missing.
