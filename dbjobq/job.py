@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Union
 
+from dbjobq.payload import dumps
+
 __all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup"]
 
 JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]
@@ -185,12 +187,18 @@ class NewJob:
     unique_key: str | None
     meta: dict[str, Any]
     timeout: float | None
-    payload_json: str | None = dataclasses.field(default=None, compare=False, repr=False)
-    """`payload` as compact JSON text, when `JobQueue` made it (it serialises each
-    payload once, to check its size); a backend that stores text can use it rather
-    than serialise the payload again."""
-    meta_json: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    payload_json: str = dataclasses.field(default="", compare=False, repr=False)
+    """`payload` as compact JSON text: what SQL backends store, on every insert
+    route alike. `JobQueue` serialises each payload once (to check its size) and
+    passes the text; when it is left out, it is made from `payload`."""
+    meta_json: str = dataclasses.field(default="", compare=False, repr=False)
     """`meta` as compact JSON text, like `payload_json`."""
+
+    def __post_init__(self) -> None:
+        if not self.payload_json:
+            object.__setattr__(self, "payload_json", dumps(self.payload))
+        if not self.meta_json:
+            object.__setattr__(self, "meta_json", dumps(self.meta))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
