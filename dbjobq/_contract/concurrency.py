@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from dbjobq._contract.helpers import make_job
 from dbjobq.job import JobStatus
 from dbjobq.storage.base import Storage
 
-__all__ = ["ConcurrencyContract"]
+__all__ = ["ConcurrencyContract", "run_together"]
+
+
+def run_together(count: int, work: Callable[[int], None]) -> list[BaseException]:
+    """Run `work(n)` for n in range(count), each in a thread; all start at once.
+
+    Returns what the threads raised (nothing, when all went well).
+    """
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            work(n)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 class ConcurrencyContract:
@@ -18,8 +42,6 @@ class ConcurrencyContract:
 
     concurrency_threads: int = 8
     """Threads used by the concurrency tests; lower it for slow backends."""
-
-    # -- concurrency ------------------------------------------------------------------------
 
     def test_concurrent_claims_never_share_a_job(
         self, storage: Storage, other_storage: Storage
@@ -30,53 +52,29 @@ class ConcurrencyContract:
         """
         total = 200
         storage.enqueue([make_job() for _ in range(total)])
-        barrier = threading.Barrier(self.concurrency_threads)
         claimed: list[str] = []
-        errors: list[BaseException] = []
 
         def work(n: int) -> None:
             mine = storage if n % 2 else other_storage
-            try:
-                barrier.wait()
-                while jobs := mine.claim(
-                    queues=["default"], worker_id=f"w{n}", lease_seconds=60, limit=3
-                ):
-                    for job in jobs:
-                        claimed.append(job.id)
-                        assert mine.complete(job.id, job.lease_token or "", result=n)
-            except BaseException as error:
-                errors.append(error)
+            while jobs := mine.claim(
+                queues=["default"], worker_id=f"w{n}", lease_seconds=60, limit=3
+            ):
+                for job in jobs:
+                    claimed.append(job.id)
+                    assert mine.complete(job.id, job.lease_token or "", result=n)
 
-        threads = [
-            threading.Thread(target=work, args=(n,)) for n in range(self.concurrency_threads)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert run_together(self.concurrency_threads, work) == []
         assert len(claimed) == total
         assert max(Counter(claimed).values()) == 1
         assert storage.count_jobs() == {("default", JobStatus.COMPLETED): total}
 
     def test_concurrent_enqueues_of_one_unique_key_make_one_job(self, storage: Storage) -> None:
-        barrier = threading.Barrier(self.concurrency_threads)
         ids: list[str] = []
-        errors: list[BaseException] = []
 
-        def produce() -> None:
-            try:
-                barrier.wait()
-                ids.extend(storage.enqueue([make_job(unique_key="only-one")]))
-            except BaseException as error:
-                errors.append(error)
+        def produce(n: int) -> None:
+            ids.extend(storage.enqueue([make_job(unique_key="only-one")]))
 
-        threads = [threading.Thread(target=produce) for _ in range(self.concurrency_threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert run_together(self.concurrency_threads, produce) == []
         assert len(set(ids)) == 1
         assert [j.id for j in storage.list_jobs()] == [ids[0]]
 
@@ -84,25 +82,12 @@ class ConcurrencyContract:
         self, storage: Storage, other_storage: Storage
     ) -> None:
         tick = datetime(2030, 1, 1, tzinfo=timezone.utc)
-        barrier = threading.Barrier(self.concurrency_threads)
         won: list[bool] = []
-        errors: list[BaseException] = []
 
         def race(n: int) -> None:
             mine = storage if n % 2 else other_storage
-            try:
-                barrier.wait()
-                won.append(mine.enqueue_tick("race", tick, make_job("t")))
-            except BaseException as error:
-                errors.append(error)
+            won.append(mine.enqueue_tick("race", tick, make_job("t")))
 
-        threads = [
-            threading.Thread(target=race, args=(n,)) for n in range(self.concurrency_threads)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert run_together(self.concurrency_threads, race) == []
         assert sorted(won) == [False] * (self.concurrency_threads - 1) + [True]
         assert len(storage.list_jobs()) == 1
