@@ -45,7 +45,6 @@ The reusable conformance suite in `dbjobq.testing` checks every rule written her
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,12 +53,7 @@ from dbjobq import _clock
 from dbjobq.errors import ConfigurationError
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage.capabilities import (
-    Capabilities,
-    inherited,
-    missing_for,
-    takes_newest_first,
-)
+from dbjobq.storage.capabilities import Capabilities, declared_for, derived
 
 __all__ = ["Capabilities", "Storage"]
 
@@ -69,10 +63,6 @@ WORKER_GONE = "worker {} is gone: rescued without waiting for its lease to expir
 """`last_error` of a job taken back by `rescue_workers`; `{}` is the worker id."""
 
 _EVER = 100 * 365 * 24 * 3600.0  # seconds: "seen at any time" for list_workers
-
-
-def _overrides(cls: type[Storage], name: str) -> bool:
-    return getattr(cls, name) is not getattr(Storage, name)
 
 
 class Storage(abc.ABC):
@@ -87,24 +77,10 @@ class Storage(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        declared = cls.__dict__.get("capabilities")
-        if isinstance(declared, Capabilities):
-            missing = missing_for(declared, claim=cls.claim, own=lambda name: _overrides(cls, name))
-            if missing:
-                raise TypeError(f"{cls.__name__} declares {declared}, but " + "; ".join(missing))
-            return
-        owner = next(c for c in cls.__mro__ if "capabilities" in c.__dict__)
-        if isinstance(owner.__dict__["capabilities"], Capabilities):
-
-            def reverted(name: str) -> bool:
-                return _overrides(owner, name) and not _overrides(cls, name)
-
-            narrowed = inherited(owner.__dict__["capabilities"], claim=cls.claim, reverted=reverted)
-            if "claims_ahead" in cls.__dict__:  # the attribute that came before Capabilities
-                ahead = bool(cls.__dict__["claims_ahead"]) and narrowed.release
-                narrowed = dataclasses.replace(narrowed, claims_ahead=ahead)
+        declared = declared_for(cls, base=Storage)  # TypeError if it cannot hold
+        if declared is not None:
             # A class attribute, as the owner declared it (the base's is a property).
-            type.__setattr__(cls, "capabilities", narrowed)
+            type.__setattr__(cls, "capabilities", declared)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -120,15 +96,7 @@ class Storage(abc.ABC):
         (and a `claims_ahead` attribute), for backends written before
         `Capabilities` existed: they keep working unchanged.
         """
-        cls = type(self)
-        return Capabilities(
-            release=_overrides(cls, "release"),
-            rescue_workers=_overrides(cls, "rescue_workers"),
-            newest_first=takes_newest_first(self.claim),
-            claims_ahead=bool(getattr(self, "claims_ahead", False)),
-            notify=_overrides(cls, "subscribe"),
-            transactions=_overrides(cls, "enqueue_in_transaction"),
-        )
+        return derived(self, base=Storage)
 
     # -- required: storing and running jobs ------------------------------------------------
 

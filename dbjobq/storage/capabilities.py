@@ -107,3 +107,54 @@ def inherited(
     if not off.get("release", declared.release):
         off["claims_ahead"] = False
     return dataclasses.replace(declared, **off)
+
+
+def overrides(cls: type[Any], base: type[Any], name: str) -> bool:
+    """Whether `cls` has a method `name` of its own rather than `base`'s default."""
+    return getattr(cls, name) is not getattr(base, name)
+
+
+def derived(storage: Any, *, base: type[Any]) -> Capabilities:
+    """What a backend that declares nothing offers, worked out from its methods.
+
+    For backends written before `Capabilities`: an optional method overridden, a
+    `claim` that takes `newest_first`, a `claims_ahead` attribute.
+    """
+    cls = type(storage)
+    return Capabilities(
+        release=overrides(cls, base, "release"),
+        rescue_workers=overrides(cls, base, "rescue_workers"),
+        newest_first=takes_newest_first(storage.claim),
+        claims_ahead=bool(getattr(storage, "claims_ahead", False)),
+        notify=overrides(cls, base, "subscribe"),
+        transactions=overrides(cls, base, "enqueue_in_transaction"),
+    )
+
+
+def declared_for(cls: type[Any], *, base: type[Any]) -> Capabilities | None:
+    """The `capabilities` class attribute a new subclass of `base` is to have.
+
+    A class that declares its own is checked: `TypeError`, naming what to add, when
+    a flag lacks its method; `None` then (it keeps its own). A class that inherits a
+    declaration gets it less what it takes away (see `inherited`), and a
+    `claims_ahead` attribute of its own is honoured. `None` when nothing is declared.
+    """
+    own = cls.__dict__.get("capabilities")
+    if isinstance(own, Capabilities):
+        missing = missing_for(own, claim=cls.claim, own=lambda name: overrides(cls, base, name))
+        if missing:
+            raise TypeError(f"{cls.__name__} declares {own}, but " + "; ".join(missing))
+        return None
+    owner = next(c for c in cls.__mro__ if "capabilities" in c.__dict__)
+    declared = owner.__dict__["capabilities"]
+    if not isinstance(declared, Capabilities):
+        return None  # a property (the base's, or a backend's own): nothing to narrow
+
+    def reverted(name: str) -> bool:
+        return overrides(owner, base, name) and not overrides(cls, base, name)
+
+    narrowed = inherited(declared, claim=cls.claim, reverted=reverted)
+    if "claims_ahead" in cls.__dict__:  # the attribute that came before Capabilities
+        ahead = bool(cls.__dict__["claims_ahead"]) and narrowed.release
+        narrowed = dataclasses.replace(narrowed, claims_ahead=ahead)
+    return narrowed
