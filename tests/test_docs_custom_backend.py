@@ -29,6 +29,13 @@ def contract_tests() -> list[str]:
     ]
 
 
+def test_the_example_backend_stays_short() -> None:
+    """The required methods are few enough for a whole backend in under 300 lines."""
+    source = (EXAMPLES / "custom_backend.py").read_text(encoding="utf-8")
+    assert len(source.splitlines()) < 300
+    assert "capabilities = Capabilities(" in source  # it declares what it offers
+
+
 def test_the_docs_test_file_is_left_to_this_test() -> None:
     assert TEST_FILE.read_text(encoding="utf-8").startswith("# docs-test: custom\n")
 

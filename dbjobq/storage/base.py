@@ -6,6 +6,20 @@ backend records them. Every method is **one atomic operation**: it happens
 completely or not at all, and concurrent callers (threads, processes, hosts) never
 observe half of it.
 
+The contract has three parts:
+
+* **Required methods** (abstract): sixteen small state transitions and reads. A
+  class that leaves one out cannot be instantiated, and the error names it.
+* **Defaulted methods**: `count_jobs`, `pending_summary`, `rescue_expired`,
+  `rescue_workers`, `prune_workers`, `complete_many`, `release_many`, `now`,
+  `initialize`, `close` and `schema_exists` work out of the box, built on the
+  required methods. Each default is correct; override it to make it faster, or
+  (where its docstring says the default takes two steps) fully atomic.
+* **Optional capabilities**: `release`, `subscribe`, `enqueue_in_transaction`,
+  `claim(newest_first=True)`, claiming ahead. A backend says which it has in
+  `Storage.capabilities` (a `Capabilities`), and callers look there and nowhere
+  else before they use one.
+
 Time belongs to the backend. Methods take durations (`lease_seconds`, `retry_in`,
 `older_than`) rather than instants and measure them on the backend's own clock (the
 database's for SQL backends), so workers on hosts with skewed clocks agree.
@@ -31,110 +45,60 @@ The reusable conformance suite in `dbjobq.testing` checks every rule written her
 from __future__ import annotations
 
 import abc
-import dataclasses
-import inspect
-from collections.abc import Callable, Collection, Sequence
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.registry import WorkerInfo
+from dbjobq.storage.capabilities import Capabilities, declared_for, derived
 
 __all__ = ["Capabilities", "Storage"]
 
+LEASE_EXPIRED = "lease expired: worker {} stopped heartbeating"
+"""`last_error` of a job taken back by `rescue_expired`; `{}` is the worker id."""
+WORKER_GONE = "worker {} is gone: rescued without waiting for its lease to expire"
+"""`last_error` of a job taken back by `rescue_workers`; `{}` is the worker id."""
 
-def _takes_newest_first(storage: Storage) -> bool:
-    """Whether `storage.claim` has the optional `newest_first` parameter (or `**kwargs`)."""
-    try:
-        parameters = inspect.signature(storage.claim).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.name == "newest_first" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Capabilities:
-    """What a backend can do beyond the required methods.
-
-    Workers and the conformance suite read `Storage.capabilities` and nothing else
-    to decide whether an optional part of the contract is there. Every flag
-    defaults to `False`, the safe choice: a worker then does without the feature
-    (see each flag), and the suite skips its tests.
-    """
-
-    release: bool = False
-    """`release`/`release_many` give back a claimed job without using its attempt.
-    Without it workers claim one job at a time and an attempt interrupted by a
-    shutdown counts as a failed one."""
-    rescue_workers: bool = False
-    """`rescue_workers` takes back the jobs of workers known to be dead at once;
-    without it they wait for their leases to expire."""
-    newest_first: bool = False
-    """`claim(newest_first=True)` claims last in, first out; needed by
-    `Worker(lifo=True)`."""
-    claims_ahead: bool = False
-    """Workers claim their next batch while the current one runs: worth it where a
-    claim mostly waits on a database server, not where it is CPU work in this
-    process (SQLite, memory). Needs `release`."""
-    notify: bool = False
-    """`subscribe` reports jobs enqueued by other processes, so idle workers wake
-    in milliseconds rather than at their next poll."""
-    transactions: bool = False
-    """`enqueue_in_transaction` joins the application's own transaction."""
+_EVER = 100 * 365 * 24 * 3600.0  # seconds: "seen at any time" for list_workers
 
 
 class Storage(abc.ABC):
     """Persists jobs. Each method is atomic: one transaction, no partial effects.
 
+    Subclasses implement the abstract methods, may override the defaulted ones for
+    speed, and declare what else they offer in `capabilities`.
+
     Errors from the underlying store are raised as `dbjobq.errors.StorageError`
     (with the original exception as `__cause__`), and the operation had no effect.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = declared_for(cls, base=Storage)  # TypeError if it cannot hold
+        if declared is not None:
+            # A class attribute, as the owner declared it (the base's is a property).
+            type.__setattr__(cls, "capabilities", declared)
 
     @property
     def capabilities(self) -> Capabilities:
         """What this backend offers beyond the required methods (see `Capabilities`).
 
         Declare it in a backend as a class attribute (`capabilities =
-        Capabilities(release=True, ...)`) or a property. The default works it out
-        from which optional methods the class overrides, for backends written before
-        `Capabilities` existed.
+        Capabilities(release=True, ...)`, checked against the methods the class
+        overrides when the class is defined) or as a property, when it depends on
+        the store. `Worker`, `JobQueue` and the conformance suite read this and
+        nothing else to decide whether an optional feature is there.
+
+        The default works it out from which optional methods the class overrides
+        (and a `claims_ahead` attribute), for backends written before
+        `Capabilities` existed: they keep working unchanged.
         """
-        cls = type(self)
-        return Capabilities(
-            release=cls.release is not Storage.release,
-            rescue_workers=cls.rescue_workers is not Storage.rescue_workers,
-            newest_first=_takes_newest_first(self),
-            claims_ahead=bool(getattr(self, "claims_ahead", False)),
-            notify=cls.subscribe is not Storage.subscribe,
-            transactions=cls.enqueue_in_transaction is not Storage.enqueue_in_transaction,
-        )
+        return derived(self, base=Storage)
 
-    def initialize(self) -> None:  # noqa: B027 - optional hook, empty by design
-        """Create tables or other structures if missing.
-
-        Idempotent and safe to call from many processes at once. The default does
-        nothing.
-        """
-
-    def close(self) -> None:  # noqa: B027 - optional hook, empty by design
-        """Release connections and other resources. The default does nothing."""
-
-    def schema_exists(self) -> bool:
-        """Whether the tables (or other structures) that `initialize` makes are there.
-
-        Looks without creating anything: read-only tools such as `dbjobq stats` call
-        it first, so that a mistyped database URL is reported instead of silently
-        getting an empty queue of its own. Optional: the default, for backends with
-        nothing to create, returns `True`.
-
-        Raises:
-            StorageError: If the store cannot be reached.
-        """
-        return True
+    # -- required: storing and running jobs ------------------------------------------------
 
     @abc.abstractmethod
     def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
@@ -166,31 +130,6 @@ class Storage(abc.ABC):
             the id of the existing unfinished job that holds the same `unique_key`.
         """
 
-    def enqueue_in_transaction(
-        self,
-        connection: Any,
-        jobs: Sequence[NewJob],
-        *,
-        on_commit: Callable[[], None] | None = None,
-    ) -> list[str]:
-        """Store new jobs inside the caller's own open transaction (optional).
-
-        Same rules as `enqueue`, but nothing is committed here: the jobs exist if and
-        only if the caller's transaction commits. `on_commit` is called after that
-        commit. `JobQueue` may call this before `initialize`; create what is missing
-        or raise `ConfigurationError` saying so. Backends that cannot join a
-        transaction keep this default, which raises `ConfigurationError`.
-
-        Args:
-            connection: The caller's connection, in whatever form the backend takes.
-            jobs: Validated jobs with their ids already assigned.
-            on_commit: Called once the caller's transaction has committed.
-
-        Returns:
-            The ids, as `enqueue` returns them.
-        """
-        raise ConfigurationError(f"{type(self).__name__} cannot join an application's transaction")
-
     @abc.abstractmethod
     def claim(
         self,
@@ -213,7 +152,9 @@ class Storage(abc.ABC):
 
         `newest_first` is optional for a backend: workers pass it only when they
         were created with `lifo=True`, and such a worker refuses to start on a
-        backend whose `claim` has no `newest_first` parameter.
+        backend whose capabilities do not include `newest_first`. A backend that
+        takes it declares `Capabilities(newest_first=True)`; one that does not may
+        leave the parameter out of its signature.
 
         Each claimed job becomes `running` with `attempts + 1`, `worker_id` set,
         `started_at = now`, `lease_expires_at = now + lease_seconds`, `progress` and
@@ -262,78 +203,6 @@ class Storage(abc.ABC):
             outcome must be discarded.
         """
 
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None] | None:
-        """Call `callback` when another process may have enqueued jobs (optional).
-
-        The wake-up hook: idle workers subscribe so that jobs enqueued by other
-        processes reach them in milliseconds rather than at their next poll.
-        `callback` may be called from any thread, spuriously, or not at all (a
-        missed wake-up only means a later poll), so it must be cheap and must not
-        raise. Enqueues in the same process wake workers without this.
-
-        Returns:
-            A function that ends the subscription; `None` if the backend cannot
-            tell, which is the default: workers then rely on polling.
-        """
-        return None
-
-    def complete_many(self, outcomes: Sequence[tuple[str, str, Any]]) -> list[bool]:
-        """Complete several jobs at once: `complete` for each `(job_id, token, result)`.
-
-        Workers that run short jobs record their outcomes in batches through this.
-        The default calls `complete` once per job; a backend may override it to write
-        them in one transaction. Either way each job follows `complete`'s rules on
-        its own: a job whose lease is gone is left as it is, and does not stop the
-        others from being recorded.
-
-        Outcomes are taken in order, as one `complete` after another: the same
-        lease given twice is recorded once, with the first result, and its later
-        occurrences return `False`.
-
-        Returns:
-            One flag per outcome, in order, as `complete` returns it.
-        """
-        return [self.complete(job_id, token, result=result) for job_id, token, result in outcomes]
-
-    def release(self, job_id: str, token: str) -> bool:
-        """Give back a claimed job whose attempt is not to count (optional).
-
-        The job becomes `pending` again as if the claim had not happened:
-        `attempts` goes back down by one, the lease is cleared, `started_at`
-        becomes `None`; its `run_at`, priority and place in line are kept. Whatever
-        the attempt wrote meanwhile (`progress`, `progress_message`) is left as it
-        is, as are `last_error` and `result`; the next claim clears the progress.
-
-        A worker gives back two kinds of jobs this way. Jobs it claimed in a batch
-        and will not start (it is stopping, the job ahead of them turned out
-        slow, or, with `concurrency`, they are sync jobs beyond the one its sync
-        slot takes). And a started job whose handler was interrupted by a shutdown
-        or a lease it could not renew (it raised once `JobContext.cancelled` was
-        set for `shutdown` or `lease_lost`): the work
-        is unfinished, through no fault of the job, so the attempt does not count.
-        Backends that keep this default, which raises `NotImplementedError`, get
-        workers that claim one job at a time, and an interrupted attempt is
-        recorded as a failed one.
-
-        Returns:
-            `True` if released; `False` (and no change) if `token` does not hold
-            the lease.
-        """
-        raise NotImplementedError
-
-    def release_many(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
-        """Give back several claimed, unstarted jobs: `release` for each `(job_id, token)`.
-
-        A worker gives back what is left of a batch at once. The default calls
-        `release` once per job; a backend may override it to do them all in one
-        statement. Each job follows `release`'s rules on its own, in order: a lease
-        given twice is released once and its later occurrences return `False`.
-
-        Returns:
-            One flag per lease, in order, as `release` returns it.
-        """
-        return [self.release(job_id, token) for job_id, token in leases]
-
     @abc.abstractmethod
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
         """Record a failed attempt; same lease rule as `complete`.
@@ -348,40 +217,7 @@ class Storage(abc.ABC):
             the job.
         """
 
-    @abc.abstractmethod
-    def rescue_expired(self, *, retry_in: float = 0.0) -> int:
-        """Recover `running` jobs whose lease has expired (`lease_expires_at <= now`).
-
-        A job with retries left (`attempts <= max_retries`) goes back to `pending`,
-        due `retry_in` seconds from now; one without becomes `failed`. A job whose
-        `max_retries` is `None` (its handler's value, which the storage does not
-        know) always goes back to `pending`, its lost attempt counted; the worker
-        that claims it next fails it at once if its handler allows no more. In both
-        cases the lease is cleared (so the old holder's `complete`/`fail` return
-        `False`) and `last_error` says that the lease expired, naming the worker that
-        held it. A failed job gets `finished_at = now`.
-
-        Returns:
-            How many jobs were rescued.
-        """
-
-    def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
-        """Recover the `running` jobs held by these workers now, whatever their leases.
-
-        For workers known to be dead (a worker that finds, on its own host, the
-        registry record of a process that no longer exists), so that their jobs need
-        not wait for their leases to expire. Each job is rescued exactly as
-        `rescue_expired` would: back to `pending`, due `retry_in` seconds from now,
-        with retries left, else `failed`; the attempt counts, the lease is cleared
-        and `last_error` names the worker. Jobs of other workers are left alone.
-
-        Optional: the default raises `NotImplementedError`, and workers then leave
-        such jobs to `rescue_expired` once their leases run out.
-
-        Returns:
-            How many jobs were rescued.
-        """
-        raise NotImplementedError
+    # -- required: reading and managing jobs -----------------------------------------------
 
     @abc.abstractmethod
     def get(self, job_id: str) -> Job:
@@ -413,26 +249,6 @@ class Storage(abc.ABC):
             newest_first: Newest first (by id, descending) instead, so that `limit`
                 keeps the latest jobs. `JobQueue` passes it only when `True`: a
                 backend written before it keeps working for oldest-first lists.
-        """
-
-    @abc.abstractmethod
-    def count_jobs(
-        self, *, finished_within: float | None = None
-    ) -> dict[tuple[str, JobStatus], int]:
-        """Count jobs per `(queue, status)`; pairs with no job are left out.
-
-        Args:
-            finished_within: Count only jobs whose `finished_at` is at most this
-                many seconds ago (for throughput); `None` counts every job.
-        """
-
-    @abc.abstractmethod
-    def pending_summary(self) -> list[PendingGroup]:
-        """Summarise pending jobs per `(queue, type)`.
-
-        Returns:
-            One group per pair that has pending jobs: how many, and the earliest
-            `run_at`.
         """
 
     @abc.abstractmethod
@@ -480,7 +296,7 @@ class Storage(abc.ABC):
             How many jobs were deleted.
         """
 
-    # -- periodic jobs -------------------------------------------------------------------
+    # -- required: periodic ticks and the worker registry ----------------------------------
 
     @abc.abstractmethod
     def enqueue_tick(self, schedule: str, tick: datetime, job: NewJob) -> bool:
@@ -500,8 +316,6 @@ class Storage(abc.ABC):
     def last_tick(self, schedule: str) -> datetime | None:
         """The latest tick recorded for `schedule`, or `None` if none was."""
 
-    # -- the worker registry --------------------------------------------------------------
-
     @abc.abstractmethod
     def save_worker(self, info: WorkerInfo) -> None:
         """Insert or replace the record of worker `info.id`, with `last_seen = now`."""
@@ -514,13 +328,30 @@ class Storage(abc.ABC):
     def list_workers(self, *, seen_within: float) -> list[WorkerInfo]:
         """Workers whose `last_seen` is at most `seen_within` seconds ago, by id."""
 
-    @abc.abstractmethod
-    def prune_workers(self, *, older_than: float) -> int:
-        """Delete worker records not seen for more than `older_than` seconds.
+    # -- defaulted: built on the required methods; override for speed ----------------------
 
-        Returns:
-            How many were deleted.
+    def initialize(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Create tables or other structures if missing.
+
+        Idempotent and safe to call from many processes at once. The default does
+        nothing.
         """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Release connections and other resources. The default does nothing."""
+
+    def schema_exists(self) -> bool:
+        """Whether the tables (or other structures) that `initialize` makes are there.
+
+        Looks without creating anything: read-only tools such as `dbjobq stats` call
+        it first, so that a mistyped database URL is reported instead of silently
+        getting an empty queue of its own. Optional: the default, for backends with
+        nothing to create, returns `True`.
+
+        Raises:
+            StorageError: If the store cannot be reached.
+        """
+        return True
 
     def now(self) -> datetime:
         """The storage's current time (aware, UTC): the clock leases and schedules use.
@@ -528,3 +359,224 @@ class Storage(abc.ABC):
         The default is the host's clock; SQL backends ask the database.
         """
         return _clock.now()
+
+    def complete_many(self, outcomes: Sequence[tuple[str, str, Any]]) -> list[bool]:
+        """Complete several jobs at once: `complete` for each `(job_id, token, result)`.
+
+        Workers that run short jobs record their outcomes in batches through this.
+        The default calls `complete` once per job; a backend may override it to write
+        them in one transaction. Either way each job follows `complete`'s rules on
+        its own: a job whose lease is gone is left as it is, and does not stop the
+        others from being recorded.
+
+        Outcomes are taken in order, as one `complete` after another: the same
+        lease given twice is recorded once, with the first result, and its later
+        occurrences return `False`.
+
+        Returns:
+            One flag per outcome, in order, as `complete` returns it.
+        """
+        return [self.complete(job_id, token, result=result) for job_id, token, result in outcomes]
+
+    def rescue_expired(self, *, retry_in: float = 0.0) -> int:
+        """Recover `running` jobs whose lease has expired (`lease_expires_at <= now`).
+
+        A job with retries left (`attempts <= max_retries`) goes back to `pending`,
+        due `retry_in` seconds from now; one without becomes `failed`. A job whose
+        `max_retries` is `None` (its handler's value, which the storage does not
+        know) always goes back to `pending`, its lost attempt counted; the worker
+        that claims it next fails it at once if its handler allows no more. In both
+        cases the lease is cleared (so the old holder's `complete`/`fail` return
+        `False`) and `last_error` says that the lease expired, naming the worker that
+        held it. A failed job gets `finished_at = now`.
+
+        The default lists the running jobs and fails each expired one through
+        `fail` with its own token (so two rescuers never take one job back twice).
+        It takes two steps: a lease renewed between them may still be taken back,
+        which its worker learns at its next heartbeat. Override it to do it in one.
+
+        Returns:
+            How many jobs were rescued.
+        """
+        now = self.now()
+        return self._take_back(
+            (j for j in self._running() if j.lease_expires_at and j.lease_expires_at <= now),
+            LEASE_EXPIRED,
+            retry_in,
+        )
+
+    def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
+        """Recover the `running` jobs held by these workers now, whatever their leases.
+
+        For workers known to be dead (a worker that finds, on its own host, the
+        registry record of a process that no longer exists), so that their jobs need
+        not wait for their leases to expire. Each job is rescued exactly as
+        `rescue_expired` would: back to `pending`, due `retry_in` seconds from now,
+        with retries left, else `failed`; the attempt counts, the lease is cleared
+        and `last_error` names the worker. Jobs of other workers are left alone.
+
+        Workers call it only when `capabilities.rescue_workers` says so; otherwise
+        they leave such jobs to `rescue_expired` once their leases run out. The
+        default lists the running jobs and fails those of these workers through
+        `fail`, as the default `rescue_expired` does.
+
+        Returns:
+            How many jobs were rescued.
+        """
+        gone = set(worker_ids)
+        return self._take_back(
+            (job for job in self._running() if job.worker_id in gone), WORKER_GONE, retry_in
+        )
+
+    def _running(self) -> list[Job]:
+        return self.list_jobs(status=JobStatus.RUNNING, limit=None)
+
+    def _take_back(self, jobs: Iterable[Job], why: str, retry_in: float) -> int:
+        """Retry or fail jobs whose worker is lost, each under its own lease token."""
+        taken = 0
+        for job in jobs:
+            # max_retries None is the handler's to apply: always back to pending.
+            left = job.max_retries is None or job.attempts <= job.max_retries
+            error = why.format(job.worker_id)
+            delay = retry_in if left else None
+            taken += self.fail(job.id, job.lease_token or "", error=error, retry_in=delay)
+        return taken
+
+    def count_jobs(
+        self, *, finished_within: float | None = None
+    ) -> dict[tuple[str, JobStatus], int]:
+        """Count jobs per `(queue, status)`; pairs with no job are left out.
+
+        Args:
+            finished_within: Count only jobs whose `finished_at` is at most this
+                many seconds ago (for throughput); `None` counts every job.
+
+        The default counts what one `list_jobs(limit=None)` returns.
+        """
+        since = None
+        if finished_within is not None:
+            since = self.now() - timedelta(seconds=finished_within)
+        counts: dict[tuple[str, JobStatus], int] = {}
+        for job in self.list_jobs(limit=None):
+            if since is None or (job.finished_at is not None and job.finished_at >= since):
+                key = (job.queue, JobStatus(job.status))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def pending_summary(self) -> list[PendingGroup]:
+        """Summarise pending jobs per `(queue, type)`.
+
+        Returns:
+            One group per pair that has pending jobs: how many, and the earliest
+            `run_at`, ordered by queue, then type. The default groups what one
+            `list_jobs(status="pending", limit=None)` returns.
+        """
+        groups: dict[tuple[str, str], list[datetime]] = {}
+        for job in self.list_jobs(status=JobStatus.PENDING, limit=None):
+            groups.setdefault((job.queue, job.type), []).append(job.run_at)
+        return [
+            PendingGroup(queue, job_type, len(times), min(times))
+            for (queue, job_type), times in sorted(groups.items())
+        ]
+
+    def prune_workers(self, *, older_than: float) -> int:
+        """Delete worker records not seen for more than `older_than` seconds.
+
+        The default lists every record with `list_workers` and removes the stale
+        ones with `remove_worker`. It takes two steps: a worker that saves its
+        record between them may lose it until its next save, a few seconds later.
+
+        Returns:
+            How many were deleted.
+        """
+        cutoff = self.now() - timedelta(seconds=older_than)
+        every = self.list_workers(seen_within=_EVER)
+        stale = [w.id for w in every if w.last_seen is not None and w.last_seen < cutoff]
+        for worker_id in stale:
+            self.remove_worker(worker_id)
+        return len(stale)
+
+    # -- optional capabilities: declared in `capabilities` ---------------------------------
+
+    def release(self, job_id: str, token: str) -> bool:
+        """Give back a claimed job whose attempt is not to count (optional).
+
+        The job becomes `pending` again as if the claim had not happened:
+        `attempts` goes back down by one, the lease is cleared, `started_at`
+        becomes `None`; its `run_at`, priority and place in line are kept. Whatever
+        the attempt wrote meanwhile (`progress`, `progress_message`) is left as it
+        is, as are `last_error` and `result`; the next claim clears the progress.
+
+        A worker gives back two kinds of jobs this way. Jobs it claimed in a batch
+        and will not start (it is stopping, the job ahead of them turned out
+        slow, or, with `concurrency`, they are sync jobs beyond the one its sync
+        slot takes). And a started job whose handler was interrupted by a shutdown
+        or a lease it could not renew (it raised once `JobContext.cancelled` was
+        set for `shutdown` or `lease_lost`): the work
+        is unfinished, through no fault of the job, so the attempt does not count.
+        A backend that implements it declares `Capabilities(release=True)`.
+        Without it (this default raises `NotImplementedError`), workers claim one
+        job at a time, and an interrupted attempt is recorded as a failed one.
+
+        Returns:
+            `True` if released; `False` (and no change) if `token` does not hold
+            the lease.
+        """
+        raise NotImplementedError
+
+    def release_many(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
+        """Give back several claimed, unstarted jobs: `release` for each `(job_id, token)`.
+
+        A worker gives back what is left of a batch at once. The default calls
+        `release` once per job; a backend may override it to do them all in one
+        statement. Each job follows `release`'s rules on its own, in order: a lease
+        given twice is released once and its later occurrences return `False`.
+
+        Returns:
+            One flag per lease, in order, as `release` returns it.
+        """
+        return [self.release(job_id, token) for job_id, token in leases]
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` when another process may have enqueued jobs (optional).
+
+        The wake-up hook: idle workers subscribe so that jobs enqueued by other
+        processes reach them in milliseconds rather than at their next poll.
+        `callback` may be called from any thread, spuriously, or not at all (a
+        missed wake-up only means a later poll), so it must be cheap and must not
+        raise. Enqueues in the same process wake workers without this.
+
+        A backend that implements it declares `Capabilities(notify=True)`.
+
+        Returns:
+            A function that ends the subscription; `None` if the backend cannot
+            tell (this default, or a store that cannot notify after all): workers
+            then rely on polling.
+        """
+        return None
+
+    def enqueue_in_transaction(
+        self,
+        connection: Any,
+        jobs: Sequence[NewJob],
+        *,
+        on_commit: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Store new jobs inside the caller's own open transaction (optional).
+
+        Same rules as `enqueue`, but nothing is committed here: the jobs exist if and
+        only if the caller's transaction commits. `on_commit` is called after that
+        commit. `JobQueue` may call this before `initialize`; create what is missing
+        or raise `ConfigurationError` saying so. A backend that implements it
+        declares `Capabilities(transactions=True)`; those that cannot join a
+        transaction keep this default, which raises `ConfigurationError`.
+
+        Args:
+            connection: The caller's connection, in whatever form the backend takes.
+            jobs: Validated jobs with their ids already assigned.
+            on_commit: Called once the caller's transaction has committed.
+
+        Returns:
+            The ids, as `enqueue` returns them.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot join an application's transaction")

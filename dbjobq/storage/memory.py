@@ -12,15 +12,14 @@ from typing import Any
 
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError, JobNotFound
-from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.job import Job, JobStatus, NewJob
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage.base import Storage
+from dbjobq.storage.base import LEASE_EXPIRED, WORKER_GONE, Capabilities, Storage
 
 __all__ = ["MemoryStorage"]
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
-_GONE = "worker {} is gone: rescued without waiting for its lease to expire"
 
 
 def _utcnow() -> datetime:
@@ -39,10 +38,22 @@ class MemoryStorage(Storage):
     conformance suite as the SQL backends. Jobs vanish with the process, and other
     processes cannot see them.
 
+    It is also the model for a backend of your own: it implements the required
+    methods, `release` and `claim(newest_first=...)`, declares them in
+    `capabilities`, and overrides only those defaults that one pass under its
+    lock does atomically (`rescue_expired`, `rescue_workers`, `prune_workers`);
+    `count_jobs`, `pending_summary`, `complete_many` and `release_many` are the
+    base class's, built on `list_jobs`, `complete` and `release`.
+
     Args:
         clock: Returns the current time as an aware `datetime`; tests pass a fake
             clock to move time forward without sleeping.
     """
+
+    capabilities = Capabilities(release=True, rescue_workers=True, newest_first=True)
+    """Gives jobs back, rescues dead workers' jobs, claims newest first. It does not
+    notify other processes (there are none), join transactions, or claim ahead (a
+    claim is CPU work in this process, nothing to overlap)."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or _utcnow
@@ -263,9 +274,7 @@ class MemoryStorage(Storage):
                 and job.lease_expires_at is not None
                 and job.lease_expires_at <= now
             ]
-            return self._rescue(
-                expired, now, retry_in, "lease expired: worker {} stopped heartbeating"
-            )
+            return self._rescue(expired, now, retry_in, LEASE_EXPIRED)
 
     def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
         with self._lock:
@@ -275,7 +284,7 @@ class MemoryStorage(Storage):
                 for job in self._jobs.values()
                 if job.status is JobStatus.RUNNING and job.worker_id in gone
             ]
-            return self._rescue(held, self._now(), retry_in, _GONE)
+            return self._rescue(held, self._now(), retry_in, WORKER_GONE)
 
     def _rescue(self, jobs: list[Job], now: datetime, retry_in: float, why: str) -> int:
         """Retry or fail jobs whose worker is lost; `why` names it (`{}`: the worker id).
@@ -332,33 +341,6 @@ class MemoryStorage(Storage):
                 reverse=newest_first,
             )
             return [self._out(job) for job in found[:limit]]
-
-    def count_jobs(
-        self, *, finished_within: float | None = None
-    ) -> dict[tuple[str, JobStatus], int]:
-        with self._lock:
-            since = None
-            if finished_within is not None:
-                since = self._now() - timedelta(seconds=finished_within)
-            counts: dict[tuple[str, JobStatus], int] = {}
-            for job in self._jobs.values():
-                if since is not None and (job.finished_at is None or job.finished_at < since):
-                    continue
-                key = (job.queue, job.status)
-                counts[key] = counts.get(key, 0) + 1
-            return counts
-
-    def pending_summary(self) -> list[PendingGroup]:
-        with self._lock:
-            groups: dict[tuple[str, str], tuple[int, datetime]] = {}
-            for job in self._jobs.values():
-                if job.status is JobStatus.PENDING:
-                    count, oldest = groups.get((job.queue, job.type), (0, job.run_at))
-                    groups[(job.queue, job.type)] = (count + 1, min(oldest, job.run_at))
-            return [
-                PendingGroup(queue, job_type, count, oldest)
-                for (queue, job_type), (count, oldest) in sorted(groups.items())
-            ]
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:

@@ -1,8 +1,8 @@
 """JsonFileStorage: an example storage backend that keeps every job in one JSON file.
 
-Each operation takes a lock, reads the whole file, changes what it must and writes
-the whole file back atomically. That makes every method one atomic operation, at the
-price of speed: it suits a few thousand jobs, used by one process.
+Each operation locks, reads the file, makes its change and writes the file back
+atomically: one atomic operation, at the price of speed (a few thousand jobs, one
+process). The sixteen required methods and `release`; the rest are `Storage`'s.
 """
 
 from __future__ import annotations
@@ -11,117 +11,102 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from dbjobq import JobContext, JobQueue, Worker
-from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
-from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.errors import JobNotFound, StorageError
+from dbjobq.job import Job, JobStatus, NewJob
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage import Storage
+from dbjobq.storage import Capabilities, Storage
 
-_TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "lease_expires_at")
+# The fields of a NewJob that its Job takes over as they are.
+_COPIED = "id type payload queue priority max_retries timeout unique_key meta".split()  # noqa: SIM905
 
-# Completing, failing, cancelling or rescuing a job takes its lease away.
+# Completing, failing, cancelling or giving back a job takes its lease away.
 _RELEASED: Mapping[str, Any] = {"lease_token": None, "lease_expires_at": None, "worker_id": None}
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+@dataclass
+class _State:
+    """The file's content: jobs by id, periodic ticks, registered workers."""
+
+    jobs: dict[str, Job]
+    ticks: dict[str, datetime]
+    workers: dict[str, WorkerInfo]
 
 
-class _State(dict[str, Job]):
-    """The file's content: the jobs by id, plus periodic ticks and registered workers."""
-
-    def __init__(
-        self,
-        jobs: Mapping[str, Job] | None = None,
-        ticks: dict[str, datetime] | None = None,
-        workers: dict[str, WorkerInfo] | None = None,
-    ) -> None:
-        super().__init__(jobs or {})
-        self.ticks = ticks or {}
-        self.workers = workers or {}
+def _times(record: dict[str, Any]) -> dict[str, Any]:
+    """Turn the ISO texts of a record's times (`*_at`, `last_seen`) back into datetimes."""
+    times = {k: v for k, v in record.items() if v and (k.endswith("_at") or k == "last_seen")}
+    return {**record, **{k: datetime.fromisoformat(v) for k, v in times.items()}}
 
 
-def _encode(job: Job) -> dict[str, Any]:
-    record = asdict(job)
-    record["status"] = job.status.value
-    for name in _TIMES:
-        if record[name] is not None:
-            record[name] = record[name].isoformat()
-    return record
+def _decode(text: str) -> _State:
+    """The file's content as a `_State`; an empty one if there is no file yet."""
+    data = json.loads(text or '{"jobs": [], "ticks": {}, "workers": []}')
+    jobs = (Job(**{**_times(r), "status": JobStatus(r["status"])}) for r in data["jobs"])
+    workers = (
+        WorkerInfo(**{**_times(w), "queues": tuple(w["queues"]), "types": tuple(w["types"])})
+        for w in data["workers"]
+    )
+    ticks = {name: datetime.fromisoformat(tick) for name, tick in data["ticks"].items()}
+    return _State({j.id: j for j in jobs}, ticks, {w.id: w for w in workers})
 
 
-def _decode(record: dict[str, Any]) -> Job:
-    record["status"] = JobStatus(record["status"])
-    for name in _TIMES:
-        if record[name] is not None:
-            record[name] = datetime.fromisoformat(record[name])
-    return Job(**record)
+def _finished(now: datetime) -> dict[str, Any]:
+    """The changes every move to a terminal state makes."""
+    return {"finished_at": now, "updated_at": now, **_RELEASED}
+
+
+def _find(state: _State, job_id: str) -> Job:
+    if job_id not in state.jobs:
+        raise JobNotFound(job_id)
+    return state.jobs[job_id]
 
 
 class JsonFileStorage(Storage):
-    """Keeps jobs in a JSON file, for one process: the lock is not shared with others.
+    """Keeps jobs in the JSON file `path`, for one process: the lock is not shared."""
 
-    It cannot join an application's transaction, so it keeps the default
-    `enqueue_in_transaction`, which raises `ConfigurationError`.
+    # No transactions, no notify: enqueue_in_transaction and subscribe keep their defaults.
+    capabilities = Capabilities(release=True, rescue_workers=True, newest_first=True)
 
-    Args:
-        path: The JSON file; created by the first write.
-        clock: Returns the current time as an aware `datetime`.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, clock: Callable[[], datetime] = _utcnow
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._clock = clock
         self._lock = threading.Lock()
 
     # -- plumbing: the clock, and reading and writing the file -------------------------
 
-    def _now(self) -> datetime:
-        # Time belongs to the backend: every "now" comes from this one clock.
-        now = self._clock()
-        if now.tzinfo is None:
-            raise ConfigurationError("the clock must return aware datetimes")
-        return now.astimezone(timezone.utc)
+    def now(self) -> datetime:
+        """This backend's clock (the host's): time belongs to the backend."""
+        return datetime.now(timezone.utc)
 
-    def _load(self) -> _State:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return _State()  # nothing written yet
-        except OSError as error:
-            raise StorageError(f"cannot read {self.path}: {error}") from error
-        try:
-            data = json.loads(text)
-            return _State(
-                {record["id"]: _decode(record) for record in data["jobs"]},
-                {name: datetime.fromisoformat(t) for name, t in data["ticks"].items()},
-                {w["id"]: _decode_worker(w) for w in data["workers"]},
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            raise StorageError(f"{self.path} is not a job file: {error}") from error
+    @contextmanager
+    def _state(self) -> Iterator[_State]:
+        """Lock, read the file, and write it back if the operation changed its content."""
+        with self._lock:
+            try:  # no file yet: nothing written yet
+                text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+                state = _decode(text)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise StorageError(f"cannot read jobs from {self.path}: {error}") from error
+            yield state  # an exception raised by the operation writes nothing
+            self._save(state, text)
 
-    def _save(self, jobs: _State) -> None:
+    def _save(self, state: _State, old: str) -> None:
         # Write a temporary file, flush it to disk, then rename it over the old one:
         # a reader (or a crash) sees the old file or the new one, never half of one.
         temp = self.path.with_name(self.path.name + ".tmp")
+        jobs, workers = ([asdict(v) for v in d.values()] for d in (state.jobs, state.workers))
+        content = {"jobs": jobs, "ticks": state.ticks, "workers": workers}
         try:
-            text = json.dumps(
-                {
-                    "jobs": [_encode(job) for job in jobs.values()],
-                    "ticks": {name: t.isoformat() for name, t in jobs.ticks.items()},
-                    "workers": [_encode_worker(w) for w in jobs.workers.values()],
-                },
-                ensure_ascii=False,
-                allow_nan=False,
-            )
+            text = json.dumps(content, default=datetime.isoformat, ensure_ascii=False)
+            if text == old:
+                return  # nothing changed
+            temp.parent.mkdir(parents=True, exist_ok=True)  # the first write makes it all
             with temp.open("w", encoding="utf-8") as file:
                 file.write(text)
                 file.flush()
@@ -131,63 +116,28 @@ class JsonFileStorage(Storage):
             # The old file is still in place: the operation had no effect.
             raise StorageError(f"cannot write {self.path}: {error}") from error
 
-    # -- the Storage interface ---------------------------------------------------------
-
-    def initialize(self) -> None:
-        """Create the directory, and check that an existing file can be read."""
-        with self._lock:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise StorageError(f"cannot create {self.path.parent}: {error}") from error
-            self._load()
+    # -- the required methods, and release (`initialize` keeps its default: nothing) ---
 
     def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
-        """Store new jobs; a unique key held by an unfinished job returns that job."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-            ids = self._add(stored, jobs, now)
-            if jobs:
-                self._save(stored)
-            return ids
+        with self._state() as state:
+            return self._add(state, jobs)
 
-    def _add(self, stored: _State, jobs: Sequence[NewJob], now: datetime) -> list[str]:
-        """Add jobs to the loaded state; the caller saves it."""
+    def _add(self, state: _State, jobs: Sequence[NewJob]) -> list[str]:
+        now = self.now()
         # Only unfinished jobs hold their unique key.
-        holders = {
-            job.unique_key: job.id
-            for job in stored.values()
-            if job.unique_key is not None and not job.status.is_finished
-        }
+        holders = {j.unique_key: j.id for j in state.jobs.values() if not j.status.is_finished}
         ids: list[str] = []
         for new in jobs:
-            if new.id in stored:
-                # The same job again (a retried call): keep it once, and return its
-                # id even if it has finished and another job holds its key by now.
+            if new.id in state.jobs:  # the same job again (a retried call): kept once
                 ids.append(new.id)
-                continue
-            if new.unique_key is not None and new.unique_key in holders:
+            elif new.unique_key is not None and new.unique_key in holders:
                 ids.append(holders[new.unique_key])
-                continue
-            ids.append(new.id)
-            run_at = new.run_at or now + timedelta(seconds=new.delay)
-            stored[new.id] = Job(
-                id=new.id,
-                type=new.type,
-                payload=new.payload,
-                queue=new.queue,
-                priority=new.priority,
-                status=JobStatus.PENDING,
-                attempts=0,
-                max_retries=new.max_retries,
-                run_at=run_at.astimezone(timezone.utc),
-                created_at=now,
-                updated_at=now,
-                timeout=new.timeout,
-                unique_key=new.unique_key,
-                meta=new.meta,
-            )
-            if new.unique_key is not None:
+            else:
+                ids.append(new.id)
+                run_at = (new.run_at or now + timedelta(seconds=new.delay)).astimezone(timezone.utc)
+                copied = {name: getattr(new, name) for name in _COPIED}
+                fresh: dict[str, Any] = {"run_at": run_at, "created_at": now, "updated_at": now}
+                state.jobs[new.id] = Job(**copied, **fresh, status=JobStatus.PENDING, attempts=0)
                 holders[new.unique_key] = new.id  # later jobs of this batch see it
         return ids
 
@@ -201,124 +151,82 @@ class JsonFileStorage(Storage):
         limit: int = 1,
         newest_first: bool = False,
     ) -> list[Job]:
-        """Lease up to `limit` due jobs: highest priority first, then `run_at`, then id.
-
-        `newest_first` (optional for a backend) reverses `run_at` and id: LIFO.
-        """
-        with self._lock:
-            stored, now = self._load(), self._now()
-            due = sorted(
-                (
-                    job
-                    for job in stored.values()
-                    if job.status is JobStatus.PENDING
-                    and job.run_at <= now
-                    and job.queue in queues
-                    and (types is None or job.type in types)  # None means every type
-                ),
-                key=lambda job: (job.run_at, job.id),
-                reverse=newest_first,
-            )
+        # Highest priority first, then run_at and id: ascending (FIFO) or not (LIFO).
+        with self._state() as state:
+            now = self.now()
+            due = [j for j in state.jobs.values() if j.status is JobStatus.PENDING]
+            due = [j for j in due if j.run_at <= now and j.queue in queues]
+            due = [j for j in due if types is None or j.type in types]  # None: every type
+            due.sort(key=lambda job: (job.run_at, job.id), reverse=newest_first)
             due.sort(key=lambda job: -job.priority)  # stable: keeps the order above
-            claimed = [
-                replace(
-                    job,
-                    status=JobStatus.RUNNING,
-                    attempts=job.attempts + 1,
-                    worker_id=worker_id,
-                    lease_token=uuid.uuid4().hex,  # new for every claim: the fencing token
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    started_at=now,
-                    updated_at=now,
-                    progress=None,  # a new attempt starts without the old one's progress
-                    progress_message=None,
-                )
+            taken: dict[str, Any] = {
+                "status": JobStatus.RUNNING,
+                "worker_id": worker_id,
+                "started_at": now,
+            }
+            taken |= {"updated_at": now, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
+            taken |= {"progress": None, "progress_message": None}  # a new attempt starts afresh
+            claimed = [  # each claim gets a token of its own: the fencing token
+                replace(job, **taken, attempts=job.attempts + 1, lease_token=uuid.uuid4().hex)
                 for job in due[: max(limit, 0)]
             ]
-            if claimed:
-                stored.update((job.id, job) for job in claimed)
-                self._save(stored)
+            state.jobs.update((job.id, job) for job in claimed)
             return claimed
 
-    def _fenced(
-        self, job_id: str, token: str, changes: Callable[[datetime], Mapping[str, Any]]
-    ) -> bool:
-        # The fence: only the holder of the current lease may change a running job.
-        # An expired lease still counts until rescue_expired takes it away.
-        with self._lock:
-            stored = self._load()
-            job = stored.get(job_id)
-            if job is None or job.status is not JobStatus.RUNNING or job.lease_token != token:
+    def _change(self, job_id: str, allowed: Callable[[Job, _State], bool], **changes: Any) -> bool:
+        """Make `changes` to a job if `allowed`: every transition reads, checks, writes."""
+        with self._state() as state:
+            job = _find(state, job_id)
+            if not allowed(job, state):
                 return False
-            stored[job_id] = replace(job, **changes(self._now()))
-            self._save(stored)
+            if changes.pop("undo_claim", False):  # release: the claim's attempt is undone
+                changes["attempts"] = job.attempts - 1
+            state.jobs[job_id] = replace(job, **changes)
             return True
 
+    def _fenced(self, job_id: str, token: str, **changes: Any) -> bool:
+        # The fence: only the holder of the current lease may change a running job.
+        # An expired lease still counts until a rescue takes it away.
+        def held(job: Job, state: _State) -> bool:
+            return job.status is JobStatus.RUNNING and job.lease_token == token
+
+        try:
+            return self._change(job_id, held, **changes)
+        except JobNotFound:
+            return False  # unknown ids hold no lease
+
     def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
-        """Extend the lease if `token` still holds it."""
-        return self._fenced(
-            job_id, token, lambda now: {"lease_expires_at": now + timedelta(seconds=lease_seconds)}
-        )
+        until = self.now() + timedelta(seconds=lease_seconds)
+        return self._fenced(job_id, token, lease_expires_at=until)
 
     def set_progress(
         self, job_id: str, token: str, *, progress: float, message: str | None
     ) -> bool:
-        """Store progress if `token` still holds the lease."""
-        return self._fenced(
-            job_id,
-            token,
-            lambda now: {"progress": progress, "progress_message": message, "updated_at": now},
-        )
+        changes = {"progress": progress, "progress_message": message, "updated_at": self.now()}
+        return self._fenced(job_id, token, **changes)
 
     def complete(self, job_id: str, token: str, *, result: Any) -> bool:
-        """Mark the job completed if `token` still holds the lease."""
-        return self._fenced(
-            job_id,
-            token,
-            lambda now: {"status": JobStatus.COMPLETED, "result": result, **_finished(now)},
-        )
+        done = _finished(self.now())
+        return self._fenced(job_id, token, status=JobStatus.COMPLETED, result=result, **done)
 
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
-        """Record a failed attempt: pending again, or failed if `retry_in` is None."""
-        return self._fenced(job_id, token, lambda now: _after_failure(now, error, retry_in))
+        now = self.now()
+        if retry_in is None:  # final
+            return self._fenced(
+                job_id, token, status=JobStatus.FAILED, last_error=error, **_finished(now)
+            )
+        run_at = now + timedelta(seconds=retry_in)
+        back = {"status": JobStatus.PENDING, "run_at": run_at, "updated_at": now, **_RELEASED}
+        return self._fenced(job_id, token, last_error=error, **back)
 
-    def rescue_expired(self, *, retry_in: float = 0.0) -> int:
-        """Take expired leases away: retry each job, or fail it if no retry is left."""
-        return self._rescue(
-            lambda job, now: job.lease_expires_at is not None and job.lease_expires_at <= now,
-            "lease expired: worker {} stopped heartbeating",
-            retry_in,
-        )
-
-    def rescue_workers(self, worker_ids: Collection[str], *, retry_in: float = 0.0) -> int:
-        """Rescue the jobs of dead workers now, as `rescue_expired` would (optional)."""
-        gone = set(worker_ids)
-        return self._rescue(lambda job, now: job.worker_id in gone, "worker {} is gone", retry_in)
-
-    def _rescue(self, lost: Callable[[Job, datetime], bool], why: str, retry_in: float) -> int:
-        with self._lock:
-            stored, now = self._load(), self._now()
-            rescued = [
-                job for job in stored.values() if job.status is JobStatus.RUNNING and lost(job, now)
-            ]
-            for job in rescued:
-                # `attempts` counts the lost attempt; None as retry_in fails the job.
-                # max_retries None is the handler's to apply: always back to pending.
-                retries = job.max_retries
-                delay = retry_in if retries is None or job.attempts <= retries else None
-                error = why.format(job.worker_id)
-                stored[job.id] = replace(job, **_after_failure(now, error, delay))
-            if rescued:
-                self._save(stored)
-            return len(rescued)
+    def release(self, job_id: str, token: str) -> bool:
+        # Declared in `capabilities`: the claim is undone, its attempt not counted.
+        back = {"status": JobStatus.PENDING, "started_at": None, "updated_at": self.now()}
+        return self._fenced(job_id, token, undo_claim=True, **back, **_RELEASED)
 
     def get(self, job_id: str) -> Job:
-        """Return the job, or raise `JobNotFound`."""
-        with self._lock:
-            job = self._load().get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job
+        with self._state() as state:
+            return _find(state, job_id)
 
     def list_jobs(
         self,
@@ -329,228 +237,62 @@ class JsonFileStorage(Storage):
         limit: int | None = 100,
         newest_first: bool = False,
     ) -> list[Job]:
-        """Return the jobs that match every filter, oldest (or newest) first, by id."""
-        wanted = None if status is None else JobStatus(status)  # also accepts "pending"
-        with self._lock:
-            stored = self._load()
-        found = sorted(
-            (
-                job
-                for job in stored.values()
-                if (wanted is None or job.status is wanted)
-                and (queue is None or job.queue == queue)
-                and (type is None or job.type == type)
-            ),
-            key=lambda job: job.id,
-            reverse=newest_first,
-        )
-        return found[:limit]
-
-    def count_jobs(
-        self, *, finished_within: float | None = None
-    ) -> dict[tuple[str, JobStatus], int]:
-        """Count jobs per (queue, status); pairs without jobs are left out."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-        since = None if finished_within is None else now - timedelta(seconds=finished_within)
-        counts: dict[tuple[str, JobStatus], int] = {}
-        for job in stored.values():
-            if since is not None and (job.finished_at is None or job.finished_at < since):
-                continue
-            counts[job.queue, job.status] = counts.get((job.queue, job.status), 0) + 1
-        return counts
-
-    def pending_summary(self) -> list[PendingGroup]:
-        """Pending jobs per (queue, type): how many, and the earliest run_at."""
-        with self._lock:
-            stored = self._load()
-        groups: dict[tuple[str, str], list[datetime]] = {}
-        for job in stored.values():
-            if job.status is JobStatus.PENDING:
-                groups.setdefault((job.queue, job.type), []).append(job.run_at)
-        return [
-            PendingGroup(queue, job_type, len(times), min(times))
-            for (queue, job_type), times in sorted(groups.items())
-        ]
+        with self._state() as state:
+            found = [j for j in state.jobs.values() if status in (None, j.status)]  # or its str
+            found = [j for j in found if queue in (None, j.queue) and type in (None, j.type)]
+        return sorted(found, key=lambda job: job.id, reverse=newest_first)[:limit]
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a pending or running job; `False` if it had already finished."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-            job = stored.get(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
-            if job.status.is_finished:
-                return False
-            # Clearing the lease fences out the worker that runs the job, if any.
-            stored[job_id] = replace(job, status=JobStatus.CANCELLED, **_finished(now))
-            self._save(stored)
-            return True
+        # Clearing the lease fences out the worker that runs the job, if any.
+        done = {"status": JobStatus.CANCELLED, **_finished(self.now())}
+        return self._change(job_id, lambda job, state: not job.status.is_finished, **done)
 
     def retry(self, job_id: str) -> bool:
-        """Requeue a failed or cancelled job, unless another job holds its unique key."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-            job = stored.get(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
-            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                return False
-            if job.unique_key is not None and any(
-                other.unique_key == job.unique_key and not other.status.is_finished
-                for other in stored.values()
-            ):
-                return False  # the key was enqueued again meanwhile; it has one holder
-            stored[job_id] = replace(
-                job,
-                status=JobStatus.PENDING,
-                attempts=0,
-                run_at=now,
-                finished_at=None,
-                result=None,
-                progress=None,
-                progress_message=None,
-                updated_at=now,
-            )  # last_error stays: it says why the job needed a retry
-            self._save(stored)
-            return True
+        def allowed(job: Job, state: _State) -> bool:  # unless its key was enqueued again
+            held = {j.unique_key for j in state.jobs.values() if not j.status.is_finished}
+            failed = job.status in (JobStatus.FAILED, JobStatus.CANCELLED)
+            return failed and (job.unique_key is None or job.unique_key not in held)
+
+        now = self.now()  # last_error stays: it says why the job needed a retry
+        cleared = dict.fromkeys(("finished_at", "result", "progress", "progress_message"))
+        again = {"status": JobStatus.PENDING, "attempts": 0, "run_at": now, "updated_at": now}
+        return self._change(job_id, allowed, **again, **cleared)
 
     def purge(
         self, *, statuses: Collection[JobStatus], older_than: float, limit: int | None = None
     ) -> int:
-        """Delete jobs in `statuses` that finished more than `older_than` seconds ago,
-        at most `limit` of them, those that finished first."""
-        with self._lock:
-            stored = self._load()
-            cutoff = self._now() - timedelta(seconds=older_than)
-            doomed = sorted(
-                (
-                    job
-                    for job in stored.values()
-                    if job.status in statuses
-                    and job.status.is_finished  # pending or running jobs are never deleted
-                    and job.finished_at is not None
-                    and job.finished_at < cutoff
-                ),
-                key=lambda job: (job.finished_at, job.id),
-            )[:limit]
-            for job in doomed:
-                del stored[job.id]
-            if doomed:
-                self._save(stored)
+        with self._state() as state:
+            cutoff = self.now() - timedelta(seconds=older_than)
+            # Finished jobs only (never pending or running ones), first finished first.
+            old = [j for j in state.jobs.values() if j.status in statuses and j.status.is_finished]
+            ends = {j.id: j.finished_at for j in old if j.finished_at and j.finished_at < cutoff}
+            doomed = sorted(ends, key=lambda job_id: (ends[job_id], job_id))[:limit]
+            for job_id in doomed:
+                del state.jobs[job_id]
             return len(doomed)
 
-    # -- periodic ticks and the worker registry ------------------------------------------
-
     def enqueue_tick(self, schedule: str, tick: datetime, job: NewJob) -> bool:
-        """Record `tick` and enqueue its job, unless this tick or a later one was."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-            last = stored.ticks.get(schedule)
-            if last is not None and last >= tick:
+        with self._state() as state:
+            if schedule in state.ticks and state.ticks[schedule] >= tick:
                 return False
-            stored.ticks[schedule] = tick
-            self._add(stored, [job], now)
-            self._save(stored)  # the tick and its job are written together
+            state.ticks[schedule] = tick  # written to the file together with its job
+            self._add(state, [job])
             return True
 
     def last_tick(self, schedule: str) -> datetime | None:
-        """The latest tick recorded for `schedule`."""
-        with self._lock:
-            return self._load().ticks.get(schedule)
+        with self._state() as state:
+            return state.ticks.get(schedule)
 
     def save_worker(self, info: WorkerInfo) -> None:
-        """Insert or replace a worker's record, seen now."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-            stored.workers[info.id] = replace(info, last_seen=now)
-            self._save(stored)
+        with self._state() as state:
+            state.workers[info.id] = replace(info, last_seen=self.now())
 
     def remove_worker(self, worker_id: str) -> None:
-        """Forget a worker."""
-        with self._lock:
-            stored = self._load()
-            if stored.workers.pop(worker_id, None) is not None:
-                self._save(stored)
+        with self._state() as state:
+            state.workers.pop(worker_id, None)
 
     def list_workers(self, *, seen_within: float) -> list[WorkerInfo]:
-        """Workers seen in the last `seen_within` seconds, by id."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-        since = now - timedelta(seconds=seen_within)
-        return sorted(
-            (w for w in stored.workers.values() if w.last_seen and w.last_seen >= since),
-            key=lambda w: w.id,
-        )
-
-    def prune_workers(self, *, older_than: float) -> int:
-        """Forget workers not seen for more than `older_than` seconds."""
-        with self._lock:
-            stored, now = self._load(), self._now()
-            cutoff = now - timedelta(seconds=older_than)
-            gone = [w.id for w in stored.workers.values() if w.last_seen and w.last_seen < cutoff]
-            for worker_id in gone:
-                del stored.workers[worker_id]
-            if gone:
-                self._save(stored)
-            return len(gone)
-
-    def now(self) -> datetime:
-        """This backend's clock."""
-        return self._now()
-
-
-def _encode_worker(info: WorkerInfo) -> dict[str, Any]:
-    record = asdict(info)
-    for name in ("started_at", "last_seen"):
-        if record[name] is not None:
-            record[name] = record[name].isoformat()
-    return record
-
-
-def _decode_worker(record: dict[str, Any]) -> WorkerInfo:
-    for name in ("started_at", "last_seen"):
-        if record[name] is not None:
-            record[name] = datetime.fromisoformat(record[name])
-    record["queues"], record["types"] = tuple(record["queues"]), tuple(record["types"])
-    return WorkerInfo(**record)
-
-
-def _finished(now: datetime) -> dict[str, Any]:
-    """The changes every move to a terminal state makes."""
-    return {"finished_at": now, "updated_at": now, **_RELEASED}
-
-
-def _after_failure(now: datetime, error: str, retry_in: float | None) -> dict[str, Any]:
-    """The changes a failed attempt makes: pending after `retry_in`, or failed."""
-    if retry_in is None:
-        return {"status": JobStatus.FAILED, "last_error": error, **_finished(now)}
-    return {
-        "status": JobStatus.PENDING,
-        "run_at": now + timedelta(seconds=retry_in),
-        "last_error": error,
-        "updated_at": now,
-        **_RELEASED,
-    }
-
-
-if __name__ == "__main__":
-    Path("jobs.json").unlink(missing_ok=True)  # start from an empty file, for the output below
-    queue = JobQueue(JsonFileStorage("jobs.json"))  # in the current directory
-
-    @queue.handler("add")
-    def add(ctx: JobContext) -> int:
-        """Add the payload's two numbers."""
-        return int(ctx.payload["a"]) + int(ctx.payload["b"])
-
-    ids = [queue.enqueue("add", {"a": n, "b": 10}) for n in range(3)]
-    print("processed", Worker(queue).run_until_empty(), "jobs")
-    for job_id in ids:
-        job = queue.get_job(job_id)
-        print(job.id, job.status, job.result)  # <id> completed 10 (then 11, then 12)
-        assert job.status is JobStatus.COMPLETED
-
-    # The jobs are in the file: a new storage object on the same path reads them.
-    reopened = JsonFileStorage("jobs.json")
-    assert [reopened.get(job_id).result for job_id in ids] == [10, 11, 12]
-    print(reopened.count_jobs())  # {('default', <JobStatus.COMPLETED: 'completed'>): 3}
+        with self._state() as state:
+            since = self.now() - timedelta(seconds=seen_within)
+            seen = [w for w in state.workers.values() if w.last_seen and w.last_seen >= since]
+        return sorted(seen, key=lambda w: w.id)

@@ -1,0 +1,160 @@
+"""`Capabilities`: what a storage backend offers beyond the required methods.
+
+The one place that says which optional parts of the `Storage` contract a backend
+has. `Storage.capabilities` returns one; workers, `JobQueue` and the conformance
+suite read it, and nothing else, before they use an optional feature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Capabilities"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities:
+    """What a backend can do beyond the required methods.
+
+    Workers and the conformance suite read `Storage.capabilities` and nothing else
+    to decide whether an optional part of the contract is there. Every flag
+    defaults to `False`, the safe choice: a worker then does without the feature
+    (see each flag), and the suite skips its tests.
+
+    A backend declares its own (`capabilities = Capabilities(release=True)`).
+    A flag that needs a method the class does not implement is refused when the
+    class is defined, with a `TypeError` that names the method to add.
+    """
+
+    release: bool = False
+    """`release`/`release_many` give back a claimed job without using its attempt.
+    Without it workers claim one job at a time and an attempt interrupted by a
+    shutdown counts as a failed one."""
+    rescue_workers: bool = False
+    """Workers call `rescue_workers` to take back the jobs of workers known to be
+    dead at once; without it they wait for their leases to expire. The default
+    `Storage.rescue_workers` works on every backend: declare this to use it."""
+    newest_first: bool = False
+    """`claim(newest_first=True)` claims last in, first out; needed by
+    `Worker(lifo=True)`."""
+    claims_ahead: bool = False
+    """Workers claim their next batch while the current one runs: worth it where a
+    claim mostly waits on a database server, not where it is CPU work in this
+    process (SQLite, memory). Needs `release`."""
+    notify: bool = False
+    """`subscribe` reports jobs enqueued by other processes, so idle workers wake
+    in milliseconds rather than at their next poll."""
+    transactions: bool = False
+    """`enqueue_in_transaction` joins the application's own transaction."""
+
+
+def takes_newest_first(claim: Callable[..., Any]) -> bool:
+    """Whether a `claim` has the optional `newest_first` parameter (or `**kwargs`)."""
+    try:
+        parameters = inspect.signature(claim).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.name == "newest_first" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
+
+
+_METHODS = (
+    ("release", "release"),
+    ("rescue_workers", "rescue_workers"),
+    ("notify", "subscribe"),
+    ("transactions", "enqueue_in_transaction"),
+)
+"""Each flag that stands for a method of its own, and that method."""
+
+
+def missing_for(
+    declared: Capabilities, *, claim: Callable[..., Any], own: Callable[[str], bool]
+) -> list[str]:
+    """What a backend class must add (or stop declaring) for `declared` to hold.
+
+    `claim` is the class's `claim`; `own(name)` tells whether the class has a method
+    `name` of its own rather than the base class's default. Empty when everything
+    declared is there.
+    """
+    missing = [
+        f"{flag}=True needs a {method}() of its own"
+        for flag, method in _METHODS
+        # Storage.rescue_workers works on every backend: declaring it is enough.
+        if flag != "rescue_workers" and getattr(declared, flag) and not own(method)
+    ]
+    if declared.newest_first and not takes_newest_first(claim):
+        missing.append("newest_first=True needs claim(..., newest_first: bool = False)")
+    if declared.claims_ahead and not declared.release:
+        missing.append("claims_ahead=True needs release=True (a batch claimed ahead is given back)")
+    return missing
+
+
+def inherited(
+    declared: Capabilities, *, claim: Callable[..., Any], reverted: Callable[[str], bool]
+) -> Capabilities:
+    """The capabilities a subclass inherits: `declared`, less what it takes away.
+
+    A subclass that puts a base-class default back (`release = Storage.release`,
+    says `reverted("release")`) or a `claim` without `newest_first` loses the flag.
+    """
+    off = {flag: False for flag, method in _METHODS if reverted(method)}
+    if not takes_newest_first(claim):
+        off["newest_first"] = False
+    if not off.get("release", declared.release):
+        off["claims_ahead"] = False
+    return dataclasses.replace(declared, **off)
+
+
+def overrides(cls: type[Any], base: type[Any], name: str) -> bool:
+    """Whether `cls` has a method `name` of its own rather than `base`'s default."""
+    return getattr(cls, name) is not getattr(base, name)
+
+
+def derived(storage: Any, *, base: type[Any]) -> Capabilities:
+    """What a backend that declares nothing offers, worked out from its methods.
+
+    For backends written before `Capabilities`: an optional method overridden, a
+    `claim` that takes `newest_first`, a `claims_ahead` attribute.
+    """
+    cls = type(storage)
+    return Capabilities(
+        release=overrides(cls, base, "release"),
+        rescue_workers=overrides(cls, base, "rescue_workers"),
+        newest_first=takes_newest_first(storage.claim),
+        claims_ahead=bool(getattr(storage, "claims_ahead", False)),
+        notify=overrides(cls, base, "subscribe"),
+        transactions=overrides(cls, base, "enqueue_in_transaction"),
+    )
+
+
+def declared_for(cls: type[Any], *, base: type[Any]) -> Capabilities | None:
+    """The `capabilities` class attribute a new subclass of `base` is to have.
+
+    A class that declares its own is checked: `TypeError`, naming what to add, when
+    a flag lacks its method; `None` then (it keeps its own). A class that inherits a
+    declaration gets it less what it takes away (see `inherited`), and a
+    `claims_ahead` attribute of its own is honoured. `None` when nothing is declared.
+    """
+    own = cls.__dict__.get("capabilities")
+    if isinstance(own, Capabilities):
+        missing = missing_for(own, claim=cls.claim, own=lambda name: overrides(cls, base, name))
+        if missing:
+            raise TypeError(f"{cls.__name__} declares {own}, but " + "; ".join(missing))
+        return None
+    owner = next(c for c in cls.__mro__ if "capabilities" in c.__dict__)
+    declared = owner.__dict__["capabilities"]
+    if not isinstance(declared, Capabilities):
+        return None  # a property (the base's, or a backend's own): nothing to narrow
+
+    def reverted(name: str) -> bool:
+        return overrides(owner, base, name) and not overrides(cls, base, name)
+
+    narrowed = inherited(declared, claim=cls.claim, reverted=reverted)
+    if "claims_ahead" in cls.__dict__:  # the attribute that came before Capabilities
+        ahead = bool(cls.__dict__["claims_ahead"]) and narrowed.release
+        narrowed = dataclasses.replace(narrowed, claims_ahead=ahead)
+    return narrowed
