@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Collection, Set
+from collections.abc import Callable, Collection, Iterable, Set
 
+from dbjobq import _clock
+from dbjobq.job import NewJob
 from dbjobq.storage.base import Storage
 
 __all__ = ["Waiter", "Wakeups"]
@@ -73,6 +75,18 @@ class Wakeups:
         """Another process may have enqueued jobs: every worker polls once more."""
         for waiter in list(self._waiters):
             waiter.wake()
+
+    def enqueued(self, jobs: Iterable[NewJob]) -> None:
+        """Jobs were enqueued: wake as many workers as are due now, of their kinds."""
+        if not self._waiters:  # no worker of this process to wake
+            return
+        now = _clock.now()
+        due_now = [
+            job
+            for job in jobs
+            if (job.run_at is None and job.delay == 0) or (job.run_at and job.run_at <= now)
+        ]
+        self.notify({(job.queue, job.type) for job in due_now}, len(due_now))
 
     def notify(self, wanted: Set[tuple[str, str]], count: int) -> None:
         """Wake up to `count` workers that take these (queue, type)s, idle ones first."""

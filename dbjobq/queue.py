@@ -5,26 +5,29 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
-from dbjobq import _clock
 from dbjobq._checks import (
-    KEY_MAX,
-    MAX_DELAY,
     check_int,
     check_name,
     check_seconds,
     check_str,
 )
-from dbjobq._ids import new_job_id, new_job_ids
+from dbjobq._ids import new_job_ids
+from dbjobq._validate import (
+    checked_filter,
+    checked_job,
+    checked_schedule,
+    finished_statuses,
+    spec_fields,
+)
 from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
-from dbjobq.errors import ConfigurationError, InvalidJobError, PayloadError
+from dbjobq.errors import ConfigurationError, InvalidJobError
 from dbjobq.events import H, Hooks
 from dbjobq.handlers import Handler, HandlerRegistry
 from dbjobq.job import Job, JobSpec, JobStatus, NewJob
-from dbjobq.payload import checked_dumps
 from dbjobq.periodic import Schedule
 from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
@@ -39,8 +42,6 @@ DEFAULT_URL = "sqlite:///jobs.db"
 """The storage used by `JobQueue()` when none is given: a SQLite file in the current
 directory."""
 
-_INT32 = (-(2**31), 2**31 - 1)
-_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -334,36 +335,20 @@ class JobQueue:
         Raises:
             ConfigurationError: If the schedule is invalid or its name is taken.
         """
-        try:
-            spec = self._validate(
-                JobSpec(
-                    type=type,
-                    payload=payload,
-                    queue=queue,
-                    priority=priority,
-                    max_retries=max_retries,
-                    unique_key=unique_key,
-                    timeout=timeout,
-                )
-            )
-            schedule_name = check_name(name or type, "schedule name")
-            interval = None if every is None else check_seconds(every, "every")
-        except InvalidJobError as error:
-            raise ConfigurationError(str(error)) from None
-        if self.registry.has_schedule(schedule_name):
-            raise ConfigurationError(f"a schedule named {schedule_name!r} exists already")
-        schedule = Schedule(
-            name=schedule_name,
-            type=spec.type,
-            cron=cron,
-            every=interval,
-            tz=tz,
-            payload=spec.payload,
-            queue=spec.queue,
-            priority=spec.priority,
-            max_retries=spec.max_retries,
-            timeout=spec.timeout,
-            unique_key=spec.unique_key,
+        fields = (
+            type,
+            payload,
+            queue,
+            priority,
+            None,
+            None,
+            max_retries,
+            unique_key,
+            None,
+            timeout,
+        )
+        schedule = checked_schedule(
+            fields, name, cron, every, tz, self.default_queue, self.max_payload_bytes
         )
         return self.registry.add_schedule(schedule)
 
@@ -471,8 +456,10 @@ class JobQueue:
             ConfigurationError: If `connection` is given but the backend cannot
                 join it (see `Storage.enqueue_in_transaction`).
         """
-        job = self._new_job(
-            type, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout
+        job = checked_job(
+            (type, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout),
+            self.default_queue,
+            self.max_payload_bytes,
         )
         return self._enqueue([job], connection)[0]
 
@@ -508,15 +495,7 @@ class JobQueue:
 
     def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
         def wake() -> None:
-            if not self.wakeups:  # no worker of this process to wake
-                return
-            now = _clock.now()
-            due_now = [
-                job
-                for job in jobs
-                if (job.run_at is None and job.delay == 0) or (job.run_at and job.run_at <= now)
-            ]
-            self.wakeups.notify({(job.queue, job.type) for job in due_now}, len(due_now))
+            self.wakeups.enqueued(jobs)
 
         if connection is not None:
             return self.storage.enqueue_in_transaction(connection, jobs, on_commit=wake)
@@ -527,86 +506,7 @@ class JobQueue:
         return ids
 
     def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
-        return self._new_job(
-            spec.type,
-            spec.payload,
-            spec.queue,
-            spec.priority,
-            spec.run_at,
-            spec.delay,
-            spec.max_retries,
-            spec.unique_key,
-            spec.meta,
-            spec.timeout,
-            job_id,
-        )
-
-    def _new_job(
-        self,
-        kind: str,
-        payload: dict[str, Any] | None,
-        queue: str | None,
-        priority: int,
-        run_at: datetime | None,
-        delay: float | timedelta | None,
-        max_retries: int | None,
-        unique_key: str | None,
-        meta: dict[str, Any] | None,
-        timeout: float | None,
-        job_id: str | None = None,
-    ) -> NewJob:
-        """A validated `NewJob` from `enqueue`'s arguments (see `JobSpec`)."""
-        job_type = check_name(kind, "job type")
-        queue = self.default_queue if queue is None else check_name(queue, "queue")
-        payload = {} if payload is None else payload
-        if not isinstance(payload, dict):
-            raise PayloadError(
-                f"payload must be a dict (a JSON object), got {type(payload).__name__}"
-            )
-        payload_json = checked_dumps(payload, what="payload", max_bytes=self.max_payload_bytes)
-        meta = {} if meta is None else meta
-        if not isinstance(meta, dict):
-            raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
-        meta_json = (
-            "{}" if not meta else checked_dumps(meta, what="meta", max_bytes=self.max_payload_bytes)
-        )
-        priority = check_int(priority, "priority", *_INT32)
-        if run_at is not None and delay is not None:
-            raise InvalidJobError("give either run_at or delay, not both")
-        if run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
-            if run_at.tzinfo is None or run_at.utcoffset() is None:
-                raise InvalidJobError(
-                    "run_at must be timezone-aware, e.g. datetime.now(timezone.utc)"
-                )
-            run_at = run_at.astimezone(timezone.utc)
-            latest = _clock.now() + timedelta(seconds=MAX_DELAY)
-            if not _EARLIEST <= run_at <= latest:
-                raise InvalidJobError("run_at must be between 1970 and 100 years from now")
-        delay = 0.0 if delay is None else check_seconds(delay, "delay")
-        # None stays None: the handler that runs the job decides (see _max_retries).
-        if max_retries is not None:
-            max_retries = check_int(max_retries, "max_retries", 0, 1000)
-        if unique_key is not None:
-            unique_key = check_name(unique_key, "unique_key", KEY_MAX)
-        if timeout is not None:
-            timeout = check_seconds(timeout, "timeout", allow_zero=False)
-        return NewJob(
-            id=new_job_id() if job_id is None else job_id,
-            type=job_type,
-            queue=queue,
-            payload=payload,
-            priority=priority,
-            max_retries=max_retries,
-            run_at=run_at,
-            delay=delay,
-            unique_key=unique_key,
-            meta=meta,
-            timeout=timeout,
-            payload_json=payload_json,
-            meta_json=meta_json,
-        )
+        return checked_job(spec_fields(spec), self.default_queue, self.max_payload_bytes, job_id)
 
     # -- inspect and manage -------------------------------------------------------------
 
@@ -649,18 +549,7 @@ class JobQueue:
                 can have, such as one with a lone surrogate, finds nothing.)
             StorageError: If the storage cannot be reached.
         """
-        for name, value in (("queue", queue), ("type", type)):
-            if value is not None:
-                check_str(value, name)
-        state = None
-        if status is not None:
-            try:
-                state = JobStatus(status)
-            except ValueError:
-                known = ", ".join(s.value for s in JobStatus)
-                raise InvalidJobError(f"unknown status {status!r}; use one of: {known}") from None
-        if limit is not None:
-            check_int(limit, "limit", 0, 2**31 - 1)
+        state = checked_filter(status, queue, type, limit)
         order: dict[str, Any] = {"newest_first": True} if newest_first else {}
         return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit, **order)
 
@@ -751,15 +640,7 @@ class JobQueue:
         """
         age = check_seconds(older_than, "older_than")
         check_int(batch_size, "batch_size", 1, 1_000_000)
-        states = []
-        for status in statuses:
-            try:
-                state = JobStatus(status)
-            except ValueError:
-                raise InvalidJobError(f"unknown status {status!r}") from None
-            if not state.is_finished:
-                raise InvalidJobError(f"cannot purge {state.value} jobs, only finished ones")
-            states.append(state)
+        states = finished_statuses(statuses)
         storage = self._store()
         total = 0
         # Short transactions: a big delete would hold locks, and on SQLite the whole

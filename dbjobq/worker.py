@@ -8,27 +8,24 @@ and the loop, which polls through one step (`PollStep`) in every mode.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, overload
 
 from dbjobq import _clock, _faults
-from dbjobq._checks import check_name
 from dbjobq._wakeups import Waiter
 from dbjobq._work import upkeep as _upkeep
 from dbjobq._work.batch import Batch, Claims
 from dbjobq._work.completer import Completer
 from dbjobq._work.execution import GRACE, Execution
+from dbjobq._work.options import LONGEST, Options
 from dbjobq._work.slots import Slots
 from dbjobq._work.upkeep import PollStep, Throttle, Upkeep
-from dbjobq.errors import ConfigurationError, InvalidJobError
 from dbjobq.events import Event, H, Hooks
 from dbjobq.job import Job
 from dbjobq.queue import JobQueue
@@ -38,64 +35,7 @@ __all__ = ["Worker"]
 
 logger = _upkeep.logger
 
-_LONGEST = 86400.0  # upper bound of intervals and leases: catches unit mistakes
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _check_options(
-    names: list[str],
-    worker_id: str | None,
-    seconds: dict[str, float | None],
-    max_jobs: int | None,
-    prefetch: int,
-    concurrency: int,
-) -> None:
-    """Raise `ConfigurationError` for an option out of range."""
-    try:
-        for name in names:
-            check_name(name, "queue name")
-        if worker_id is not None:
-            check_name(worker_id, "worker_id")
-    except InvalidJobError as error:
-        raise ConfigurationError(str(error)) from None
-    for what, value in seconds.items():
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or not 0 < value <= _LONGEST
-        ):
-            raise ConfigurationError(
-                f"{what} must be a positive number of seconds (at most a day), got {value!r}"
-            )
-    if max_jobs is not None and (
-        isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1
-    ):
-        raise ConfigurationError(f"max_jobs must be a positive int, got {max_jobs!r}")
-    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-        raise ConfigurationError(f"prefetch must be a positive int, got {prefetch!r}")
-    if (
-        isinstance(concurrency, bool)
-        or not isinstance(concurrency, int)
-        or not 1 <= concurrency <= 1000
-    ):
-        raise ConfigurationError(f"concurrency must be an int from 1 to 1000, got {concurrency!r}")
-
-
-def _checked_types(queue: JobQueue, types: Iterable[str] | None) -> tuple[str, ...] | None:
-    if types is None:
-        return None
-    names = [] if isinstance(types, str) else list(types)
-    if not names or not all(isinstance(name, str) for name in names):
-        raise ConfigurationError(f"types must be a non-empty list of job types, got {types!r}")
-    handled = queue.registry.types()
-    unknown = sorted(set(names) - set(handled))
-    if unknown:
-        known = ", ".join(sorted(handled)) or "none"
-        raise ConfigurationError(
-            f"types {unknown} have no handler on this JobQueue (it has: {known})"
-        )
-    return tuple(dict.fromkeys(names))
 
 
 class Worker:
@@ -195,50 +135,36 @@ class Worker:
         prefetch: int = 256,
         concurrency: int = 1,
     ) -> None:
-        if job_queue is not None:
-            if queue is not None:
-                raise ConfigurationError("give the JobQueue once: as queue or as job_queue")
-            queue = job_queue
-        if not isinstance(queue, JobQueue):
-            raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
-        self.types = _checked_types(queue, types)
+        options = Options.checked(
+            queue if job_queue is None or queue is not None else job_queue,
+            twice=job_queue is not None and queue is not None,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            queues=queues,
+            types=types,
+            lifo=lifo,
+            rescue_orphans=rescue_orphans,
+            lease_seconds=lease_seconds,
+            heartbeat_interval=heartbeat_interval,
+            worker_id=worker_id,
+            max_jobs=max_jobs,
+            prefetch=prefetch,
+            concurrency=concurrency,
+        )
+        self.queue: JobQueue = options.queue
+        self.types = options.types
         self._types = None if self.types is None else frozenset(self.types)
-        for what, flag in (("lifo", lifo), ("rescue_orphans", rescue_orphans)):
-            if not isinstance(flag, bool):
-                raise ConfigurationError(f"{what} must be True or False, got {flag!r}")
-        capabilities = queue.storage.capabilities
-        if lifo and not capabilities.newest_first:
-            raise ConfigurationError(
-                f"lifo=True needs a storage whose claim() takes newest_first; "
-                f"{type(queue.storage).__name__}.claim does not"
-            )
-        names = [queue.default_queue] if queues is None else list(queues)
-        if isinstance(queues, str) or not names:
-            raise ConfigurationError(f"queues must be a non-empty list of names, got {queues!r}")
-        seconds = {
-            "poll_interval": poll_interval,
-            "max_poll_interval": max_poll_interval,
-            "lease_seconds": lease_seconds,
-            "heartbeat_interval": heartbeat_interval,
-        }
-        _check_options(names, worker_id, seconds, max_jobs, prefetch, concurrency)
-        if max_poll_interval < poll_interval:
-            raise ConfigurationError("max_poll_interval must not be less than poll_interval")
-        heartbeat_interval = heartbeat_interval or lease_seconds / 3
-        if heartbeat_interval >= lease_seconds:
-            raise ConfigurationError("heartbeat_interval must be shorter than lease_seconds")
-        self.lifo = lifo
-        self.rescue_orphans = rescue_orphans
-        self.concurrency = concurrency
-        self.queue = queue
-        self.queues: tuple[str, ...] = tuple(dict.fromkeys(names))
-        self.poll_interval = float(poll_interval)
-        self.max_poll_interval = float(max_poll_interval)
-        self.lease_seconds = float(lease_seconds)
-        self.heartbeat_interval = float(heartbeat_interval)
-        self.max_jobs = max_jobs
-        self.prefetch = prefetch if capabilities.release else 1
-        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lifo = options.lifo
+        self.rescue_orphans = options.rescue_orphans
+        self.concurrency = options.concurrency
+        self.queues: tuple[str, ...] = options.queues
+        self.poll_interval = options.poll_interval
+        self.max_poll_interval = options.max_poll_interval
+        self.lease_seconds = options.lease_seconds
+        self.heartbeat_interval = options.heartbeat_interval
+        self.max_jobs = options.max_jobs
+        self.prefetch = options.prefetch
+        self.id = options.worker_id
         self._stopping = threading.Event()
         self._ended = threading.Event()  # the loop has returned (start() or run())
         self._own_thread = False  # whether _thread was started by start()
@@ -505,7 +431,7 @@ class Worker:
         if thread is None:
             return True
         if timeout is not None:
-            deadline = time.monotonic() + min(max(0.0, timeout), _LONGEST * 365)
+            deadline = time.monotonic() + min(max(0.0, timeout), LONGEST * 365)
             execution = self._execution
             if execution.stop_deadline is None or deadline < execution.stop_deadline:
                 execution.stop_deadline = deadline
