@@ -11,17 +11,15 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, KeysView, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dbjobq._checks import check_int, check_name, check_seconds
+from dbjobq._checks import check_seconds
+from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
 from dbjobq.job import Job
 from dbjobq.payload import clean_text
 from dbjobq.periodic import Schedule
 from dbjobq.retry import RetryPolicy
-
-if TYPE_CHECKING:
-    from dbjobq.context import JobContext
 
 __all__ = ["Decision", "Handler", "HandlerRegistry"]
 
@@ -83,35 +81,15 @@ class HandlerRegistry:
 
     # -- registration ---------------------------------------------------------------
 
-    def add(
-        self,
-        type: str,  # noqa: A002 - the job field's name
-        fn: Callable[[JobContext], Any],
-        *,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-        retry_policy: RetryPolicy | None = None,
-    ) -> Handler:
-        """Register `fn` as the handler of `type` (see `JobQueue.register`).
+    def add(self, handler: Handler) -> Handler:
+        """Register a handler (checked by `JobQueue.register`) under its type.
 
         Raises:
-            ConfigurationError: If the type already has a handler or an option is
-                invalid.
+            ConfigurationError: If the type already has a handler.
         """
-        try:
-            check_name(type, "job type")
-            if max_retries is not None:
-                check_int(max_retries, "max_retries", 0, 1000)
-            if timeout is not None:
-                timeout = check_seconds(timeout, "timeout", allow_zero=False)
-        except InvalidJobError as error:
-            raise ConfigurationError(str(error)) from None
-        if not callable(fn):
-            raise ConfigurationError(f"handler for {type!r} is not callable")
-        if type in self._handlers:
-            raise ConfigurationError(f"job type {type!r} already has a handler")
-        handler = Handler(type, fn, max_retries, timeout, retry_policy)
-        self._handlers[type] = handler
+        if handler.type in self._handlers:
+            raise ConfigurationError(f"job type {handler.type!r} already has a handler")
+        self._handlers[handler.type] = handler
         return handler
 
     def add_schedule(self, schedule: Schedule) -> Schedule:

@@ -229,9 +229,17 @@ class JobQueue:
             ConfigurationError: If the type already has a handler or an option is
                 invalid.
         """
-        return self.registry.add(
-            type, fn, max_retries=max_retries, timeout=timeout, retry_policy=retry_policy
-        )
+        try:
+            check_name(type, "job type")
+            if max_retries is not None:
+                check_int(max_retries, "max_retries", 0, 1000)
+            if timeout is not None:
+                timeout = check_seconds(timeout, "timeout", allow_zero=False)
+        except InvalidJobError as error:
+            raise ConfigurationError(str(error)) from None
+        if not callable(fn):
+            raise ConfigurationError(f"handler for {type!r} is not callable")
+        return self.registry.add(Handler(type, fn, max_retries, timeout, retry_policy))
 
     @property
     def handlers(self) -> Mapping[str, Handler]:

@@ -227,6 +227,10 @@ class Worker:
         """How many jobs this worker has processed (their outcome settled)."""
         return self._completer.processed
 
+    @jobs_processed.setter
+    def jobs_processed(self, value: int) -> None:
+        self._completer.processed = value
+
     @property
     def rescue_interval(self) -> float:
         """Seconds between looks for expired leases."""
