@@ -58,6 +58,7 @@ class Execution:
     ) -> None:
         self.queue = queue
         self.registry = queue.registry
+        self._effective = self.registry.effective  # bound once, handed to every context
         self.storage = queue.storage
         self.worker_id = worker_id
         self.heartbeat_interval = heartbeat_interval
@@ -116,7 +117,7 @@ class Execution:
             self.queue,
             report_progress=report_progress,
             lost_reason=lambda: self.lost_reason(job),
-            effective=self.registry.effective,
+            effective=self._effective,
         )
         # Side by side, the worker waits on its wake-up event, which enqueues and
         # stop() set too.
