@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -10,13 +10,16 @@ from dbjobq import _clock
 from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds, check_str
 from dbjobq._ids import new_job_id
 from dbjobq.errors import ConfigurationError, InvalidJobError, PayloadError
+from dbjobq.handlers import Handler
 from dbjobq.job import JobSpec, JobStatus, NewJob
 from dbjobq.payload import checked_dumps
 from dbjobq.periodic import Schedule
+from dbjobq.retry import RetryPolicy
 
 __all__ = [
     "Fields",
     "checked_filter",
+    "checked_handler",
     "checked_job",
     "checked_schedule",
     "finished_statuses",
@@ -185,3 +188,28 @@ def finished_statuses(statuses: Iterable[JobStatus | str]) -> list[JobStatus]:
             raise InvalidJobError(f"cannot purge {state.value} jobs, only finished ones")
         states.append(state)
     return states
+
+
+def checked_handler(
+    job_type: str,
+    fn: Callable[..., Any],
+    max_retries: int | None,
+    timeout: float | None,
+    retry_policy: RetryPolicy | None,
+) -> Handler:
+    """A `Handler` of `fn`, its options checked (see `JobQueue.register`).
+
+    Raises:
+        ConfigurationError: If an option is invalid or `fn` is not callable.
+    """
+    try:
+        check_name(job_type, "job type")
+        if max_retries is not None:
+            check_int(max_retries, "max_retries", 0, 1000)
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", allow_zero=False)
+    except InvalidJobError as error:
+        raise ConfigurationError(str(error)) from None
+    if not callable(fn):
+        raise ConfigurationError(f"handler for {job_type!r} is not callable")
+    return Handler(job_type, fn, max_retries, timeout, retry_policy)

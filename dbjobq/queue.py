@@ -17,6 +17,7 @@ from dbjobq._checks import (
 from dbjobq._ids import new_job_ids
 from dbjobq._validate import (
     checked_filter,
+    checked_handler,
     checked_job,
     checked_schedule,
     finished_statuses,
@@ -229,17 +230,8 @@ class JobQueue:
             ConfigurationError: If the type already has a handler or an option is
                 invalid.
         """
-        try:
-            check_name(type, "job type")
-            if max_retries is not None:
-                check_int(max_retries, "max_retries", 0, 1000)
-            if timeout is not None:
-                timeout = check_seconds(timeout, "timeout", allow_zero=False)
-        except InvalidJobError as error:
-            raise ConfigurationError(str(error)) from None
-        if not callable(fn):
-            raise ConfigurationError(f"handler for {type!r} is not callable")
-        return self.registry.add(Handler(type, fn, max_retries, timeout, retry_policy))
+        handler = checked_handler(type, fn, max_retries, timeout, retry_policy)
+        return self.registry.add(handler)
 
     @property
     def handlers(self) -> Mapping[str, Handler]:

@@ -8,6 +8,7 @@ and the loop, which polls through one step (`PollStep`) in every mode.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -19,13 +20,12 @@ from typing import Any, overload
 
 from dbjobq import _clock, _faults
 from dbjobq._wakeups import Waiter
-from dbjobq._work import upkeep as _upkeep
 from dbjobq._work.batch import Batch, Claims
 from dbjobq._work.completer import Completer
 from dbjobq._work.execution import GRACE, Execution
 from dbjobq._work.options import LONGEST, Options
 from dbjobq._work.slots import Slots
-from dbjobq._work.upkeep import PollStep, Throttle, Upkeep
+from dbjobq._work.upkeep import PollStep, Throttle, Upkeep, note_begun
 from dbjobq.events import Event, H, Hooks
 from dbjobq.job import Job
 from dbjobq.queue import JobQueue
@@ -33,7 +33,7 @@ from dbjobq.registry import WorkerInfo
 
 __all__ = ["Worker"]
 
-logger = _upkeep.logger
+logger = logging.getLogger(__name__)
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -168,7 +168,7 @@ class Worker:
         self._stopping = threading.Event()
         self._ended = threading.Event()  # the loop has returned (start() or run())
         self._own_thread = False  # whether _thread was started by start()
-        self._begun_before: frozenset[str] = frozenset()  # see upkeep.begin
+        self._begun_before: frozenset[str] = frozenset()  # see upkeep.note_begun
         self._signals = 0
         self._thread: threading.Thread | None = None
         self._hooks = Hooks()
@@ -387,7 +387,7 @@ class Worker:
         if self._thread is not None:
             raise RuntimeError(f"worker {self.id} was already started")
         self.queue.initialize()
-        self._begun_before = _upkeep.begin(self.id)
+        self._begun_before = note_begun(self.id)
         self._thread = thread
         self.queue.wakeups.attach(self._waiter)
 

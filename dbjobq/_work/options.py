@@ -66,15 +66,7 @@ class Options:
         if not isinstance(queue, JobQueue):
             raise ConfigurationError(f"Worker needs a JobQueue, got {type(queue).__name__}")
         checked_types = _checked_types(queue, types)
-        for what, flag in (("lifo", lifo), ("rescue_orphans", rescue_orphans)):
-            if not isinstance(flag, bool):
-                raise ConfigurationError(f"{what} must be True or False, got {flag!r}")
-        capabilities = queue.storage.capabilities
-        if lifo and not capabilities.newest_first:
-            raise ConfigurationError(
-                f"lifo=True needs a storage whose claim() takes newest_first; "
-                f"{type(queue.storage).__name__}.claim does not"
-            )
+        _check_flags(queue, lifo, rescue_orphans)
         names = [queue.default_queue] if queues is None else list(queues)
         if isinstance(queues, str) or not names:
             raise ConfigurationError(f"queues must be a non-empty list of names, got {queues!r}")
@@ -99,8 +91,19 @@ class Options:
             worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             max_jobs=max_jobs,
             # A storage that cannot give claimed jobs back gets one at a time.
-            prefetch=prefetch if capabilities.release else 1,
+            prefetch=prefetch if queue.storage.capabilities.release else 1,
             concurrency=concurrency,
+        )
+
+
+def _check_flags(queue: JobQueue, lifo: bool, rescue_orphans: bool) -> None:
+    for what, flag in (("lifo", lifo), ("rescue_orphans", rescue_orphans)):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{what} must be True or False, got {flag!r}")
+    if lifo and not queue.storage.capabilities.newest_first:
+        raise ConfigurationError(
+            f"lifo=True needs a storage whose claim() takes newest_first; "
+            f"{type(queue.storage).__name__}.claim does not"
         )
 
 

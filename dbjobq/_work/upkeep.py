@@ -23,7 +23,7 @@ from dbjobq.periodic import Schedule, Ticker
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage.base import Storage
 
-__all__ = ["ORPHAN_AFTER", "PollStep", "Throttle", "Upkeep", "begin", "process_gone"]
+__all__ = ["ORPHAN_AFTER", "PollStep", "Throttle", "Upkeep", "note_begun", "process_gone"]
 
 logger = logging.getLogger("dbjobq.worker")
 
@@ -44,7 +44,7 @@ _begun_here: set[str] = set()
 _begun_lock = threading.Lock()
 
 
-def begin(worker_id: str) -> frozenset[str]:
+def note_begun(worker_id: str) -> frozenset[str]:
     """Note that a worker of this process begins; the ids of those begun before it."""
     with _begun_lock:
         before = frozenset(_begun_here)
