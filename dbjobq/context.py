@@ -79,6 +79,7 @@ class JobContext:
         report_progress: Callable[[float, str | None], bool],
         cancelled: threading.Event | None = None,
         lost_reason: Callable[[], CancelReason] | None = None,
+        effective: Callable[[Job], Job] | None = None,
     ) -> None:
         self._claimed = job
         self._job: Job | None = None  # with the values it runs with, made on first use
@@ -90,6 +91,8 @@ class JobContext:
         self._reason: CancelReason | None = None
         # Asked when progress() finds the lease gone: cancelled, or lost?
         self._lost_reason = lost_reason
+        # Fills in the max_retries and timeout the job runs with (its handler's).
+        self._effective = effective
 
     @property
     def job(self) -> Job:
@@ -100,7 +103,9 @@ class JobContext:
         """
         job = self._job
         if job is None:
-            job = self._job = self.queue._effective(self._claimed)
+            effective = self._effective
+            claimed = self._claimed
+            job = self._job = claimed if effective is None else effective(claimed)
         return job
 
     @property
@@ -220,3 +225,8 @@ class JobContext:
 
     def __repr__(self) -> str:
         return f"<JobContext {self._claimed.type} {self._claimed.id} attempt {self.attempt}>"
+
+
+def interrupt(ctx: JobContext, reason: CancelReason) -> None:
+    """Ask the handler running with `ctx` to stop (the worker's side of `cancelled`)."""
+    ctx._interrupt(reason)

@@ -2,38 +2,38 @@
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
 
-from dbjobq import _clock
 from dbjobq._checks import (
-    KEY_MAX,
-    MAX_DELAY,
     check_int,
     check_name,
     check_seconds,
     check_str,
 )
-from dbjobq._ids import new_job_id, new_job_ids
+from dbjobq._ids import new_job_ids
+from dbjobq._validate import (
+    checked_filter,
+    checked_handler,
+    checked_job,
+    checked_schedule,
+    finished_statuses,
+    spec_fields,
+)
+from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
-from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
+from dbjobq.errors import ConfigurationError, InvalidJobError
 from dbjobq.events import H, Hooks
+from dbjobq.handlers import Handler, HandlerRegistry
 from dbjobq.job import Job, JobSpec, JobStatus, NewJob
-from dbjobq.payload import checked_dumps, clean_text
 from dbjobq.periodic import Schedule
 from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
 from dbjobq.stats import Stats, collect_stats
 from dbjobq.storage.base import Storage
-
-if TYPE_CHECKING:
-    from dbjobq.worker import Worker
 
 __all__ = ["DEFAULT_URL", "Handler", "JobQueue"]
 
@@ -43,32 +43,8 @@ DEFAULT_URL = "sqlite:///jobs.db"
 """The storage used by `JobQueue()` when none is given: a SQLite file in the current
 directory."""
 
-_INT32 = (-(2**31), 2**31 - 1)
-_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Handler:
-    """A registered handler and its per-type policy (see `JobQueue.handler`)."""
-
-    type: str
-    """The job type it handles."""
-    fn: Callable[[JobContext], Any]
-    """The function; a coroutine function runs on the worker's event loop."""
-    max_retries: int | None
-    """`max_retries` of the jobs of this type that do not set their own, wherever they
-    were enqueued; `None`: the queue's `max_retries`."""
-    timeout: float | None
-    """Seconds an attempt may run; a job's own `timeout` takes precedence."""
-    retry_policy: RetryPolicy | None
-    """Back-off between attempts; `None` uses the queue's policy."""
-
-    @property
-    def is_async(self) -> bool:
-        """Whether `fn` is a coroutine function."""
-        return inspect.iscoroutinefunction(self.fn)
 
 
 class JobQueue:
@@ -109,7 +85,7 @@ class JobQueue:
             storage = SQLAlchemyStorage(DEFAULT_URL if storage is None else storage)
         try:
             self.default_queue = check_name(default_queue, "default_queue")
-            self.max_retries = check_int(max_retries, "max_retries", 0, 1000)
+            max_retries = check_int(max_retries, "max_retries", 0, 1000)
         except InvalidJobError as error:
             raise ConfigurationError(str(error)) from None
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
@@ -123,19 +99,36 @@ class JobQueue:
         ):
             raise ConfigurationError("max_payload_bytes must be a positive int or None")
         self.storage = storage
-        self.retry_policy = retry_policy or RetryPolicy()
         self.max_payload_bytes = max_payload_bytes
-        self._handlers: dict[str, Handler] = {}
-        self._schedules: dict[str, Schedule] = {}
-        self._hooks = Hooks()
-        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-        self._running_lock = threading.Lock()
-        self._unsubscribe: Callable[[], None] | None = None
+        self.registry = HandlerRegistry(max_retries, retry_policy or RetryPolicy())
+        """The handlers and schedules, and what a failed attempt means (workers ask it)."""
+        self.hooks = Hooks()
+        """The hooks registered with `on`; workers run them."""
+        self.wakeups = Wakeups(storage)
+        """The idle-worker signalling of this queue's workers in this process."""
         self._ready = False
         self._ready_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"JobQueue({self.storage!r})"
+
+    @property
+    def max_retries(self) -> int:
+        """Retries of jobs that set none and whose handler here sets none."""
+        return self.registry.max_retries
+
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        self.registry.max_retries = value
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """Back-off between attempts for handlers without their own."""
+        return self.registry.retry_policy
+
+    @retry_policy.setter
+    def retry_policy(self, value: RetryPolicy) -> None:
+        self.registry.retry_policy = value
 
     def _with_storage(self, storage: Storage | str) -> JobQueue:
         """The same handlers, schedules and hooks on another storage (the CLI's --url)."""
@@ -146,9 +139,8 @@ class JobQueue:
             retry_policy=self.retry_policy,
             max_payload_bytes=self.max_payload_bytes,
         )
-        other._handlers = dict(self._handlers)
-        other._schedules = dict(self._schedules)
-        other._hooks = self._hooks
+        other.registry = self.registry.copy()
+        other.hooks = self.hooks
         return other
 
     def __enter__(self) -> JobQueue:
@@ -238,26 +230,13 @@ class JobQueue:
             ConfigurationError: If the type already has a handler or an option is
                 invalid.
         """
-        try:
-            check_name(type, "job type")
-            if max_retries is not None:
-                check_int(max_retries, "max_retries", 0, 1000)
-            if timeout is not None:
-                timeout = check_seconds(timeout, "timeout", allow_zero=False)
-        except InvalidJobError as error:
-            raise ConfigurationError(str(error)) from None
-        if not callable(fn):
-            raise ConfigurationError(f"handler for {type!r} is not callable")
-        if type in self._handlers:
-            raise ConfigurationError(f"job type {type!r} already has a handler")
-        handler = Handler(type, fn, max_retries, timeout, retry_policy)
-        self._handlers[type] = handler
-        return handler
+        handler = checked_handler(type, fn, max_retries, timeout, retry_policy)
+        return self.registry.add(handler)
 
     @property
     def handlers(self) -> Mapping[str, Handler]:
         """The registered handlers by job type (read-only view)."""
-        return dict(self._handlers)
+        return self.registry.handlers
 
     # -- periodic jobs --------------------------------------------------------------------
 
@@ -314,7 +293,7 @@ class JobQueue:
         def register(fn: F) -> F:
             schedule_name = name or type or fn.__name__
             job_type = type or schedule_name
-            if job_type not in self._handlers:
+            if self.registry.get(job_type) is None:
                 self.register(job_type, fn, max_retries=max_retries, timeout=timeout)
             self.schedule(
                 job_type,
@@ -356,44 +335,27 @@ class JobQueue:
         Raises:
             ConfigurationError: If the schedule is invalid or its name is taken.
         """
-        try:
-            spec = self._validate(
-                JobSpec(
-                    type=type,
-                    payload=payload,
-                    queue=queue,
-                    priority=priority,
-                    max_retries=max_retries,
-                    unique_key=unique_key,
-                    timeout=timeout,
-                )
-            )
-            schedule_name = check_name(name or type, "schedule name")
-            interval = None if every is None else check_seconds(every, "every")
-        except InvalidJobError as error:
-            raise ConfigurationError(str(error)) from None
-        if schedule_name in self._schedules:
-            raise ConfigurationError(f"a schedule named {schedule_name!r} exists already")
-        schedule = Schedule(
-            name=schedule_name,
-            type=spec.type,
-            cron=cron,
-            every=interval,
-            tz=tz,
-            payload=spec.payload,
-            queue=spec.queue,
-            priority=spec.priority,
-            max_retries=spec.max_retries,
-            timeout=spec.timeout,
-            unique_key=spec.unique_key,
+        fields = (
+            type,
+            payload,
+            queue,
+            priority,
+            None,
+            None,
+            max_retries,
+            unique_key,
+            None,
+            timeout,
         )
-        self._schedules[schedule_name] = schedule
-        return schedule
+        schedule = checked_schedule(
+            fields, name, cron, every, tz, self.default_queue, self.max_payload_bytes
+        )
+        return self.registry.add_schedule(schedule)
 
     @property
     def schedules(self) -> Mapping[str, Schedule]:
         """The schedules by name (read-only view)."""
-        return dict(self._schedules)
+        return self.registry.schedules
 
     # -- events and workers ------------------------------------------------------------------
 
@@ -414,8 +376,8 @@ class JobQueue:
             ConfigurationError: If the event name is unknown.
         """
         if hook is None:
-            return lambda fn: self._hooks.on(event, fn)
-        return self._hooks.on(event, hook)
+            return lambda fn: self.hooks.on(event, fn)
+        return self.hooks.on(event, hook)
 
     def list_workers(self, seen_within: float = 60.0) -> list[WorkerInfo]:
         """Live workers of every process, with their queues, types and current job.
@@ -494,8 +456,10 @@ class JobQueue:
             ConfigurationError: If `connection` is given but the backend cannot
                 join it (see `Storage.enqueue_in_transaction`).
         """
-        job = self._new_job(
-            type, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout
+        job = checked_job(
+            (type, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout),
+            self.default_queue,
+            self.max_payload_bytes,
         )
         return self._enqueue([job], connection)[0]
 
@@ -531,15 +495,7 @@ class JobQueue:
 
     def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
         def wake() -> None:
-            if not self._workers:  # no worker of this process to wake
-                return
-            now = _clock.now()
-            due_now = [
-                job
-                for job in jobs
-                if (job.run_at is None and job.delay == 0) or (job.run_at and job.run_at <= now)
-            ]
-            self._wake_workers({(job.queue, job.type) for job in due_now}, len(due_now))
+            self.wakeups.enqueued(jobs)
 
         if connection is not None:
             return self.storage.enqueue_in_transaction(connection, jobs, on_commit=wake)
@@ -550,116 +506,7 @@ class JobQueue:
         return ids
 
     def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
-        return self._new_job(
-            spec.type,
-            spec.payload,
-            spec.queue,
-            spec.priority,
-            spec.run_at,
-            spec.delay,
-            spec.max_retries,
-            spec.unique_key,
-            spec.meta,
-            spec.timeout,
-            job_id,
-        )
-
-    def _new_job(
-        self,
-        kind: str,
-        payload: dict[str, Any] | None,
-        queue: str | None,
-        priority: int,
-        run_at: datetime | None,
-        delay: float | timedelta | None,
-        max_retries: int | None,
-        unique_key: str | None,
-        meta: dict[str, Any] | None,
-        timeout: float | None,
-        job_id: str | None = None,
-    ) -> NewJob:
-        """A validated `NewJob` from `enqueue`'s arguments (see `JobSpec`)."""
-        job_type = check_name(kind, "job type")
-        queue = self.default_queue if queue is None else check_name(queue, "queue")
-        payload = {} if payload is None else payload
-        if not isinstance(payload, dict):
-            raise PayloadError(
-                f"payload must be a dict (a JSON object), got {type(payload).__name__}"
-            )
-        payload_json = checked_dumps(payload, what="payload", max_bytes=self.max_payload_bytes)
-        meta = {} if meta is None else meta
-        if not isinstance(meta, dict):
-            raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
-        meta_json = (
-            "{}" if not meta else checked_dumps(meta, what="meta", max_bytes=self.max_payload_bytes)
-        )
-        priority = check_int(priority, "priority", *_INT32)
-        if run_at is not None and delay is not None:
-            raise InvalidJobError("give either run_at or delay, not both")
-        if run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
-            if run_at.tzinfo is None or run_at.utcoffset() is None:
-                raise InvalidJobError(
-                    "run_at must be timezone-aware, e.g. datetime.now(timezone.utc)"
-                )
-            run_at = run_at.astimezone(timezone.utc)
-            latest = _clock.now() + timedelta(seconds=MAX_DELAY)
-            if not _EARLIEST <= run_at <= latest:
-                raise InvalidJobError("run_at must be between 1970 and 100 years from now")
-        delay = 0.0 if delay is None else check_seconds(delay, "delay")
-        # None stays None: the handler that runs the job decides (see _max_retries).
-        if max_retries is not None:
-            max_retries = check_int(max_retries, "max_retries", 0, 1000)
-        if unique_key is not None:
-            unique_key = check_name(unique_key, "unique_key", KEY_MAX)
-        if timeout is not None:
-            timeout = check_seconds(timeout, "timeout", allow_zero=False)
-        return NewJob(
-            id=new_job_id() if job_id is None else job_id,
-            type=job_type,
-            queue=queue,
-            payload=payload,
-            priority=priority,
-            max_retries=max_retries,
-            run_at=run_at,
-            delay=delay,
-            unique_key=unique_key,
-            meta=meta,
-            timeout=timeout,
-            payload_json=payload_json,
-            meta_json=meta_json,
-        )
-
-    def _attach(self, worker: Worker) -> None:
-        """A worker of this queue started: listen for other processes' enqueues."""
-        with self._running_lock:
-            self._workers.add(worker)
-            if self._unsubscribe is None:
-                self._unsubscribe = self.storage.subscribe(self._wake_all)
-
-    def _detach(self, worker: Worker) -> None:
-        with self._running_lock:
-            self._workers.discard(worker)
-            if not self._workers and self._unsubscribe is not None:
-                self._unsubscribe()
-                self._unsubscribe = None
-
-    def _wake_all(self) -> None:
-        """Another process may have enqueued jobs: every worker polls once more."""
-        for worker in list(self._workers):
-            worker._wake.set()
-
-    def _wake_workers(self, wanted: set[tuple[str, str]], count: int) -> None:
-        """Wake up to `count` idle workers of this process that take these (queue, type)s."""
-        if count == 0:
-            return
-        matching = [w for w in list(self._workers) if w._wants(wanted)]
-        # Idle workers first; a busy one only finds a flag that costs it one extra
-        # poll after its current job, and covers a worker just about to go idle.
-        matching.sort(key=lambda w: not w._idle)
-        for worker in matching[:count]:
-            worker._wake.set()
+        return checked_job(spec_fields(spec), self.default_queue, self.max_payload_bytes, job_id)
 
     # -- inspect and manage -------------------------------------------------------------
 
@@ -702,18 +549,7 @@ class JobQueue:
                 can have, such as one with a lone surrogate, finds nothing.)
             StorageError: If the storage cannot be reached.
         """
-        for name, value in (("queue", queue), ("type", type)):
-            if value is not None:
-                check_str(value, name)
-        state = None
-        if status is not None:
-            try:
-                state = JobStatus(status)
-            except ValueError:
-                known = ", ".join(s.value for s in JobStatus)
-                raise InvalidJobError(f"unknown status {status!r}; use one of: {known}") from None
-        if limit is not None:
-            check_int(limit, "limit", 0, 2**31 - 1)
+        state = checked_filter(status, queue, type, limit)
         order: dict[str, Any] = {"newest_first": True} if newest_first else {}
         return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit, **order)
 
@@ -776,7 +612,7 @@ class JobQueue:
         done = self._store().retry(check_str(job_id, "job id"))
         if done:
             job = self.storage.get(job_id)
-            self._wake_workers({(job.queue, job.type)}, 1)
+            self.wakeups.notify({(job.queue, job.type)}, 1)
         return done
 
     def purge(
@@ -804,15 +640,7 @@ class JobQueue:
         """
         age = check_seconds(older_than, "older_than")
         check_int(batch_size, "batch_size", 1, 1_000_000)
-        states = []
-        for status in statuses:
-            try:
-                state = JobStatus(status)
-            except ValueError:
-                raise InvalidJobError(f"unknown status {status!r}") from None
-            if not state.is_finished:
-                raise InvalidJobError(f"cannot purge {state.value} jobs, only finished ones")
-            states.append(state)
+        states = finished_statuses(statuses)
         storage = self._store()
         total = 0
         # Short transactions: a big delete would hold locks, and on SQLite the whole
@@ -823,53 +651,10 @@ class JobQueue:
             if deleted < batch_size:
                 return total
 
-    # -- used by Worker -------------------------------------------------------------------
+    # -- what a job runs with (the CLI shows it) -------------------------------------
 
     def _max_retries(self, job: Job) -> int:
-        """The job's `max_retries` as this queue runs it: its own, else its handler's."""
-        if job.max_retries is not None:
-            return job.max_retries
-        handler = self._handlers.get(job.type)
-        if handler is not None and handler.max_retries is not None:
-            return handler.max_retries
-        return self.max_retries
-
-    def _effective(self, job: Job) -> Job:
-        """The job with the `max_retries` and `timeout` it runs with here filled in."""
-        max_retries, timeout = self._max_retries(job), self._timeout(job)
-        if max_retries == job.max_retries and timeout == job.timeout:
-            return job
-        return dataclasses.replace(job, max_retries=max_retries, timeout=timeout)
+        return self.registry.max_retries_of(job)
 
     def _timeout(self, job: Job) -> float | None:
-        """The job's `timeout` as this queue runs it: its own, else its handler's."""
-        if job.timeout is not None:
-            return job.timeout
-        handler = self._handlers.get(job.type)
-        return None if handler is None else handler.timeout
-
-    def _failure(self, job: Job, error: BaseException, trace: str) -> tuple[str, float | None]:
-        """Decide what a failed attempt means: the error text and the retry delay.
-
-        Never raises: whatever the handler threw, the outcome must be recordable.
-        """
-        try:
-            summary = f"{type(error).__name__}: {error}".rstrip(": ")
-        except Exception:  # noqa: BLE001 - a broken __str__ must not lose the outcome
-            summary = type(error).__name__
-        text = clean_text(f"{summary}\n\n{trace}" if trace else summary)
-        if isinstance(error, JobError) and not error.retryable:
-            return text, None
-        if isinstance(error, PayloadError):
-            return text, None  # a bad result: running the job again will not fix it
-        if job.attempts > self._max_retries(job):
-            return text, None
-        handler = self._handlers.get(job.type)
-        policy = (handler and handler.retry_policy) or self.retry_policy
-        delay = policy.delay(job.attempts)
-        if isinstance(error, JobError) and error.retry_in is not None:
-            try:
-                delay = check_seconds(error.retry_in, "JobError.retry_in")
-            except InvalidJobError as bad:
-                logger.warning("job %s (%s): ignoring %s", job.id, job.type, bad)
-        return text, delay
+        return self.registry.timeout_of(job)

@@ -44,7 +44,7 @@ def test_running_workers_are_listed_with_their_current_job(queue: JobQueue) -> N
     idle.start()
     try:
         assert started.wait(10)
-        busy._last_saved = float("-inf")  # save now rather than in up to 5 s
+        busy._upkeep.last_saved = float("-inf")  # save now rather than in up to 5 s
         wait_until(lambda: any(w.current_job == job_id for w in queue.list_workers()))
         found = {w.id: w for w in queue.list_workers()}
         assert set(found) == {"busy-1", "idle-1"}
@@ -263,7 +263,7 @@ def test_stats_show_counts_backlog_throughput_and_unhandled_types(queue: JobQueu
     queue.enqueue("known", delay=3600)
     worker = Worker(queue, max_jobs=3)
     worker.run_until_empty()
-    worker._save_info_if_due()  # a live worker handling "known" only
+    worker._upkeep.save_if_due()  # a live worker handling "known" only
     stats = queue.stats()
     (default,) = stats.queues
     assert default.counts["completed"] == 3

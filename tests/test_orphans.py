@@ -1,7 +1,7 @@
 """A worker process killed with SIGKILL: the next worker on the host rescues its job.
 
 At once, that is, once the dead process's registry record is stale: older than a live
-worker lets its record get (`dbjobq.worker._ORPHAN_AFTER`, 15 s). The test shortens
+worker lets its record get (`dbjobq._work.upkeep.ORPHAN_AFTER`, 15 s). The test shortens
 that threshold and waits for the record to pass it, as measured by the storage.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dbjobq import JobContext, JobQueue, Worker
-from dbjobq import worker as worker_module
+from dbjobq._work import upkeep as upkeep_module
 
 from .conftest import FAST_RETRIES, StorageConfig
 from .helpers import wait_until
@@ -51,12 +51,12 @@ def test_the_job_of_a_killed_process_is_rescued_when_a_worker_starts(
 
     # While the record is fresh, the pid we cannot see may be a live process of
     # another pid namespace: the job is left alone.
-    monkeypatch.setattr(worker_module, "_ORPHAN_AFTER", 3600.0)
+    monkeypatch.setattr(upkeep_module, "ORPHAN_AFTER", 3600.0)
     with Worker(queue, poll_interval=0.05, max_poll_interval=0.2) as worker:
         wait_until(lambda: worker._idle, what="the worker to poll")
         assert queue.get_job(job_id).status == "running"
     # The dead process saves its record no more: it gets stale.
-    monkeypatch.setattr(worker_module, "_ORPHAN_AFTER", 1.0)
+    monkeypatch.setattr(upkeep_module, "ORPHAN_AFTER", 1.0)
     wait_until(
         lambda: record.id not in {w.id for w in queue.storage.list_workers(seen_within=1.0)},
         what="the dead worker's record to get stale",

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from dbjobq._runner import Latch
+from dbjobq._work.runner import Latch
 from dbjobq.job import Job, JobStatus, _job_builder
 
 

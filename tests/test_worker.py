@@ -741,8 +741,8 @@ def test_a_batch_holds_about_200_ms_of_work(
     seconds_per_job: float | None, last: int, claimed: int
 ) -> None:
     worker = Worker(JobQueue(MemoryStorage()))
-    worker._per_job = seconds_per_job
-    assert worker._batch_size(last) == claimed
+    worker._batch.per_job = seconds_per_job
+    assert worker._batch.size(last) == claimed
 
 
 def test_prefetch_one_claims_one_job_at_a_time(queue: JobQueue) -> None:

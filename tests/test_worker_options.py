@@ -236,9 +236,9 @@ def _stale(monkeypatch: pytest.MonkeyPatch, storage: Storage, *ids: str) -> None
 
     Measured as the worker does (`list_workers` on the storage's clock): no guess.
     """
-    from dbjobq import worker as worker_module
+    from dbjobq._work import upkeep as upkeep_module
 
-    monkeypatch.setattr(worker_module, "_ORPHAN_AFTER", _SHORT)
+    monkeypatch.setattr(upkeep_module, "ORPHAN_AFTER", _SHORT)
     wait_until(
         lambda: not set(ids) & {w.id for w in storage.list_workers(seen_within=_SHORT)},
         what="the records to get stale",
@@ -370,14 +370,14 @@ def test_a_storage_without_rescue_workers_waits_for_the_lease(
 
 
 def test_the_pid_probe_takes_permission_denied_as_alive(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dbjobq import worker as worker_module
+    from dbjobq._work import upkeep as upkeep_module
 
-    assert worker_module._process_gone(_record("dead", _dead_pid()))
-    assert not worker_module._process_gone(_record("parent", os.getppid()))
-    assert not worker_module._process_gone(_record("nonsense", 0))
+    assert upkeep_module.process_gone(_record("dead", _dead_pid()))
+    assert not upkeep_module.process_gone(_record("parent", os.getppid()))
+    assert not upkeep_module.process_gone(_record("nonsense", 0))
 
     def denied(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "kill", denied)
-    assert not worker_module._process_gone(_record("another user's", 4242))
+    assert not upkeep_module.process_gone(_record("another user's", 4242))

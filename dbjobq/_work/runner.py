@@ -11,8 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from dbjobq.context import CancelReason, JobContext
-from dbjobq.queue import Handler
+from dbjobq.context import CancelReason, JobContext, interrupt
+from dbjobq.handlers import Handler
 
 
 class Latch:
@@ -72,6 +72,7 @@ class Attempt:
             return True
 
     def run(self, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        """Call the handler here, unless skipped (`loop` makes an async one's loop)."""
         with self._state:
             if self._skipped:
                 return
@@ -127,7 +128,7 @@ class Attempt:
 
     def abort(self, reason: CancelReason) -> None:
         """Signal the handler to stop; an async handler's task is also cancelled."""
-        self.ctx._interrupt(reason)
+        interrupt(self.ctx, reason)
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)
@@ -166,6 +167,7 @@ class Runner:
                 self._loop.close()
 
     def submit(self, attempt: Attempt) -> None:
+        """Run `attempt` after those submitted before it."""
         self._inbox.put(attempt)
 
     def retire(self) -> None:
@@ -200,6 +202,7 @@ class LoopRunner:
             loop.close()
 
     def submit(self, attempt: Attempt) -> None:
+        """Start `attempt` as a task of the loop."""
         self.loop.call_soon_threadsafe(attempt.start_on, self.loop)
 
     def retire(self) -> None:

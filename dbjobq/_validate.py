@@ -1,0 +1,215 @@
+"""Checking what `enqueue` was given, and making the `NewJob` that storage receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from dbjobq import _clock
+from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds, check_str
+from dbjobq._ids import new_job_id
+from dbjobq.errors import ConfigurationError, InvalidJobError, PayloadError
+from dbjobq.handlers import Handler
+from dbjobq.job import JobSpec, JobStatus, NewJob
+from dbjobq.payload import checked_dumps
+from dbjobq.periodic import Schedule
+from dbjobq.retry import RetryPolicy
+
+__all__ = [
+    "Fields",
+    "checked_filter",
+    "checked_handler",
+    "checked_job",
+    "checked_schedule",
+    "finished_statuses",
+    "spec_fields",
+]
+
+INT32 = (-(2**31), 2**31 - 1)
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+Fields = tuple[
+    str,  # type
+    "dict[str, Any] | None",  # payload
+    "str | None",  # queue
+    int,  # priority
+    "datetime | None",  # run_at
+    "float | timedelta | None",  # delay
+    "int | None",  # max_retries
+    "str | None",  # unique_key
+    "dict[str, Any] | None",  # meta
+    "float | None",  # timeout
+]
+"""`enqueue`'s arguments in `JobSpec`'s field order."""
+
+
+def spec_fields(spec: JobSpec) -> Fields:
+    """A `JobSpec`'s fields, in order."""
+    return (
+        spec.type,
+        spec.payload,
+        spec.queue,
+        spec.priority,
+        spec.run_at,
+        spec.delay,
+        spec.max_retries,
+        spec.unique_key,
+        spec.meta,
+        spec.timeout,
+    )
+
+
+def checked_job(
+    fields: Fields, default_queue: str, max_bytes: int | None, job_id: str | None = None
+) -> NewJob:
+    """A validated `NewJob` from `enqueue`'s arguments (see `JobSpec`).
+
+    Raises:
+        InvalidJobError: If an argument has the wrong type or value.
+        PayloadError: If the payload or meta is not a storable JSON object.
+    """
+    kind, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout = fields
+    job_type = check_name(kind, "job type")
+    queue = default_queue if queue is None else check_name(queue, "queue")
+    payload = {} if payload is None else payload
+    if not isinstance(payload, dict):
+        raise PayloadError(f"payload must be a dict (a JSON object), got {type(payload).__name__}")
+    payload_json = checked_dumps(payload, what="payload", max_bytes=max_bytes)
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict):
+        raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
+    meta_json = "{}" if not meta else checked_dumps(meta, what="meta", max_bytes=max_bytes)
+    priority = check_int(priority, "priority", *INT32)
+    if run_at is not None and delay is not None:
+        raise InvalidJobError("give either run_at or delay, not both")
+    if run_at is not None:
+        run_at = _checked_run_at(run_at)
+    delay = 0.0 if delay is None else check_seconds(delay, "delay")
+    # None stays None: the handler that runs the job decides (HandlerRegistry).
+    if max_retries is not None:
+        max_retries = check_int(max_retries, "max_retries", 0, 1000)
+    if unique_key is not None:
+        unique_key = check_name(unique_key, "unique_key", KEY_MAX)
+    if timeout is not None:
+        timeout = check_seconds(timeout, "timeout", allow_zero=False)
+    return NewJob(
+        id=new_job_id() if job_id is None else job_id,
+        type=job_type,
+        queue=queue,
+        payload=payload,
+        priority=priority,
+        max_retries=max_retries,
+        run_at=run_at,
+        delay=delay,
+        unique_key=unique_key,
+        meta=meta,
+        timeout=timeout,
+        payload_json=payload_json,
+        meta_json=meta_json,
+    )
+
+
+def _checked_run_at(run_at: object) -> datetime:
+    if not isinstance(run_at, datetime):
+        raise InvalidJobError(f"run_at must be a datetime, got {type(run_at).__name__}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise InvalidJobError("run_at must be timezone-aware, e.g. datetime.now(timezone.utc)")
+    run_at = run_at.astimezone(timezone.utc)
+    latest = _clock.now() + timedelta(seconds=MAX_DELAY)
+    if not EARLIEST <= run_at <= latest:
+        raise InvalidJobError("run_at must be between 1970 and 100 years from now")
+    return run_at
+
+
+def checked_schedule(
+    fields: Fields,
+    name: str | None,
+    cron: str | None,
+    every: float | timedelta | None,
+    tz: str,
+    default_queue: str,
+    max_bytes: int | None,
+) -> Schedule:
+    """A validated `Schedule` of jobs with these fields (see `JobQueue.schedule`).
+
+    Raises:
+        ConfigurationError: If the schedule or its jobs' fields are invalid.
+    """
+    try:
+        spec = checked_job(fields, default_queue, max_bytes)
+        schedule_name = check_name(name or fields[0], "schedule name")
+        interval = None if every is None else check_seconds(every, "every")
+    except InvalidJobError as error:
+        raise ConfigurationError(str(error)) from None
+    return Schedule(
+        name=schedule_name,
+        type=spec.type,
+        cron=cron,
+        every=interval,
+        tz=tz,
+        payload=spec.payload,
+        queue=spec.queue,
+        priority=spec.priority,
+        max_retries=spec.max_retries,
+        timeout=spec.timeout,
+        unique_key=spec.unique_key,
+    )
+
+
+def checked_filter(
+    status: JobStatus | str | None, queue: str | None, job_type: str | None, limit: int | None
+) -> JobStatus | None:
+    """Check `list_jobs`'s filters; the status as a `JobStatus`."""
+    for name, value in (("queue", queue), ("type", job_type)):
+        if value is not None:
+            check_str(value, name)
+    state = None
+    if status is not None:
+        try:
+            state = JobStatus(status)
+        except ValueError:
+            known = ", ".join(s.value for s in JobStatus)
+            raise InvalidJobError(f"unknown status {status!r}; use one of: {known}") from None
+    if limit is not None:
+        check_int(limit, "limit", 0, 2**31 - 1)
+    return state
+
+
+def finished_statuses(statuses: Iterable[JobStatus | str]) -> list[JobStatus]:
+    """Check `purge`'s statuses: known, and finished ones."""
+    states = []
+    for status in statuses:
+        try:
+            state = JobStatus(status)
+        except ValueError:
+            raise InvalidJobError(f"unknown status {status!r}") from None
+        if not state.is_finished:
+            raise InvalidJobError(f"cannot purge {state.value} jobs, only finished ones")
+        states.append(state)
+    return states
+
+
+def checked_handler(
+    job_type: str,
+    fn: Callable[..., Any],
+    max_retries: int | None,
+    timeout: float | None,
+    retry_policy: RetryPolicy | None,
+) -> Handler:
+    """A `Handler` of `fn`, its options checked (see `JobQueue.register`).
+
+    Raises:
+        ConfigurationError: If an option is invalid or `fn` is not callable.
+    """
+    try:
+        check_name(job_type, "job type")
+        if max_retries is not None:
+            check_int(max_retries, "max_retries", 0, 1000)
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", allow_zero=False)
+    except InvalidJobError as error:
+        raise ConfigurationError(str(error)) from None
+    if not callable(fn):
+        raise ConfigurationError(f"handler for {job_type!r} is not callable")
+    return Handler(job_type, fn, max_retries, timeout, retry_policy)
