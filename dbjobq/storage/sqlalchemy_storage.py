@@ -20,9 +20,11 @@ from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage._sql.dialects import connect
+from dbjobq.storage._sql.dialects.base import RELEASED
 from dbjobq.storage._sql.engine import check_busy_timeout, check_engine_options
+from dbjobq.storage._sql.leases import answers, first_leases
 from dbjobq.storage._sql.notify import Watcher
-from dbjobq.storage._sql.rows import HANDLERS, STATUS, corruption
+from dbjobq.storage._sql.rows import HANDLERS, STATUS, findable, worker_info, worker_values
 from dbjobq.storage._sql.schema import (
     PENDING,
     RUNNING,
@@ -30,62 +32,13 @@ from dbjobq.storage._sql.schema import (
     check_identifier,
     db_now,
     db_now_plus,
+    seconds,
 )
 from dbjobq.storage.base import Capabilities, Storage
 
 __all__ = ["SQLAlchemyStorage"]
 
 logger = logging.getLogger(__name__)
-
-
-def _seconds(name: str, value: float) -> sa.BindParameter[float]:
-    return sa.bindparam(name, float(value), type_=sa.Double())
-
-
-def _answers(ids: Sequence[str], firsts: Sequence[int], done: Collection[str]) -> list[bool]:
-    """One flag per lease: written, for the first occurrences among `firsts` only."""
-    flags = [False] * len(ids)
-    for i in firsts:
-        flags[i] = ids[i] in done
-    return flags
-
-
-def _first_leases(leases: Sequence[tuple[str, str]]) -> Sequence[int] | None:
-    """Positions (ascending) of the first occurrence of each `(job_id, token)`.
-
-    Later occurrences are answered `False`. `None` if a job comes with two different
-    tokens: at most one of them holds the lease, and which one only the database
-    knows, so such a batch is taken one lease at a time, in order.
-    """
-    if len({job_id for job_id, _ in leases}) == len(leases):
-        return range(len(leases))  # the usual batch: no job twice
-    tokens: dict[str, str] = {}
-    firsts: list[int] = []
-    for i, (job_id, token) in enumerate(leases):
-        seen = tokens.get(job_id)
-        if seen is None:
-            tokens[job_id] = token
-            firsts.append(i)
-        elif seen != token:
-            return None
-    return firsts
-
-
-def _findable(text: object) -> bool:
-    """Whether `text` could be stored at all: an id or name that is not cannot exist.
-
-    Such values would otherwise fail in the driver (a lone surrogate cannot be
-    encoded, PostgreSQL refuses NUL characters, a number is not text).
-    """
-    if type(text) is not str:
-        return isinstance(text, str) and _findable(str(text))
-    if text.isascii():
-        return "\x00" not in text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 class SQLAlchemyStorage(Storage):
@@ -262,12 +215,6 @@ class SQLAlchemyStorage(Storage):
 
     # -- the Storage interface -------------------------------------------------------
 
-    _RELEASED: Mapping[str, Any] = {
-        "lease_token": None,
-        "lease_expires_at": None,
-        "worker_id": None,
-    }
-
     def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         if not jobs:
             return []
@@ -290,16 +237,7 @@ class SQLAlchemyStorage(Storage):
                 session in a transaction on this storage's kind of database.
             StorageError: If the insert fails; roll the transaction back.
         """
-        if isinstance(connection, sa.orm.Session):
-            connection = connection.connection()
-        if not isinstance(connection, Connection):
-            raise ConfigurationError(
-                "connection must be a SQLAlchemy Connection or Session, got "
-                f"{type(connection).__name__}"
-            )
-        if not connection.in_transaction():
-            raise ConfigurationError("begin a transaction on the connection first")
-        self._dialect.check_connection(connection)
+        connection = self._dialect.joined(connection)
         if not self._initialized:
             if self._dialect.join_creates_tables:
                 self.initialize()
@@ -365,41 +303,9 @@ class SQLAlchemyStorage(Storage):
         ready = (queues, types, limit, newest_first)
 
         def run(conn: Connection) -> tuple[list[Job], int]:
-            return self._claimed(conn, self._dialect.claim(conn, ready, params))
+            return self._dialect.claimed_jobs(conn, self._dialect.claim(conn, ready, params))
 
         return self._run("claim", run, write=True, single=True)
-
-    def _claimed(self, conn: Connection, rows: Sequence[sa.Row[Any]]) -> tuple[list[Job], int]:
-        """Jobs from claimed rows.
-
-        A corrupt row (edited by hand) is failed with the reason, in the same
-        transaction, instead of blocking the head of the queue forever.
-        """
-        jobs: list[Job] = []
-        c = self._jobs.c
-        for row in rows:
-            job = self._reader.sound_job(row)
-            if job is not None:
-                jobs.append(job)
-                continue
-            problem = corruption(self._reader.fields(row))
-            if problem is None:  # sound after all (a subclass of dict, say)
-                jobs.append(self._reader.to_job(row))
-                continue
-            job_id = row._mapping[c.id]
-            logger.error("job %s is corrupt and was failed: %s", job_id, problem)
-            conn.execute(
-                sa.update(self._jobs)
-                .where(c.id == job_id)
-                .values(
-                    status=JobStatus.FAILED.value,
-                    last_error=f"StorageError: the stored job is corrupt: {problem}",
-                    finished_at=db_now(),
-                    updated_at=db_now(),
-                    **self._RELEASED,
-                )
-            )
-        return jobs, len(rows) - len(jobs)
 
     def _held(self, job_id: str, token: str) -> sa.ColumnElement[bool]:
         c = self._jobs.c
@@ -412,7 +318,7 @@ class SQLAlchemyStorage(Storage):
         )
 
     def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
-        expires = db_now_plus(_seconds("lease", lease_seconds))
+        expires = db_now_plus(seconds("lease", lease_seconds))
         return self._update_held("heartbeat", job_id, token, {"lease_expires_at": expires})
 
     def set_progress(
@@ -427,7 +333,7 @@ class SQLAlchemyStorage(Storage):
             "result": None if result is None else dumps(result),
             "finished_at": db_now(),
             "updated_at": db_now(),
-            **self._RELEASED,
+            **RELEASED,
         }
         return self._update_held("complete", job_id, token, values)
 
@@ -440,7 +346,7 @@ class SQLAlchemyStorage(Storage):
         """
         if len(outcomes) < 2:
             return [self.complete(job_id, token, result=r) for job_id, token, r in outcomes]
-        firsts = _first_leases([(job_id, token) for job_id, token, _ in outcomes])
+        firsts = first_leases([(job_id, token) for job_id, token, _ in outcomes])
         if firsts is None:
             return super().complete_many(outcomes)
         groups: dict[str | None, tuple[str | None, list[tuple[str, str]]]] = {}
@@ -457,7 +363,7 @@ class SQLAlchemyStorage(Storage):
 
         single = len(groups) == 1  # one UPDATE
         done = self._run("complete_many", run, write=True, single=single)
-        return _answers([job_id for job_id, _, _ in outcomes], firsts, done)
+        return answers([job_id for job_id, _, _ in outcomes], firsts, done)
 
     def _complete_group(
         self, conn: Connection, result: str | None, leases: list[tuple[str, str]]
@@ -468,7 +374,7 @@ class SQLAlchemyStorage(Storage):
             "result": sa.bindparam("l_result", result, type_=self._jobs.c.result.type),
             "finished_at": db_now(),
             "updated_at": db_now(),
-            **self._RELEASED,
+            **RELEASED,
         }
         return self._dialect.update_leases(conn, leases, values, "complete", {"l_result": result})
 
@@ -478,7 +384,7 @@ class SQLAlchemyStorage(Storage):
             "attempts": self._jobs.c.attempts - 1,
             "started_at": None,
             "updated_at": db_now(),
-            **self._RELEASED,
+            **RELEASED,
         }
 
     def release(self, job_id: str, token: str) -> bool:
@@ -488,7 +394,7 @@ class SQLAlchemyStorage(Storage):
         """Give back several jobs in one statement (one transaction on MySQL)."""
         if len(leases) < 2:
             return [self.release(job_id, token) for job_id, token in leases]
-        firsts = _first_leases(leases)
+        firsts = first_leases(leases)
         if firsts is None:
             return super().release_many(leases)
         given = list(leases) if isinstance(firsts, range) else [leases[i] for i in firsts]
@@ -497,14 +403,14 @@ class SQLAlchemyStorage(Storage):
             return set(self._dialect.update_leases(conn, given, self._released(), "release"))
 
         done = self._run("release_many", run, write=True, single=True)
-        return _answers([job_id for job_id, _ in leases], firsts, done)
+        return answers([job_id for job_id, _ in leases], firsts, done)
 
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
-        values: dict[str, Any] = {"last_error": error, "updated_at": db_now(), **self._RELEASED}
+        values: dict[str, Any] = {"last_error": error, "updated_at": db_now(), **RELEASED}
         if retry_in is None:
             values.update(status=JobStatus.FAILED.value, finished_at=db_now())
         else:
-            delay = _seconds("retry_in", retry_in)
+            delay = seconds("retry_in", retry_in)
             values.update(status=JobStatus.PENDING.value, run_at=db_now_plus(delay))
         return self._update_held("fail", job_id, token, values)
 
@@ -532,11 +438,11 @@ class SQLAlchemyStorage(Storage):
         """
         c = self._jobs.c
         error = sa.literal(why[0]) + sa.func.coalesce(c.worker_id, "?") + sa.literal(why[1])
-        common = {"last_error": error, "updated_at": db_now(), **self._RELEASED}
+        common = {"last_error": error, "updated_at": db_now(), **RELEASED}
         to_retry = (
             sa.update(self._jobs)
             .where(lost, sa.or_(c.attempts <= c.max_retries, c.max_retries == HANDLERS))
-            .values(status=PENDING, run_at=db_now_plus(_seconds("retry_in", retry_in)), **common)
+            .values(status=PENDING, run_at=db_now_plus(seconds("retry_in", retry_in)), **common)
         )
         to_fail = (
             sa.update(self._jobs)
@@ -550,7 +456,7 @@ class SQLAlchemyStorage(Storage):
         return self._run(what, run, write=True)
 
     def get(self, job_id: str) -> Job:
-        if not _findable(job_id):
+        if not findable(job_id):
             raise JobNotFound(job_id)
         stmt = sa.select(self._jobs).where(self._jobs.c.id == job_id)
 
@@ -572,7 +478,7 @@ class SQLAlchemyStorage(Storage):
         limit: int | None = 100,
         newest_first: bool = False,
     ) -> list[Job]:
-        if not all(_findable(text) for text in (queue, type) if text is not None):
+        if not all(findable(text) for text in (queue, type) if text is not None):
             return []  # no job can be in such a queue or of such a type
         c = self._jobs.c
         stmt = sa.select(self._jobs).order_by(c.id.desc() if newest_first else c.id).limit(limit)
@@ -595,7 +501,7 @@ class SQLAlchemyStorage(Storage):
         c = self._jobs.c
         stmt = sa.select(c.queue, c.status, sa.func.count()).group_by(c.queue, c.status)
         if finished_within is not None:
-            since = db_now_plus(_seconds("within", -float(finished_within)))
+            since = db_now_plus(seconds("within", -float(finished_within)))
             stmt = stmt.where(c.finished_at >= since)
 
         def run(conn: Connection) -> dict[tuple[str, JobStatus], int]:
@@ -624,7 +530,7 @@ class SQLAlchemyStorage(Storage):
         return self._run("pending_summary", run, write=False, single=True)
 
     def cancel(self, job_id: str) -> bool:
-        if not _findable(job_id):
+        if not findable(job_id):
             raise JobNotFound(job_id)
         c = self._jobs.c
         stmt = (
@@ -634,7 +540,7 @@ class SQLAlchemyStorage(Storage):
                 status=JobStatus.CANCELLED.value,
                 finished_at=db_now(),
                 updated_at=db_now(),
-                **self._RELEASED,
+                **RELEASED,
             )
         )
 
@@ -649,7 +555,7 @@ class SQLAlchemyStorage(Storage):
         return done
 
     def retry(self, job_id: str) -> bool:
-        if not _findable(job_id):
+        if not findable(job_id):
             raise JobNotFound(job_id)
         c = self._jobs.c
         stmt = (
@@ -695,7 +601,7 @@ class SQLAlchemyStorage(Storage):
         finished = [JobStatus(s).value for s in statuses if JobStatus(s).is_finished]
         if not finished:
             return 0
-        cutoff = db_now_plus(_seconds("age", -float(older_than)))
+        cutoff = db_now_plus(seconds("age", -float(older_than)))
         doomed = sa.and_(c.status.in_(finished), c.finished_at < cutoff)
         if limit is None:
             stmt = sa.delete(self._jobs).where(doomed)
@@ -745,16 +651,7 @@ class SQLAlchemyStorage(Storage):
     # -- the worker registry --------------------------------------------------------------
 
     def save_worker(self, info: WorkerInfo) -> None:
-        values = {
-            "hostname": info.hostname,
-            "pid": info.pid,
-            "queues": dumps(list(info.queues)),
-            "types": dumps(list(info.types)),
-            "started_at": info.started_at,
-            "last_seen": db_now(),
-            "current_job": info.current_job,
-            "jobs_processed": info.jobs_processed,
-        }
+        values = {**worker_values(info), "last_seen": db_now()}
         stmt = self._dialect.upsert(self._workers, {"id": info.id, **values}, values)
         self._run("save_worker", lambda conn: conn.execute(stmt), write=True)
 
@@ -764,30 +661,18 @@ class SQLAlchemyStorage(Storage):
 
     def list_workers(self, *, seen_within: float) -> list[WorkerInfo]:
         w = self._workers.c
-        since = db_now_plus(_seconds("seen", -float(seen_within)))
+        since = db_now_plus(seconds("seen", -float(seen_within)))
         stmt = sa.select(self._workers).where(w.last_seen >= since).order_by(w.id)
 
-        def run(conn: Connection) -> list[WorkerInfo]:
-            return [
-                WorkerInfo(
-                    id=r.id,
-                    hostname=r.hostname,
-                    pid=r.pid,
-                    queues=tuple(r.queues),
-                    types=tuple(r.types),
-                    started_at=r.started_at,
-                    last_seen=r.last_seen,
-                    current_job=r.current_job,
-                    jobs_processed=r.jobs_processed,
-                )
-                for r in conn.execute(stmt)
-            ]
-
-        return self._run("list_workers", run, write=False)
+        return self._run(
+            "list_workers",
+            lambda conn: [worker_info(row) for row in conn.execute(stmt)],
+            write=False,
+        )
 
     def prune_workers(self, *, older_than: float) -> int:
         w = self._workers.c
-        cutoff = db_now_plus(_seconds("age", -float(older_than)))
+        cutoff = db_now_plus(seconds("age", -float(older_than)))
         stmt = sa.delete(self._workers).where(w.last_seen < cutoff)
         return self._run("prune_workers", lambda conn: conn.execute(stmt).rowcount, write=True)
 

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 
 from dbjobq.errors import StorageError
 from dbjobq.job import Job, JobStatus, NewJob, _job_builder
+from dbjobq.payload import dumps
+from dbjobq.registry import WorkerInfo
 from dbjobq.storage._sql.schema import Corrupt
 
 STATUS = {s.value: s for s in JobStatus}  # stored text -> JobStatus
@@ -57,6 +59,51 @@ def insert_row(job: NewJob) -> tuple[Any, ...]:
 def insert_params(job: NewJob) -> dict[str, Any]:
     """A job's values for the jobs INSERT, by bind parameter name."""
     return dict(zip(INSERT_PARAMS, insert_row(job), strict=True))
+
+
+def findable(text: object) -> bool:
+    """Whether `text` could be stored at all: an id or name that is not cannot exist.
+
+    Such values would otherwise fail in the driver (a lone surrogate cannot be
+    encoded, PostgreSQL refuses NUL characters, a number is not text).
+    """
+    if type(text) is not str:
+        return isinstance(text, str) and findable(str(text))
+    if text.isascii():
+        return "\x00" not in text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def worker_values(info: WorkerInfo) -> dict[str, Any]:
+    """A registry entry's values for its row (all but `id` and `last_seen`)."""
+    return {
+        "hostname": info.hostname,
+        "pid": info.pid,
+        "queues": dumps(list(info.queues)),
+        "types": dumps(list(info.types)),
+        "started_at": info.started_at,
+        "current_job": info.current_job,
+        "jobs_processed": info.jobs_processed,
+    }
+
+
+def worker_info(row: sa.Row[Any]) -> WorkerInfo:
+    """The registry entry of a row of the workers table."""
+    return WorkerInfo(
+        id=row.id,
+        hostname=row.hostname,
+        pid=row.pid,
+        queues=tuple(row.queues),
+        types=tuple(row.types),
+        started_at=row.started_at,
+        last_seen=row.last_seen,
+        current_job=row.current_job,
+        jobs_processed=row.jobs_processed,
+    )
 
 
 class JobReader:

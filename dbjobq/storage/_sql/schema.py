@@ -97,6 +97,11 @@ class db_now(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
     inherit_cache = True
 
 
+def seconds(name: str, value: float) -> sa.BindParameter[float]:
+    """A number of seconds, bound as a float (for `db_now_plus`)."""
+    return sa.bindparam(name, float(value), type_=sa.Double())
+
+
 class db_now_plus(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
     """`db_now()` plus a number of seconds (a bound parameter or column)."""
 

@@ -9,19 +9,21 @@ and never asks which database it is on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 from sqlalchemy.engine import URL, Connection, Engine
 
 from dbjobq.errors import ConfigurationError, StorageError
-from dbjobq.job import NewJob
+from dbjobq.job import Job, JobStatus, NewJob
 from dbjobq.storage._sql import migrate
 from dbjobq.storage._sql.engine import retrying
 from dbjobq.storage._sql.notify import Watcher
-from dbjobq.storage._sql.rows import JobReader, insert_params
+from dbjobq.storage._sql.rows import JobReader, corruption, insert_params
 from dbjobq.storage._sql.schema import (
     PENDING,
     RUNNING,
@@ -31,7 +33,12 @@ from dbjobq.storage._sql.schema import (
     db_now_plus,
 )
 
+logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
+
 T = TypeVar("T")
+
+RELEASED: Mapping[str, Any] = {"lease_token": None, "lease_expires_at": None, "worker_id": None}
+"""What every end of a lease sets."""
 
 Leases = Sequence[tuple[str, str]]  # (job_id, lease token) pairs
 
@@ -121,13 +128,28 @@ class Dialect:
 
         return retrying(what, once)
 
-    def check_connection(self, connection: Connection) -> None:
-        """Refuse an application's connection to another kind of database."""
+    def joined(self, connection: Any) -> Connection:
+        """The application's connection (or ORM session's) for `enqueue_in_transaction`.
+
+        Raises:
+            ConfigurationError: If it is no SQLAlchemy connection in a transaction
+                to this kind of database.
+        """
+        if isinstance(connection, sa.orm.Session):
+            connection = connection.connection()
+        if not isinstance(connection, Connection):
+            raise ConfigurationError(
+                "connection must be a SQLAlchemy Connection or Session, got "
+                f"{type(connection).__name__}"
+            )
+        if not connection.in_transaction():
+            raise ConfigurationError("begin a transaction on the connection first")
         if connection.dialect.name != self.engine.dialect.name:
             raise ConfigurationError(
                 f"the connection is to {connection.dialect.name}, the job tables are "
                 f"on {self.engine.dialect.name}"
             )
+        return connection
 
     # -- statements -----------------------------------------------------------------
 
@@ -310,6 +332,38 @@ class Dialect:
                 self._claims.clear()
             self._claims[key] = stmt
         return conn.execute(stmt, params).fetchall()
+
+    def claimed_jobs(self, conn: Connection, rows: Sequence[sa.Row[Any]]) -> tuple[list[Job], int]:
+        """Jobs from claimed rows, and how many rows were corrupt.
+
+        A corrupt row (edited by hand) is failed with the reason, in the same
+        transaction, instead of blocking the head of the queue forever.
+        """
+        jobs: list[Job] = []
+        c = self.jobs.c
+        for row in rows:
+            job = self.reader.sound_job(row)
+            if job is not None:
+                jobs.append(job)
+                continue
+            problem = corruption(self.reader.fields(row))
+            if problem is None:  # sound after all (a subclass of dict, say)
+                jobs.append(self.reader.to_job(row))
+                continue
+            job_id = row._mapping[c.id]
+            logger.error("job %s is corrupt and was failed: %s", job_id, problem)
+            conn.execute(
+                sa.update(self.jobs)
+                .where(c.id == job_id)
+                .values(
+                    status=JobStatus.FAILED.value,
+                    last_error=f"StorageError: the stored job is corrupt: {problem}",
+                    finished_at=db_now(),
+                    updated_at=db_now(),
+                    **RELEASED,
+                )
+            )
+        return jobs, len(rows) - len(jobs)
 
     def update_leases(
         self,
