@@ -19,12 +19,12 @@ from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
+from dbjobq.storage._sql import changes
 from dbjobq.storage._sql.dialects import connect
-from dbjobq.storage._sql.dialects.base import RELEASED
 from dbjobq.storage._sql.engine import check_busy_timeout, check_engine_options
 from dbjobq.storage._sql.leases import answers, first_leases
 from dbjobq.storage._sql.notify import Watcher
-from dbjobq.storage._sql.rows import HANDLERS, STATUS, findable, worker_info, worker_values
+from dbjobq.storage._sql.rows import STATUS, findable, worker_info, worker_values
 from dbjobq.storage._sql.schema import (
     PENDING,
     RUNNING,
@@ -328,14 +328,8 @@ class SQLAlchemyStorage(Storage):
         return self._update_held("set_progress", job_id, token, values)
 
     def complete(self, job_id: str, token: str, *, result: Any) -> bool:
-        values = {
-            "status": JobStatus.COMPLETED.value,
-            "result": None if result is None else dumps(result),
-            "finished_at": db_now(),
-            "updated_at": db_now(),
-            **RELEASED,
-        }
-        return self._update_held("complete", job_id, token, values)
+        text = None if result is None else dumps(result)
+        return self._update_held("complete", job_id, token, changes.completed(text))
 
     def complete_many(self, outcomes: Sequence[tuple[str, str, Any]]) -> list[bool]:
         """Complete several jobs in one transaction.
@@ -369,26 +363,12 @@ class SQLAlchemyStorage(Storage):
         self, conn: Connection, result: str | None, leases: list[tuple[str, str]]
     ) -> Iterable[str]:
         """Complete the held jobs among `leases` with one result (JSON text); their ids."""
-        values = {
-            "status": JobStatus.COMPLETED.value,
-            "result": sa.bindparam("l_result", result, type_=self._jobs.c.result.type),
-            "finished_at": db_now(),
-            "updated_at": db_now(),
-            **RELEASED,
-        }
+        text = sa.bindparam("l_result", result, type_=self._jobs.c.result.type)
+        values = changes.completed(text)
         return self._dialect.update_leases(conn, leases, values, "complete", {"l_result": result})
 
-    def _released(self) -> dict[str, Any]:
-        return {
-            "status": PENDING,
-            "attempts": self._jobs.c.attempts - 1,
-            "started_at": None,
-            "updated_at": db_now(),
-            **RELEASED,
-        }
-
     def release(self, job_id: str, token: str) -> bool:
-        return self._update_held("release", job_id, token, self._released())
+        return self._update_held("release", job_id, token, changes.released(self._jobs))
 
     def release_many(self, leases: Sequence[tuple[str, str]]) -> list[bool]:
         """Give back several jobs in one statement (one transaction on MySQL)."""
@@ -400,19 +380,15 @@ class SQLAlchemyStorage(Storage):
         given = list(leases) if isinstance(firsts, range) else [leases[i] for i in firsts]
 
         def run(conn: Connection) -> set[str]:
-            return set(self._dialect.update_leases(conn, given, self._released(), "release"))
+            return set(
+                self._dialect.update_leases(conn, given, changes.released(self._jobs), "release")
+            )
 
         done = self._run("release_many", run, write=True, single=True)
         return answers([job_id for job_id, _ in leases], firsts, done)
 
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
-        values: dict[str, Any] = {"last_error": error, "updated_at": db_now(), **RELEASED}
-        if retry_in is None:
-            values.update(status=JobStatus.FAILED.value, finished_at=db_now())
-        else:
-            delay = seconds("retry_in", retry_in)
-            values.update(status=JobStatus.PENDING.value, run_at=db_now_plus(delay))
-        return self._update_held("fail", job_id, token, values)
+        return self._update_held("fail", job_id, token, changes.failed(error, retry_in))
 
     def rescue_expired(self, *, retry_in: float = 0.0) -> int:
         c = self._jobs.c
@@ -432,23 +408,8 @@ class SQLAlchemyStorage(Storage):
     def _rescue(
         self, what: str, lost: sa.ColumnElement[bool], why: tuple[str, str], retry_in: float
     ) -> int:
-        """Retry or fail the `lost` jobs; `last_error` is `why` around the worker id.
-
-        The one place that decides between retry and failure, for every kind of rescue.
-        """
-        c = self._jobs.c
-        error = sa.literal(why[0]) + sa.func.coalesce(c.worker_id, "?") + sa.literal(why[1])
-        common = {"last_error": error, "updated_at": db_now(), **RELEASED}
-        to_retry = (
-            sa.update(self._jobs)
-            .where(lost, sa.or_(c.attempts <= c.max_retries, c.max_retries == HANDLERS))
-            .values(status=PENDING, run_at=db_now_plus(seconds("retry_in", retry_in)), **common)
-        )
-        to_fail = (
-            sa.update(self._jobs)
-            .where(lost, c.attempts > c.max_retries, c.max_retries != HANDLERS)
-            .values(status=JobStatus.FAILED.value, finished_at=db_now(), **common)
-        )
+        """Retry or fail the `lost` jobs; `last_error` is `why` around the worker id."""
+        to_retry, to_fail = changes.rescues(self._jobs, lost, why, retry_in)
 
         def run(conn: Connection) -> int:
             return conn.execute(to_retry).rowcount + conn.execute(to_fail).rowcount
@@ -536,12 +497,7 @@ class SQLAlchemyStorage(Storage):
         stmt = (
             sa.update(self._jobs)
             .where(c.id == job_id, c.status.in_(UNFINISHED))
-            .values(
-                status=JobStatus.CANCELLED.value,
-                finished_at=db_now(),
-                updated_at=db_now(),
-                **RELEASED,
-            )
+            .values(**changes.cancelled())
         )
 
         def run(conn: Connection) -> bool | None:
@@ -563,16 +519,7 @@ class SQLAlchemyStorage(Storage):
             .where(
                 c.id == job_id, c.status.in_([JobStatus.FAILED.value, JobStatus.CANCELLED.value])
             )
-            .values(
-                status=PENDING,
-                attempts=0,
-                run_at=db_now(),
-                finished_at=None,
-                result=None,
-                progress=None,
-                progress_message=None,
-                updated_at=db_now(),
-            )
+            .values(**changes.retried())
         )
         held = sa.select(c.unique_key).where(c.id == job_id).scalar_subquery()
         taken = sa.select(c.id).where(c.unique_key == held, c.status.in_(UNFINISHED))

@@ -19,8 +19,8 @@ import sqlalchemy.orm
 from sqlalchemy.engine import URL, Connection, Engine
 
 from dbjobq.errors import ConfigurationError, StorageError
-from dbjobq.job import Job, JobStatus, NewJob
-from dbjobq.storage._sql import migrate
+from dbjobq.job import Job, NewJob
+from dbjobq.storage._sql import changes, migrate
 from dbjobq.storage._sql.engine import retrying
 from dbjobq.storage._sql.notify import Watcher
 from dbjobq.storage._sql.rows import JobReader, corruption, insert_params
@@ -37,8 +37,6 @@ logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
 
 T = TypeVar("T")
 
-RELEASED: Mapping[str, Any] = {"lease_token": None, "lease_expires_at": None, "worker_id": None}
-"""What every end of a lease sets."""
 
 Leases = Sequence[tuple[str, str]]  # (job_id, lease token) pairs
 
@@ -289,21 +287,6 @@ class Dialect:
             .with_for_update(skip_locked=True)
         )
 
-    def claimed_values(self) -> dict[str, Any]:
-        """What a claim sets; bind parameters `c_worker`, `c_token`, `c_lease` (seconds)."""
-        c = self.jobs.c
-        return {
-            "status": RUNNING,
-            "attempts": c.attempts + 1,
-            "worker_id": sa.bindparam("c_worker", type_=c.worker_id.type),
-            "lease_token": sa.bindparam("c_token", type_=c.lease_token.type),
-            "lease_expires_at": db_now_plus(sa.bindparam("c_lease", type_=sa.Double())),
-            "started_at": db_now(),
-            "updated_at": db_now(),
-            "progress": None,
-            "progress_message": None,
-        }
-
     def claim(
         self,
         conn: Connection,
@@ -325,7 +308,7 @@ class Dialect:
             stmt = (
                 sa.update(self.jobs)
                 .where(self.jobs.c.id == cte.c.id)
-                .values(**self.claimed_values())
+                .values(**changes.claimed(self.jobs))
                 .returning(*self.jobs.c)
             )
             if len(self._claims) >= 64:
@@ -353,15 +336,7 @@ class Dialect:
             job_id = row._mapping[c.id]
             logger.error("job %s is corrupt and was failed: %s", job_id, problem)
             conn.execute(
-                sa.update(self.jobs)
-                .where(c.id == job_id)
-                .values(
-                    status=JobStatus.FAILED.value,
-                    last_error=f"StorageError: the stored job is corrupt: {problem}",
-                    finished_at=db_now(),
-                    updated_at=db_now(),
-                    **RELEASED,
-                )
+                sa.update(self.jobs).where(c.id == job_id).values(**changes.corrupt(problem))
             )
         return jobs, len(rows) - len(jobs)
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.job import NewJob
-from dbjobq.storage._sql import migrate
+from dbjobq.storage._sql import changes, migrate
 from dbjobq.storage._sql.dialects.base import Dialect, Leases
 from dbjobq.storage._sql.schema import RUNNING
 
@@ -106,7 +106,7 @@ class MySQLDialect(Dialect):
         if not ids:
             return []
         conn.execute(
-            sa.update(self.jobs).where(c.id.in_(ids)).values(**self.claimed_values()), params
+            sa.update(self.jobs).where(c.id.in_(ids)).values(**changes.claimed(self.jobs)), params
         )
         return conn.execute(sa.select(self.jobs).where(c.id.in_(ids))).fetchall()
 
