@@ -21,6 +21,7 @@ from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage._sql import changes
 from dbjobq.storage._sql.dialects import connect
+from dbjobq.storage._sql.dialects.base import Ready
 from dbjobq.storage._sql.engine import check_busy_timeout, check_engine_options
 from dbjobq.storage._sql.leases import answers, first_leases
 from dbjobq.storage._sql.notify import Watcher
@@ -300,7 +301,7 @@ class SQLAlchemyStorage(Storage):
             "c_token": uuid.uuid4().hex,
             "c_lease": float(lease_seconds),
         }
-        ready = (queues, types, limit, newest_first)
+        ready = Ready(queues, types, limit, newest_first)
 
         def run(conn: Connection) -> tuple[list[Job], int]:
             return self._dialect.claimed_jobs(conn, self._dialect.claim(conn, ready, params))
@@ -365,7 +366,8 @@ class SQLAlchemyStorage(Storage):
         """Complete the held jobs among `leases` with one result (JSON text); their ids."""
         text = sa.bindparam("l_result", result, type_=self._jobs.c.result.type)
         values = changes.completed(text)
-        return self._dialect.update_leases(conn, leases, values, "complete", {"l_result": result})
+        change = changes.LeaseChange("complete", values, {"l_result": result})
+        return self._dialect.update_leases(conn, leases, change)
 
     def release(self, job_id: str, token: str) -> bool:
         return self._update_held("release", job_id, token, changes.released(self._jobs))
@@ -378,11 +380,10 @@ class SQLAlchemyStorage(Storage):
         if firsts is None:
             return super().release_many(leases)
         given = list(leases) if isinstance(firsts, range) else [leases[i] for i in firsts]
+        released = changes.LeaseChange("release", changes.released(self._jobs))
 
         def run(conn: Connection) -> set[str]:
-            return set(
-                self._dialect.update_leases(conn, given, changes.released(self._jobs), "release")
-            )
+            return set(self._dialect.update_leases(conn, given, released))
 
         done = self._run("release_many", run, write=True, single=True)
         return answers([job_id for job_id, _ in leases], firsts, done)

@@ -6,7 +6,7 @@ Times are the database's (`db_now`); every end of a lease clears it (`RELEASED`)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -16,6 +16,17 @@ from dbjobq.storage._sql.schema import PENDING, RUNNING, db_now, db_now_plus, se
 
 RELEASED: Mapping[str, Any] = {"lease_token": None, "lease_expires_at": None, "worker_id": None}
 """What every end of a lease sets."""
+
+
+class LeaseChange(NamedTuple):
+    """An UPDATE of the jobs among a batch of leases that are still held."""
+
+    tag: str
+    """The kind of change: a dialect may build one statement per kind, and reuse it."""
+    values: Mapping[str, Any]
+    """What the UPDATE sets."""
+    params: Mapping[str, Any] | None = None
+    """The values of bind parameters in `values`."""
 
 
 def claimed(jobs: sa.Table) -> dict[str, Any]:

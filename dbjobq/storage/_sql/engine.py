@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -25,6 +26,16 @@ T = TypeVar("T")
 TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 RETRIES = 5  # transient errors retried inside one call before StorageError
 MAX_BUSY_TIMEOUT = 2_147_483.0  # seconds: SQLite takes the wait in int milliseconds
+
+
+@dataclass
+class EngineSettings:
+    """What `create_engine` gets; each dialect's `configure` adjusts it."""
+
+    url: URL
+    busy_timeout: float
+    options: dict[str, Any] = field(default_factory=dict)
+    connect_args: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_url(url: str | URL, backends: Collection[str]) -> URL:
@@ -56,17 +67,16 @@ def parse_url(url: str | URL, backends: Collection[str]) -> URL:
     return parsed
 
 
-def create_engine(
-    url: URL, connect_args: dict[str, Any], options: dict[str, Any], extra: str, module: str
-) -> Engine:
+def create_engine(settings: EngineSettings, extra: str, module: str) -> Engine:
     """`sqlalchemy.create_engine`, with a missing driver named and its fix given.
 
     Raises:
         ConfigurationError: If the driver is unknown or not installed, or an option
             is wrong.
     """
+    url = settings.url
     try:
-        return sa.create_engine(url, connect_args=connect_args, **options)
+        return sa.create_engine(url, connect_args=settings.connect_args, **settings.options)
     except exc.NoSuchModuleError as error:
         raise ConfigurationError(f"no SQLAlchemy driver {url.drivername!r}: {error}") from error
     except ImportError as error:

@@ -12,7 +12,7 @@ from dbjobq.storage._sql.dialects.base import Dialect
 from dbjobq.storage._sql.dialects.mysql import MySQLDialect
 from dbjobq.storage._sql.dialects.postgresql import PostgreSQLDialect
 from dbjobq.storage._sql.dialects.sqlite import SQLiteDialect
-from dbjobq.storage._sql.engine import create_engine, parse_url
+from dbjobq.storage._sql.engine import EngineSettings, create_engine, parse_url
 
 __all__ = ["DIALECTS", "Dialect", "connect"]
 
@@ -45,8 +45,9 @@ def connect(
         cls = DIALECTS[parsed.get_backend_name()]
         options = dict(engine_options)
         connect_args = dict(options.pop("connect_args", {}))
-        parsed = cls.configure(parsed, busy_timeout, options, connect_args)
-        engine = create_engine(parsed, connect_args, options, cls.extra, cls.module)
+        settings = EngineSettings(parsed, busy_timeout, options, connect_args)
+        cls.configure(settings)
+        engine = create_engine(settings, cls.extra, cls.module)
     found = DIALECTS.get(engine.dialect.name)
     if found is None:
         raise ConfigurationError(

@@ -12,16 +12,17 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.orm
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.job import Job, NewJob
 from dbjobq.storage._sql import changes, migrate
-from dbjobq.storage._sql.engine import retrying
+from dbjobq.storage._sql.changes import LeaseChange
+from dbjobq.storage._sql.engine import EngineSettings, retrying
 from dbjobq.storage._sql.notify import Watcher
 from dbjobq.storage._sql.rows import JobReader, corruption, insert_params
 from dbjobq.storage._sql.schema import (
@@ -39,6 +40,16 @@ T = TypeVar("T")
 
 
 Leases = Sequence[tuple[str, str]]  # (job_id, lease token) pairs
+Rows = Sequence[sa.Row[Any]]
+
+
+class Ready(NamedTuple):
+    """Which jobs a claim takes: the arguments of `Dialect.ready`."""
+
+    queues: Sequence[str]
+    types: Collection[str] | None
+    limit: int
+    newest_first: bool
 
 
 class Dialect:
@@ -69,17 +80,15 @@ class Dialect:
     connection while the application's transaction is open."""
 
     @classmethod
-    def configure(
-        cls, url: URL, busy_timeout: float, options: dict[str, Any], connect_args: dict[str, Any]
-    ) -> URL:
-        """Adjust a URL, `create_engine` options and `connect_args` (in place).
+    def configure(cls, settings: EngineSettings) -> None:
+        """Adjust the URL and options of a new engine (in place).
 
         The default gives a URL without a driver `default_driver`.
         """
+        url = settings.url
         backend = url.get_backend_name()
         if url.drivername == backend:
-            return url.set(drivername=f"{backend}+{cls.default_driver}")
-        return url
+            settings.url = url.set(drivername=f"{backend}+{cls.default_driver}")
 
     def __init__(self, engine: Engine, *, schema: str | None, table_prefix: str) -> None:
         self.engine = engine
@@ -151,13 +160,25 @@ class Dialect:
 
     # -- statements -----------------------------------------------------------------
 
+    def insert(self, table: sa.Table) -> Any:
+        """This dialect's INSERT construct, for `insert_ignoring` and `upsert`."""
+        return sa.insert(table)
+
     def insert_ignoring(self, table: sa.Table) -> Any:
-        """An INSERT into `table` that does nothing when the row's key is taken."""
-        raise NotImplementedError
+        """An INSERT into `table` that does nothing when a unique key is taken.
+
+        The default is `ON CONFLICT DO NOTHING` (PostgreSQL, SQLite).
+        """
+        return self.insert(table).on_conflict_do_nothing()
 
     def upsert(self, table: sa.Table, row: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
-        """An INSERT of `row` that sets `update` instead when its primary key exists."""
-        raise NotImplementedError
+        """An INSERT of `row` that sets `update` instead when its primary key exists.
+
+        The default is `ON CONFLICT (key) DO UPDATE` (PostgreSQL, SQLite).
+        """
+        key = list(table.primary_key.columns)
+        stmt = self.insert(table).values(**row)
+        return stmt.on_conflict_do_update(index_elements=key, set_=dict(update))
 
     def unique_holder(self, key: str) -> sa.ColumnElement[bool]:
         """Which row holds unique key `key` (an unfinished job's)."""
@@ -287,12 +308,7 @@ class Dialect:
             .with_for_update(skip_locked=True)
         )
 
-    def claim(
-        self,
-        conn: Connection,
-        ready: tuple[Sequence[str], Collection[str] | None, int, bool],
-        params: Mapping[str, Any],
-    ) -> Sequence[sa.Row[Any]]:
+    def claim(self, conn: Connection, ready: Ready, params: Mapping[str, Any]) -> Rows:
         """Claim the `ready(*ready)` jobs with `params`; their rows (all columns).
 
         The default is one UPDATE ... RETURNING, built once per kind of claim.
@@ -340,23 +356,12 @@ class Dialect:
             )
         return jobs, len(rows) - len(jobs)
 
-    def update_leases(
-        self,
-        conn: Connection,
-        leases: Leases,
-        values: Mapping[str, Any],
-        tag: str,
-        params: Mapping[str, Any] | None = None,
-    ) -> Iterable[str]:
-        """UPDATE the running jobs among `leases` with `values`; their ids.
-
-        `tag` names the kind of update (a dialect may cache one statement per
-        tag); `params` are the values of bind parameters in `values`.
-        """
+    def update_leases(self, conn: Connection, leases: Leases, change: LeaseChange) -> Iterable[str]:
+        """UPDATE the running jobs among `leases` as `change` says; their ids."""
         c = self.jobs.c
         held_now = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
-        stmt = sa.update(self.jobs).where(held_now).values(**values).returning(c.id)
-        return conn.execute(stmt, params or {}).scalars()
+        stmt = sa.update(self.jobs).where(held_now).values(**change.values).returning(c.id)
+        return conn.execute(stmt, change.params or {}).scalars()
 
     # -- schema ---------------------------------------------------------------------
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.job import NewJob
 from dbjobq.storage._sql import changes, migrate
-from dbjobq.storage._sql.dialects.base import Dialect, Leases
+from dbjobq.storage._sql.changes import LeaseChange
+from dbjobq.storage._sql.dialects.base import Dialect, Leases, Ready, Rows
+from dbjobq.storage._sql.engine import EngineSettings
 from dbjobq.storage._sql.schema import RUNNING
 
 CHARSET = "utf8mb4"
@@ -53,19 +55,16 @@ class MySQLDialect(Dialect):
     upgrade_lock_wait = 10.0
 
     @classmethod
-    def configure(
-        cls, url: URL, busy_timeout: float, options: dict[str, Any], connect_args: dict[str, Any]
-    ) -> URL:
-        url = super().configure(url, busy_timeout, options, connect_args)
-        if url.get_driver_name() == "pymysql":
-            connect_args.setdefault("connect_timeout", 10)
+    def configure(cls, settings: EngineSettings) -> None:
+        super().configure(settings)
+        if settings.url.get_driver_name() == "pymysql":
+            settings.connect_args.setdefault("connect_timeout", 10)
         # Each statement sees the latest committed rows (REPEATABLE READ would pin
         # a snapshot); servers drop idle connections after wait_timeout.
-        options.setdefault("isolation_level", "READ COMMITTED")
-        options.setdefault("pool_recycle", 3600)
-        if "charset" not in url.query:
-            url = url.update_query_dict({"charset": CHARSET})
-        return url
+        settings.options.setdefault("isolation_level", "READ COMMITTED")
+        settings.options.setdefault("pool_recycle", 3600)
+        if "charset" not in settings.url.query:
+            settings.url = settings.url.update_query_dict({"charset": CHARSET})
 
     def __init__(self, engine: Engine, *, schema: str | None, table_prefix: str) -> None:
         super().__init__(engine, schema=schema, table_prefix=table_prefix)
@@ -91,12 +90,7 @@ class MySQLDialect(Dialect):
         """
         return [(False, jobs)]
 
-    def claim(
-        self,
-        conn: Connection,
-        ready: tuple[Sequence[str], Collection[str] | None, int, bool],
-        params: Mapping[str, Any],
-    ) -> Sequence[sa.Row[Any]]:
+    def claim(self, conn: Connection, ready: Ready, params: Mapping[str, Any]) -> Rows:
         """Three statements of the transaction: lock, update, read back.
 
         MySQL has neither UPDATE ... RETURNING nor LIMIT inside an IN subquery.
@@ -110,21 +104,14 @@ class MySQLDialect(Dialect):
         )
         return conn.execute(sa.select(self.jobs).where(c.id.in_(ids))).fetchall()
 
-    def update_leases(
-        self,
-        conn: Connection,
-        leases: Leases,
-        values: Mapping[str, Any],
-        tag: str,
-        params: Mapping[str, Any] | None = None,
-    ) -> Iterable[str]:
+    def update_leases(self, conn: Connection, leases: Leases, change: LeaseChange) -> Iterable[str]:
         """Lock the held rows, then update them: there is no UPDATE ... RETURNING."""
         c = self.jobs.c
         held_now = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
         found = list(conn.execute(sa.select(c.id).where(held_now).with_for_update()).scalars())
         if found:
-            stmt = sa.update(self.jobs).where(c.id.in_(found), held_now).values(**values)
-            conn.execute(stmt, params or {})
+            stmt = sa.update(self.jobs).where(c.id.in_(found), held_now).values(**change.values)
+            conn.execute(stmt, change.params or {})
         return found
 
     # -- schema -----------------------------------------------------------------------

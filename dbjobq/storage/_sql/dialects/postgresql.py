@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 
 from dbjobq.job import NewJob
 from dbjobq.storage._sql import migrate
+from dbjobq.storage._sql.changes import LeaseChange
 from dbjobq.storage._sql.dialects.base import Dialect, Leases
-from dbjobq.storage._sql.engine import driver_error
+from dbjobq.storage._sql.engine import EngineSettings, driver_error
 from dbjobq.storage._sql.notify import PostgresListener, Watcher
 from dbjobq.storage._sql.rows import INSERT_COLUMNS, insert_row
 from dbjobq.storage._sql.schema import PENDING, RUNNING, db_now, db_now_plus
@@ -46,10 +47,9 @@ class PostgreSQLDialect(Dialect):
     upgrade_lock_wait = 5.0
 
     @classmethod
-    def configure(
-        cls, url: URL, busy_timeout: float, options: dict[str, Any], connect_args: dict[str, Any]
-    ) -> URL:
-        url = super().configure(url, busy_timeout, options, connect_args)
+    def configure(cls, settings: EngineSettings) -> None:
+        super().configure(settings)
+        url, connect_args = settings.url, settings.connect_args
         # No pool_pre_ping: a ping per checkout doubles the round trips of every
         # operation. A connection found dead is invalidated and the operation
         # retried, which covers the same ground.
@@ -60,7 +60,6 @@ class PostgreSQLDialect(Dialect):
                 # which saves converting six per claimed job. Values are unchanged:
                 # timestamptz is an instant whatever the session's zone.
                 connect_args.setdefault("options", "-c TimeZone=UTC")
-        return url
 
     def __init__(self, engine: Engine, *, schema: str | None, table_prefix: str) -> None:
         super().__init__(engine, schema=schema, table_prefix=table_prefix)
@@ -82,16 +81,8 @@ class PostgreSQLDialect(Dialect):
         with self._autocommit.connect() as conn:
             yield conn
 
-    def insert_ignoring(self, table: sa.Table) -> Any:
-        return postgresql.insert(table).on_conflict_do_nothing()
-
-    def upsert(self, table: sa.Table, row: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
-        key = list(table.primary_key.columns)
-        return (
-            postgresql.insert(table)
-            .values(**row)
-            .on_conflict_do_update(index_elements=key, set_=dict(update))
-        )
+    def insert(self, table: sa.Table) -> Any:
+        return postgresql.insert(table)
 
     # -- COPY -------------------------------------------------------------------------
 
@@ -161,14 +152,7 @@ class PostgreSQLDialect(Dialect):
 
     # -- leases -----------------------------------------------------------------------
 
-    def update_leases(
-        self,
-        conn: Connection,
-        leases: Leases,
-        values: Mapping[str, Any],
-        tag: str,
-        params: Mapping[str, Any] | None = None,
-    ) -> Iterable[str]:
+    def update_leases(self, conn: Connection, leases: Leases, change: LeaseChange) -> Iterable[str]:
         """Pass the leases as two arrays.
 
         So the statement's text is the same for any number of jobs: the driver
@@ -180,7 +164,7 @@ class PostgreSQLDialect(Dialect):
         # Two strings split by the database: a driver dumps a list element by
         # element in Python. Ids and tokens hold no commas, but if one did...
         joined = ids.count(",") == tokens.count(",") == len(leases) - 1
-        key = (tag, joined)
+        key = (change.tag, joined)
         stmt = self._lease_updates.get(key)
         if stmt is None:
             texts: list[sa.ColumnElement[Any]]
@@ -198,7 +182,7 @@ class PostgreSQLDialect(Dialect):
             stmt = self._lease_updates[key] = (
                 sa.update(self.jobs)
                 .where(c.id == held.c.id, c.lease_token == held.c.token, c.status == RUNNING)
-                .values(**values)
+                .values(**change.values)
                 .returning(c.id)
             )
         given: dict[str, Any] = (
@@ -206,7 +190,7 @@ class PostgreSQLDialect(Dialect):
             if joined
             else {"l_ids": [i for i, _ in leases], "l_tokens": [t for _, t in leases]}
         )
-        return conn.execute(stmt, {**given, **(params or {})}).scalars()
+        return conn.execute(stmt, {**given, **(change.params or {})}).scalars()
 
     # -- schema -----------------------------------------------------------------------
 

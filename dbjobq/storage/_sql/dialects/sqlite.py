@@ -7,20 +7,20 @@ import itertools
 import os.path
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.job import NewJob
 from dbjobq.storage._sql import migrate
 from dbjobq.storage._sql.dialects.base import Dialect
-from dbjobq.storage._sql.engine import driver_error, engine_lock, retrying
+from dbjobq.storage._sql.engine import EngineSettings, driver_error, engine_lock, retrying
 from dbjobq.storage._sql.notify import SQLiteWatcher, Watcher
 from dbjobq.storage._sql.rows import INSERT_PARAMS, insert_row
 from dbjobq.storage._sql.schema import SQLITE_NOW
@@ -73,14 +73,12 @@ class SQLiteDialect(Dialect):
     join_creates_tables = False
 
     @classmethod
-    def configure(
-        cls, url: URL, busy_timeout: float, options: dict[str, Any], connect_args: dict[str, Any]
-    ) -> URL:
-        connect_args.setdefault("timeout", busy_timeout)
-        if url.database in _MEMORY:
-            connect_args.setdefault("check_same_thread", False)
-            options.setdefault("poolclass", StaticPool)
-        return super().configure(url, busy_timeout, options, connect_args)
+    def configure(cls, settings: EngineSettings) -> None:
+        super().configure(settings)
+        settings.connect_args.setdefault("timeout", settings.busy_timeout)
+        if settings.url.database in _MEMORY:
+            settings.connect_args.setdefault("check_same_thread", False)
+            settings.options.setdefault("poolclass", StaticPool)
 
     def __init__(self, engine: Engine, *, schema: str | None, table_prefix: str) -> None:
         if schema is not None:
@@ -107,16 +105,8 @@ class SQLiteDialect(Dialect):
             with conn.begin():
                 yield conn
 
-    def insert_ignoring(self, table: sa.Table) -> Any:
-        return sqlite.insert(table).on_conflict_do_nothing()
-
-    def upsert(self, table: sa.Table, row: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
-        key = list(table.primary_key.columns)
-        return (
-            sqlite.insert(table)
-            .values(**row)
-            .on_conflict_do_update(index_elements=key, set_=dict(update))
-        )
+    def insert(self, table: sa.Table) -> Any:
+        return sqlite.insert(table)
 
     # -- the driver's insert routes ----------------------------------------------------
 
