@@ -244,6 +244,12 @@ def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = 
     Without `partial_indexes` (MySQL), a stored column that holds the unique key only
     while the job is unfinished stands in for the partial unique index.
     """
+    jobs = sa.Table(f"{prefix}jobs", metadata, *_job_columns(partial_indexes))
+    _index_jobs(jobs, prefix, partial_indexes)
+    return _other_tables(metadata, prefix, jobs)
+
+
+def _job_columns(partial_indexes: bool) -> list[sa.Column[Any]]:
     on_mysql = not partial_indexes
     columns: list[sa.Column[Any]] = [
         sa.Column("id", sa.String(36), primary_key=True),
@@ -284,7 +290,11 @@ def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = 
                 ),
             )
         )
-    jobs = sa.Table(f"{prefix}jobs", metadata, *columns)
+    return columns
+
+
+def _index_jobs(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
+    on_mysql = not partial_indexes
     c = jobs.c
     pending = c.status == PENDING
     running = c.status == RUNNING
@@ -330,6 +340,9 @@ def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = 
         postgresql_where=finished,
         sqlite_where=finished,
     )
+
+
+def _other_tables(metadata: sa.MetaData, prefix: str, jobs: sa.Table) -> Tables:
     version = sa.Table(
         f"{prefix}schema",
         metadata,
