@@ -27,7 +27,8 @@ from dbjobq import (
 )
 from dbjobq._urls import mask_url
 from dbjobq.storage import SQLAlchemyStorage
-from dbjobq.storage._sql import build_tables, mysql_collation
+from dbjobq.storage._sql.dialects.mysql import collation_for as mysql_collation
+from dbjobq.storage._sql.schema import build_tables
 from dbjobq.testing import make_job
 
 from .conftest import StorageConfig
@@ -81,7 +82,7 @@ def test_sqlite_writes_begin_immediate_and_reads_do_not(
 
 def claim_plan(storage: SQLAlchemyStorage) -> str:
     """The database's plan for the SELECT that a claim runs."""
-    query = storage._ready(["default"], {"task"}, 1)
+    query = storage._dialect.ready(["default"], {"task"}, 1)
     with storage.engine.connect() as conn:
         sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
         explain = "EXPLAIN QUERY PLAN " if storage.engine.dialect.name == "sqlite" else "EXPLAIN "
@@ -261,7 +262,7 @@ def test_postgres_index_upgrade_waits_briefly_for_a_busy_table(
     old.initialize()
     make_finished_index_full(old)
     new = postgres_config.open()
-    new._INDEX_LOCK_WAIT = 0.2
+    new._dialect.upgrade_lock_wait = 0.2
     with old.engine.connect() as blocker:
         blocker.begin()
         blocker.execute(
@@ -563,7 +564,7 @@ def create_tables_the_old_way(config: StorageConfig) -> SQLAlchemyStorage:
     """The tables as earlier releases made them: with the database's default collation."""
     storage = config.open()
     metadata = sa.MetaData(schema=config.schema)
-    build_tables(metadata, config.table_prefix, "mysql")
+    build_tables(metadata, config.table_prefix, partial_indexes=False)
     with storage.engine.begin() as conn:
         metadata.create_all(conn)
         conn.execute(sa.insert(storage._version).values(version=2))
@@ -607,7 +608,7 @@ def test_mysql_collation_upgrade_of_a_busy_table_names_the_fix(
     """A table that stays locked (a long transaction) is reported, not waited on for ever."""
     old = create_tables_the_old_way(loose_mysql)
     new = loose_mysql.open()
-    new._ALTER_LOCK_WAIT = 1
+    new._dialect.upgrade_lock_wait = 1
     with old.engine.connect() as busy, busy.begin():
         busy.execute(sa.select(old._jobs.c.id)).all()  # holds the table's metadata lock
         with pytest.raises(ConfigurationError) as info:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from dbjobq import JobContext, JobQueue, Worker
 from dbjobq.storage import SQLAlchemyStorage
+from dbjobq.storage._sql.dialects.postgresql import PostgreSQLDialect
 
 from .conftest import StorageConfig
 from .helpers import wait_until
@@ -169,7 +170,7 @@ def test_postgres_listener_reconnects_after_its_connection_is_killed(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE query LIKE 'LISTEN%' AND query LIKE :channel"
                 ),
-                {"channel": f"%{storage._channel}%"},
+                {"channel": f"%{_channel(storage)}%"},
             )
         wait_until(lambda: _listeners(storage) == 1, timeout=20, what="a new LISTEN connection")
         enqueue_from_another_process(postgres_config)
@@ -179,6 +180,12 @@ def test_postgres_listener_reconnects_after_its_connection_is_killed(
         queue.close()
 
 
+def _channel(storage: SQLAlchemyStorage) -> str:
+    dialect = storage._dialect
+    assert isinstance(dialect, PostgreSQLDialect)
+    return dialect.channel
+
+
 def _listeners(storage: SQLAlchemyStorage) -> int:
     with storage.engine.connect() as conn:
         found = conn.execute(
@@ -186,6 +193,6 @@ def _listeners(storage: SQLAlchemyStorage) -> int:
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
                 "AND query LIKE :channel AND state = 'idle'"
             ),
-            {"channel": f"%{storage._channel}%"},
+            {"channel": f"%{_channel(storage)}%"},
         ).scalar()
     return int(found or 0)

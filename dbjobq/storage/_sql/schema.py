@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -24,7 +24,7 @@ SCHEMA_VERSION = 2
 1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule);
 the upgrade from 1 only adds tables, which `create_all` does. Index changes that
 older releases work with keep the version (see
-`SQLAlchemyStorage._upgrade_finished_index`).
+`migrate.upgrade_finished_index`).
 """
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
@@ -97,6 +97,11 @@ class db_now(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
     inherit_cache = True
 
 
+def seconds(name: str, value: float) -> sa.BindParameter[float]:
+    """A number of seconds, bound as a float (for `db_now_plus`)."""
+    return sa.bindparam(name, float(value), type_=sa.Double())
+
+
 class db_now_plus(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
     """`db_now()` plus a number of seconds (a bound parameter or column)."""
 
@@ -104,7 +109,7 @@ class db_now_plus(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL fun
     inherit_cache = True
 
 
-_SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
 @compiles(db_now, "postgresql")
@@ -114,7 +119,7 @@ def _now_pg(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(db_now, "sqlite")
 def _now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return _SQLITE_NOW
+    return SQLITE_NOW
 
 
 @compiles(db_now, "mysql")
@@ -131,7 +136,7 @@ def _now_plus_pg(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(db_now_plus, "sqlite")
 def _now_plus_sqlite(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"({_SQLITE_NOW} + ({compiler.process(element.clauses, **kw)}))"
+    return f"({SQLITE_NOW} + ({compiler.process(element.clauses, **kw)}))"
 
 
 @compiles(db_now_plus, "mysql")
@@ -152,10 +157,15 @@ class Corrupt:
         return f"<corrupt JSON {self.raw[:40]!r}: {self.error}>"
 
 
-class Dumped(str):
-    """JSON text that dbjobq has already serialised; `JSONText` stores it as it is."""
+def as_json_text(value: Any) -> str | None:
+    """A JSON column's value as stored.
 
-    __slots__ = ()
+    Text as it is (dbjobq serialised it), any other value (a row written by hand)
+    serialised.
+    """
+    if value is None or type(value) is str:
+        return value
+    return dumps(value)
 
 
 class JSONText(sa.types.TypeDecorator[Any]):
@@ -174,12 +184,8 @@ class JSONText(sa.types.TypeDecorator[Any]):
             return dialect.type_descriptor(mysql.LONGTEXT())
         return dialect.type_descriptor(sa.Text())
 
-    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        if value is None:
-            return None
-        if type(value) is Dumped:
-            return str(value)
-        return dumps(value)
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], str | None]:
+        return as_json_text
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
@@ -190,11 +196,25 @@ class JSONText(sa.types.TypeDecorator[Any]):
             return Corrupt(value, error)
 
 
+class PostgresJSONText(sa.types.TypeDecorator[Any]):
+    """PostgreSQL's `json` column, given JSON text.
+
+    The database parses the text it is sent, the driver what it reads; nothing
+    serialises the value a second time.
+    """
+
+    impl = sa.JSON(none_as_null=True)
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], str | None]:
+        return as_json_text
+
+
 def _json() -> sa.types.TypeEngine[Any]:
     # PostgreSQL's `json`, not `jsonb`: jsonb rewrites numbers (1e300 comes back as a
     # 301-digit integer), so payloads would not round-trip exactly. PostgreSQL rejects
     # invalid JSON itself; elsewhere JSONText keeps the exact text.
-    return JSONText().with_variant(sa.JSON(none_as_null=True), "postgresql")
+    return JSONText().with_variant(PostgresJSONText(), "postgresql")
 
 
 # Literal (not bound) state names: SQLite and PostgreSQL only use a partial index when
@@ -209,43 +229,6 @@ def _long_text() -> sa.types.TypeEngine[str]:
     return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 
-MYSQL_CHARSET = "utf8mb4"
-
-
-def mysql_collation(is_mariadb: bool, version: tuple[Any, ...] | None) -> str:
-    """The collation of every dbjobq table on this MySQL/MariaDB server.
-
-    Binary and without padding, so that text compares byte for byte as on every
-    other backend: `Mail`, `mail` and `mail ` are three job types, `café` and
-    `cafe` two unique keys. (Plain `utf8mb4_bin` pads: it treats `k` and `k ` as
-    equal.)
-
-    Raises:
-        ConfigurationError: On a MySQL server older than 8.0.17, which has no such
-            collation for utf8mb4.
-    """
-    if is_mariadb:
-        return "utf8mb4_nopad_bin"  # MariaDB 10.2.2+
-    if version is not None and tuple(version[:3]) >= (8, 0, 17):
-        return "utf8mb4_0900_bin"
-    shown = ".".join(str(part) for part in version or ()) or "unknown"
-    raise ConfigurationError(
-        f"dbjobq needs MySQL 8.0.17 or later (or MariaDB 10.6+), for the binary no-pad "
-        f"collation utf8mb4_0900_bin; this server is MySQL {shown}"
-    )
-
-
-def declare_mysql_collation(tables: Iterable[sa.Table], collation: str) -> None:
-    """Give each table charset utf8mb4 and `collation`, which its text columns inherit.
-
-    Set before `CREATE TABLE`, whatever the server's or database's defaults are.
-    """
-    for table in tables:
-        options = table.dialect_options["mysql"]
-        options["charset"] = MYSQL_CHARSET
-        options["collate"] = collation
-
-
 class Tables(NamedTuple):
     """The tables of one `SQLAlchemyStorage`."""
 
@@ -255,9 +238,19 @@ class Tables(NamedTuple):
     periodic: sa.Table
 
 
-def build_tables(metadata: sa.MetaData, prefix: str, backend: str) -> Tables:
-    """Define the tables and their indexes for a backend."""
-    on_mysql = backend in ("mysql", "mariadb")
+def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = True) -> Tables:
+    """Define the tables and their indexes.
+
+    Without `partial_indexes` (MySQL), a stored column that holds the unique key only
+    while the job is unfinished stands in for the partial unique index.
+    """
+    jobs = sa.Table(f"{prefix}jobs", metadata, *_job_columns(partial_indexes))
+    _index_jobs(jobs, prefix, partial_indexes)
+    return _other_tables(metadata, prefix, jobs)
+
+
+def _job_columns(partial_indexes: bool) -> list[sa.Column[Any]]:
+    on_mysql = not partial_indexes
     columns: list[sa.Column[Any]] = [
         sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("type", sa.String(200), nullable=False),
@@ -297,7 +290,11 @@ def build_tables(metadata: sa.MetaData, prefix: str, backend: str) -> Tables:
                 ),
             )
         )
-    jobs = sa.Table(f"{prefix}jobs", metadata, *columns)
+    return columns
+
+
+def _index_jobs(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
+    on_mysql = not partial_indexes
     c = jobs.c
     pending = c.status == PENDING
     running = c.status == RUNNING
@@ -343,6 +340,9 @@ def build_tables(metadata: sa.MetaData, prefix: str, backend: str) -> Tables:
         postgresql_where=finished,
         sqlite_where=finished,
     )
+
+
+def _other_tables(metadata: sa.MetaData, prefix: str, jobs: sa.Table) -> Tables:
     version = sa.Table(
         f"{prefix}schema",
         metadata,

@@ -1,0 +1,155 @@
+"""The layout version and the upgrades of tables made by earlier releases.
+
+Each dialect's `create_schema` runs these under its schema lock, so concurrent
+first starts upgrade once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection
+
+from dbjobq.errors import ConfigurationError
+from dbjobq.storage._sql.schema import SCHEMA_VERSION
+
+logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
+
+
+def check_version(conn: Connection, version: sa.Table, insert_ignoring: Any) -> None:
+    """Record `SCHEMA_VERSION`, or refuse tables made by a newer release.
+
+    `insert_ignoring` is an INSERT into `version` that does nothing if the row exists.
+    """
+    found = conn.execute(sa.select(sa.func.max(version.c.version))).scalar()
+    if found is None:
+        # Another process may insert the same row first (on MySQL the lock is
+        # released before this transaction commits): a clash is no error.
+        conn.execute(insert_ignoring.values(version=SCHEMA_VERSION))
+    elif found < SCHEMA_VERSION:
+        # Upgrades so far only add tables, which create_all has just done.
+        conn.execute(sa.update(version).values(version=SCHEMA_VERSION))
+    elif found > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the job tables have schema version {found}, newer than this dbjobq "
+            f"understands ({SCHEMA_VERSION}); upgrade dbjobq"
+        )
+
+
+def finished_index(jobs: sa.Table, found: object) -> sa.Index | None:
+    """The `jobs_finished` index to rebuild, if its definition `found` is a full one.
+
+    Releases before the partial index work as well with either form, so making it
+    partial is no new layout version: old and new processes can share the tables
+    during a rolling upgrade.
+    """
+    if found is None or " WHERE " in str(found).upper():
+        return None
+    (index,) = (i for i in jobs.indexes if i.name == f"{jobs.name}_finished")
+    return index
+
+
+def rebuild_index_online(
+    conn: Connection, jobs: sa.Table, schema: str | None, lock_wait: float
+) -> None:
+    """On PostgreSQL: make the full `jobs_finished` index partial (finished jobs only).
+
+    The new index is built first, under another name, so that reads go on during
+    the build (writes wait for it); if the table cannot be locked within
+    `lock_wait` seconds, the rebuild is left for the next start.
+    """
+    name = f"{jobs.name}_finished"
+    preparer = conn.dialect.identifier_preparer
+    quote, table = preparer.quote, preparer.format_table(jobs)
+    in_schema = f"{quote(schema)}." if schema else ""
+    new = f"{name}_partial"
+    try:
+        with conn.begin_nested():
+            wait = int(lock_wait * 1000)
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait}")
+            conn.exec_driver_sql(
+                f"CREATE INDEX {quote(new)} ON {table} (status, finished_at) "
+                "WHERE finished_at IS NOT NULL"
+            )
+            conn.exec_driver_sql(f"DROP INDEX {in_schema}{quote(name)}")
+            conn.exec_driver_sql(f"ALTER INDEX {in_schema}{quote(new)} RENAME TO {quote(name)}")
+    except exc.DBAPIError as error:
+        logger.warning(
+            "could not rebuild index %s to hold finished jobs only (%s); the next "
+            "start tries again",
+            name,
+            error.orig,
+        )
+
+
+def stale_collation(
+    conn: Connection, metadata: sa.MetaData, schema: str | None, collation: str
+) -> list[sa.Table]:
+    """The MySQL tables, or tables with columns, whose collation is not `collation`."""
+    names = [table.name for table in metadata.sorted_tables]
+    where = "TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME IN :names"
+    query = sa.text(
+        f"SELECT TABLE_NAME FROM information_schema.TABLES WHERE {where} "
+        "AND TABLE_COLLATION <> :c "
+        f"UNION SELECT TABLE_NAME FROM information_schema.COLUMNS WHERE {where} "
+        "AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME <> :c"
+    ).bindparams(sa.bindparam("names", expanding=True))
+    params = {"s": schema, "names": names, "c": collation}
+    stale = {str(name).lower() for name in conn.execute(query, params).scalars()}
+    return [t for t in metadata.sorted_tables if t.name.lower() in stale]
+
+
+def upgrade_collation(
+    conn: Connection,
+    metadata: sa.MetaData,
+    schema: str | None,
+    charset: str,
+    collation: str,
+    lock_wait: float,
+) -> None:
+    """Convert MySQL tables made before dbjobq declared its collation.
+
+    Such tables took the database's defaults: often a case-insensitive or padding
+    collation (`user-A` = `user-a`, `k` = `k `), or latin1, which cannot store
+    most of Unicode. `CONVERT TO` rewrites a table once, under a lock that blocks
+    writes meanwhile. It is safe for the rows: every charset converts to utf8mb4
+    without loss, and a binary collation tells apart more strings than any
+    other, so no unique index can clash. Older dbjobq releases work on the
+    converted tables, so this is no new layout version.
+
+    Raises:
+        ConfigurationError: If a table cannot be converted (no lock within `lock_wait` s,
+            no ALTER privilege, an old row format), naming the statement to run.
+    """
+    tables = stale_collation(conn, metadata, schema, collation)
+    if not tables:
+        return
+    preparer = conn.dialect.identifier_preparer
+    wait = conn.execute(sa.text("SELECT @@SESSION.lock_wait_timeout")).scalar()
+    conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {int(lock_wait)}")
+    try:
+        for table in tables:
+            sql = (
+                f"ALTER TABLE {preparer.format_table(table)} CONVERT TO CHARACTER SET "
+                f"{charset} COLLATE {collation}"
+            )
+            logger.warning(
+                "converting table %s to %s/%s, so that text compares byte for byte "
+                "(once; writes to it wait meanwhile)",
+                table.name,
+                charset,
+                collation,
+            )
+            try:
+                conn.exec_driver_sql(sql)
+            except exc.DBAPIError as error:
+                raise ConfigurationError(
+                    f"table {table.name} has a collation that compares text loosely "
+                    f"(case, accents or trailing spaces ignored) and could not be "
+                    f"converted: {error.orig}. Run this once, then start again: {sql}"
+                ) from error
+    finally:
+        conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {int(wait or 31536000)}")
