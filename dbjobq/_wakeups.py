@@ -60,7 +60,7 @@ class Wakeups:
         """A worker started: wake it from now on, and listen for other processes' enqueues."""
         with self._lock:
             self._waiters.add(waiter)
-            if self._unsubscribe is None:
+            if self._unsubscribe is None and self._storage.capabilities.notify:
                 self._unsubscribe = self._storage.subscribe(self.notify_all)
 
     def detach(self, waiter: Waiter) -> None:

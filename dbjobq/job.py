@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Union
 
@@ -124,28 +123,6 @@ class Job:
         if self.max_retries is None:
             return None
         return max(0, self.max_retries + 1 - self.attempts)
-
-
-def _job_builder(names: Sequence[str]) -> Callable[[Iterable[Any]], Job]:
-    """A fast `Job` constructor for storage rows: values of every field, in `names` order.
-
-    It skips the generated `__init__` (a frozen dataclass sets each of its 23
-    fields through `object.__setattr__`), which dominates turning a claimed batch
-    into jobs. The values are taken as they are, so they must be of the right types.
-    """
-    fields = {field.name for field in dataclasses.fields(Job)}
-    if set(names) != fields or len(names) != len(fields):
-        raise ValueError(f"a Job needs exactly the fields {sorted(fields)}")
-    setters = [getattr(Job, name).__set__ for name in names]
-    new = object.__new__
-
-    def build(values: Iterable[Any]) -> Job:
-        job = new(Job)
-        for set_value, value in zip(setters, values, strict=True):
-            set_value(job, value)
-        return job
-
-    return build
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -498,6 +498,10 @@ class JobQueue:
             self.wakeups.enqueued(jobs)
 
         if connection is not None:
+            if not self.storage.capabilities.transactions:
+                raise ConfigurationError(
+                    f"{type(self.storage).__name__} cannot join an application's transaction"
+                )
             return self.storage.enqueue_in_transaction(connection, jobs, on_commit=wake)
         if not jobs:
             return []

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from dbjobq._work.runner import Latch
-from dbjobq.job import Job, JobStatus, _job_builder
+from dbjobq.job import Job, JobStatus
+from dbjobq.storage._sql.rows import job_builder
 
 
 def test_a_latch_opens_once_for_every_waiter() -> None:
@@ -45,9 +46,9 @@ def test_the_storage_job_builder_makes_the_same_frozen_job() -> None:
         lease_token="tok",
     )
     names = [field.name for field in dataclasses.fields(Job)][::-1]  # any order
-    built = _job_builder(names)([getattr(job, name) for name in names])
+    built = job_builder(names)([getattr(job, name) for name in names])
     assert built == job and built.retries_left == 3
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.status = JobStatus.PENDING  # type: ignore[misc]
     with pytest.raises(ValueError, match="exactly the fields"):
-        _job_builder(names[1:])
+        job_builder(names[1:])
