@@ -108,6 +108,14 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
             "dbjobq worker: error: --log-level must be DEBUG, INFO, WARNING or ERROR, got 'LOUD'",
         ),
         (
+            ["worker"],
+            "dbjobq worker: error: give the app as module:queue, --app module:queue or DBJOBQ_APP",
+        ),
+        (
+            ["worker", "app:queue", "--log-format", "xml"],
+            "dbjobq worker: error: --log-format must be text or json, got 'xml'",
+        ),
+        (
             ["jobs"],
             "dbjobq jobs: error: give the database with --url (or DBJOBQ_URL), or an app with "
             "--app",
@@ -345,6 +353,22 @@ def test_several_workers_get_numbered_ids(
     assert {job.status.value for job in jobs} == {"completed"}
     assert len(ran_in) == 4
     assert set(ran_in) <= {"box-1", "box-2"}
+
+
+def test_the_demo_runs_on_the_database_it_is_given(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = run(capsys, "demo", "--url", url, "--jobs", "20", "--workers", "2")
+    assert status == 0
+    assert out.startswith("dbjobq demo: 20 jobs, 2 workers, SQLAlchemyStorage(")
+    assert "\n20 jobs finished in " in out
+    assert "  failed:    1  (bad card numbers, not retried)" in out  # job 9, on purpose
+    assert not (tmp_path / "dbjobq-demo.db").exists()  # the default file is left alone
+    queue = JobQueue(url)
+    counts = queue.counts()["default"]
+    assert (counts["completed"], counts["failed"]) == (19, 1)
+    queue.close()
 
 
 def test_python_m_dbjobq_cli_is_the_command() -> None:
