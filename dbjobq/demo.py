@@ -113,26 +113,44 @@ def run_demo(
     pool = [Worker(queue, poll_interval=0.05, max_poll_interval=0.5) for _ in range(workers)]
     for worker in pool:
         worker.start()
-    header = f"{'elapsed':>8} {'pending':>8} {'running':>8} {'completed':>10} {'failed':>7}"
-    print(header, file=out)
     try:
-        while True:
-            counts = queue.counts().get("default", {})
-            done = counts.get("completed", 0) + counts.get("failed", 0)
-            print(
-                f"{time.monotonic() - started:>7.1f}s {counts.get('pending', 0):>8} "
-                f"{counts.get('running', 0):>8} {counts.get('completed', 0):>10} "
-                f"{counts.get('failed', 0):>7}",
-                file=out,
-                flush=True,
-            )
-            if done >= len(set(ids)):
-                break
-            time.sleep(0.25)
+        _watch(queue, len(set(ids)), started, out)
     finally:
         for worker in pool:
             worker.stop()
-    elapsed = time.monotonic() - started
+    ok = _summary(queue, ids, pool, time.monotonic() - started, out, expected_failures)
+    queue.close()
+    return 0 if ok else 1
+
+
+def _watch(queue: JobQueue, total: int, started: float, out: TextIO) -> None:
+    """Print the counts four times a second until `total` jobs have finished."""
+    header = f"{'elapsed':>8} {'pending':>8} {'running':>8} {'completed':>10} {'failed':>7}"
+    print(header, file=out)
+    while True:
+        counts = queue.counts().get("default", {})
+        done = counts.get("completed", 0) + counts.get("failed", 0)
+        print(
+            f"{time.monotonic() - started:>7.1f}s {counts.get('pending', 0):>8} "
+            f"{counts.get('running', 0):>8} {counts.get('completed', 0):>10} "
+            f"{counts.get('failed', 0):>7}",
+            file=out,
+            flush=True,
+        )
+        if done >= total:
+            return
+        time.sleep(0.25)
+
+
+def _summary(
+    queue: JobQueue,
+    ids: list[str],
+    pool: list[Worker],
+    elapsed: float,
+    out: TextIO,
+    expected_failures: int,
+) -> bool:
+    """Print how the jobs ended; whether exactly the bad cards failed."""
     finished = [queue.get_job(job_id) for job_id in dict.fromkeys(ids)]
     retried = sum(1 for job in finished if job.attempts > 1)
     failed = [job for job in finished if job.status == "failed"]
@@ -147,6 +165,4 @@ def run_demo(
         print(f"    {job.id} {job.type}: {(job.last_error or '').splitlines()[0]}", file=out)
     per_worker = ", ".join(str(w.jobs_processed) for w in pool)
     print(f"  jobs per worker: {per_worker}", file=out)
-    queue.close()
-    ok = len(failed) == expected_failures and completed == len(finished) - expected_failures
-    return 0 if ok else 1
+    return len(failed) == expected_failures and completed == len(finished) - expected_failures

@@ -164,50 +164,62 @@ def check_json(
     stack: list[tuple[Any, list[str | int], int]] = [(value, [], 0)]
     while stack:
         item, path, depth = stack.pop()
-        if item is None or isinstance(item, bool):
-            continue
-        if isinstance(item, int):
-            if not INT_RANGE[0] <= item <= INT_RANGE[1]:
-                raise PayloadError(
-                    f"{what} is not storable: {_where(path)} is an integer outside 64 bits"
-                )
-            continue
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                raise PayloadError(
-                    f"{what} is not strict JSON: {_where(path)} is {item!r}; "
-                    "NaN and Infinity have no JSON form"
-                )
-            continue
-        if isinstance(item, str):
-            problem = _bad_text(item)
-            if problem:
-                raise PayloadError(f"{what} is not strict JSON: {_where(path)} {problem}")
-            continue
         if isinstance(item, (dict, list)):
             if depth >= max_depth:
                 raise PayloadError(
                     f"{what} is nested deeper than {max_depth} levels at {_where(path)}"
                 )
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    if not isinstance(key, str):
-                        raise PayloadError(
-                            f"{what} is not strict JSON: {_where(path)} has a key "
-                            f"{key!r} of type {type(key).__name__}; JSON object keys "
-                            "must be str"
-                        )
-                    problem = _bad_text(key)
-                    if problem:
-                        raise PayloadError(f"{what} is not strict JSON: key {key!r} {problem}")
-                    stack.append((child, [*path, key], depth + 1))
-            else:
-                for index, child in enumerate(item):
-                    stack.append((child, [*path, index], depth + 1))
-            continue
-        hint = "; use a list" if isinstance(item, (tuple, set, frozenset)) else ""
-        raise PayloadError(
-            f"{what} is not strict JSON: {_where(path)} is a {type(item).__name__}{hint}"
-        )
+            stack.extend(_children(item, path, depth, what))
+        else:
+            _check_scalar(item, path, what)
     if max_bytes is not None:
         _check_size(len(dumps(value).encode()), what, max_bytes)
+
+
+def _children(
+    item: dict[Any, Any] | list[Any], path: list[str | int], depth: int, what: str
+) -> list[tuple[Any, list[str | int], int]]:
+    """The members of an object or array, to check next; bad object keys raise here."""
+    if isinstance(item, list):
+        return [(child, [*path, index], depth + 1) for index, child in enumerate(item)]
+    children: list[tuple[Any, list[str | int], int]] = []
+    for key, child in item.items():
+        if not isinstance(key, str):
+            raise PayloadError(
+                f"{what} is not strict JSON: {_where(path)} has a key "
+                f"{key!r} of type {type(key).__name__}; JSON object keys "
+                "must be str"
+            )
+        problem = _bad_text(key)
+        if problem:
+            raise PayloadError(f"{what} is not strict JSON: key {key!r} {problem}")
+        children.append((child, [*path, key], depth + 1))
+    return children
+
+
+def _check_scalar(item: Any, path: list[str | int], what: str) -> None:
+    """Raise `PayloadError` unless `item` is a storable JSON scalar."""
+    if item is None or isinstance(item, bool):
+        return
+    if isinstance(item, int):
+        if not INT_RANGE[0] <= item <= INT_RANGE[1]:
+            raise PayloadError(
+                f"{what} is not storable: {_where(path)} is an integer outside 64 bits"
+            )
+        return
+    if isinstance(item, float):
+        if not math.isfinite(item):
+            raise PayloadError(
+                f"{what} is not strict JSON: {_where(path)} is {item!r}; "
+                "NaN and Infinity have no JSON form"
+            )
+        return
+    if isinstance(item, str):
+        problem = _bad_text(item)
+        if problem:
+            raise PayloadError(f"{what} is not strict JSON: {_where(path)} {problem}")
+        return
+    hint = "; use a list" if isinstance(item, (tuple, set, frozenset)) else ""
+    raise PayloadError(
+        f"{what} is not strict JSON: {_where(path)} is a {type(item).__name__}{hint}"
+    )
