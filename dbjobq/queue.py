@@ -130,19 +130,6 @@ class JobQueue:
     def retry_policy(self, value: RetryPolicy) -> None:
         self.registry.retry_policy = value
 
-    def _with_storage(self, storage: Storage | str) -> JobQueue:
-        """The same handlers, schedules and hooks on another storage (the CLI's --url)."""
-        other = JobQueue(
-            storage,
-            default_queue=self.default_queue,
-            max_retries=self.max_retries,
-            retry_policy=self.retry_policy,
-            max_payload_bytes=self.max_payload_bytes,
-        )
-        other.registry = self.registry.copy()
-        other.hooks = self.hooks
-        return other
-
     def __enter__(self) -> JobQueue:
         return self
 
@@ -654,11 +641,3 @@ class JobQueue:
             total += deleted
             if deleted < batch_size:
                 return total
-
-    # -- what a job runs with (the CLI shows it) -------------------------------------
-
-    def _max_retries(self, job: Job) -> int:
-        return self.registry.max_retries_of(job)
-
-    def _timeout(self, job: Job) -> float | None:
-        return self.registry.timeout_of(job)

@@ -51,7 +51,7 @@ def open_queue(args: argparse.Namespace, *, existing: bool = True) -> JobQueue:
     url, _ = option(args, "url")
     if app:
         queue = _load_app(app, app_source)
-        queue = queue._with_storage(url) if url else queue
+        queue = _on_storage(queue, url) if url else queue
     elif url:
         queue = JobQueue(url)
     else:
@@ -77,3 +77,17 @@ def where(storage: Storage) -> str:
         return repr(storage)
     place = f"{mask_url(storage.engine.url)} (table prefix {storage.table_prefix!r}"
     return place + (f", schema {storage.schema!r})" if storage.schema else ")")
+
+
+def _on_storage(queue: JobQueue, url: str) -> JobQueue:
+    """The same handlers, schedules and hooks as `queue`, on the storage at `url` (`--url`)."""
+    other = JobQueue(
+        url,
+        default_queue=queue.default_queue,
+        max_retries=queue.max_retries,
+        retry_policy=queue.retry_policy,
+        max_payload_bytes=queue.max_payload_bytes,
+    )
+    other.registry = queue.registry.copy()
+    other.hooks = queue.hooks
+    return other

@@ -93,7 +93,7 @@ def _tries(queue: JobQueue, job: Job) -> str:
     """Attempts allowed, as the handler of `queue` would run the job; "?" if unknown."""
     if job.max_retries is None and job.type not in queue.handlers:
         return "?"
-    return str(queue._max_retries(job) + 1)
+    return str(queue.registry.max_retries_of(job) + 1)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -111,10 +111,10 @@ def _print_job(job: Job, queue: JobQueue) -> None:
     # The values the job runs with: its own, else its handler's, known with --app.
     known = job.type in queue.handlers
     if job.max_retries is not None or known:
-        attempts = f"{job.attempts} of {queue._max_retries(job) + 1}"
+        attempts = f"{job.attempts} of {queue.registry.max_retries_of(job) + 1}"
     else:
         attempts = f"{job.attempts} of (handler default)"
-    timeout = queue._timeout(job)
+    timeout = queue.registry.timeout_of(job)
     shown_timeout = "-" if known else "handler default"
     if timeout is not None:
         shown_timeout = f"{timeout:g}s"
