@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -170,6 +170,44 @@ def test_a_subclass_that_takes_a_method_away_loses_its_flag() -> None:
     assert Ahead().capabilities.claims_ahead
     queue = JobQueue(NoRelease())
     assert Worker(queue, prefetch=8).prefetch == 1  # without release: one job at a time
+
+
+def test_a_subclass_that_adds_an_optional_method_gains_its_flag() -> None:
+    """A backend built on MemoryStorage, written before Capabilities, keeps its extras."""
+    woken: list[str] = []
+
+    class Notifying(MemoryStorage):
+        def subscribe(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+            woken.append("subscribed")
+            return lambda: woken.append("ended")
+
+    class Joining(MemoryStorage):
+        def enqueue_in_transaction(
+            self,
+            connection: Any,
+            jobs: Sequence[NewJob],
+            *,
+            on_commit: Callable[[], None] | None = None,
+        ) -> list[str]:
+            connection.append([job.id for job in jobs])
+            return self.enqueue(jobs)
+
+    assert Notifying().capabilities == Capabilities(
+        release=True, rescue_workers=True, newest_first=True, notify=True
+    )
+    assert Joining().capabilities.transactions
+    assert not Joining().capabilities.notify
+
+    queue = JobQueue(Notifying())
+    queue.register("noop", lambda ctx: None)
+    worker = Worker(queue, poll_interval=0.01)
+    worker.start()
+    assert worker.stop(timeout=5)
+    assert woken == ["subscribed", "ended"]  # the worker listened through subscribe()
+
+    joined: list[list[str]] = []
+    job_id = JobQueue(Joining()).enqueue("noop", connection=joined)
+    assert joined == [[job_id]]
 
 
 def test_a_subclass_without_newest_first_loses_that_flag() -> None:

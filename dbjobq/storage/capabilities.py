@@ -94,19 +94,27 @@ def missing_for(
 
 
 def inherited(
-    declared: Capabilities, *, claim: Callable[..., Any], reverted: Callable[[str], bool]
+    declared: Capabilities,
+    *,
+    claim: Callable[..., Any],
+    reverted: Callable[[str], bool],
+    added: Callable[[str], bool],
 ) -> Capabilities:
-    """The capabilities a subclass inherits: `declared`, less what it takes away.
+    """The capabilities a subclass inherits: `declared`, plus what it adds, less what it takes away.
 
-    A subclass that puts a base-class default back (`release = Storage.release`,
-    says `reverted("release")`) or a `claim` without `newest_first` loses the flag.
+    A subclass that implements an optional method its parent lacks (a `subscribe`
+    of its own, says `added("subscribe")`) gains the flag, as a backend that
+    declares nothing would. One that puts a base-class default back
+    (`release = Storage.release`, says `reverted("release")`) or has a `claim`
+    without `newest_first` loses it.
     """
-    off = {flag: False for flag, method in _METHODS if reverted(method)}
+    changed = {flag: True for flag, method in _METHODS if added(method)}
+    changed.update({flag: False for flag, method in _METHODS if reverted(method)})
     if not takes_newest_first(claim):
-        off["newest_first"] = False
-    if not off.get("release", declared.release):
-        off["claims_ahead"] = False
-    return dataclasses.replace(declared, **off)
+        changed["newest_first"] = False
+    if not changed.get("release", declared.release):
+        changed["claims_ahead"] = False
+    return dataclasses.replace(declared, **changed)
 
 
 def overrides(cls: type[Any], base: type[Any], name: str) -> bool:
@@ -136,7 +144,8 @@ def declared_for(cls: type[Any], *, base: type[Any]) -> Capabilities | None:
 
     A class that declares its own is checked: `TypeError`, naming what to add, when
     a flag lacks its method; `None` then (it keeps its own). A class that inherits a
-    declaration gets it less what it takes away (see `inherited`), and a
+    declaration gets it with what it adds and less what it takes away (see
+    `inherited`), and a
     `claims_ahead` attribute of its own is honoured. `None` when nothing is declared.
     """
     own = cls.__dict__.get("capabilities")
@@ -153,7 +162,10 @@ def declared_for(cls: type[Any], *, base: type[Any]) -> Capabilities | None:
     def reverted(name: str) -> bool:
         return overrides(owner, base, name) and not overrides(cls, base, name)
 
-    narrowed = inherited(declared, claim=cls.claim, reverted=reverted)
+    def added(name: str) -> bool:
+        return not overrides(owner, base, name) and overrides(cls, base, name)
+
+    narrowed = inherited(declared, claim=cls.claim, reverted=reverted, added=added)
     if "claims_ahead" in cls.__dict__:  # the attribute that came before Capabilities
         ahead = bool(cls.__dict__["claims_ahead"]) and narrowed.release
         narrowed = dataclasses.replace(narrowed, claims_ahead=ahead)
