@@ -12,7 +12,7 @@ from typing import Any
 
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError, JobNotFound
-from dbjobq.job import Job, JobStatus, NewJob
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage.base import LEASE_EXPIRED, WORKER_GONE, Capabilities, Storage
@@ -41,9 +41,10 @@ class MemoryStorage(Storage):
     It is also the model for a backend of your own: it implements the required
     methods, `release` and `claim(newest_first=...)`, declares them in
     `capabilities`, and overrides only those defaults that one pass under its
-    lock does atomically (`rescue_expired`, `rescue_workers`, `prune_workers`);
-    `count_jobs`, `pending_summary`, `complete_many` and `release_many` are the
-    base class's, built on `list_jobs`, `complete` and `release`.
+    lock does atomically (`rescue_expired`, `rescue_workers`, `prune_workers`)
+    or without copying every job (`count_jobs`, `pending_summary`, which
+    `JobQueue.stats` calls); `complete_many` and `release_many` are the base
+    class's, built on `complete` and `release`.
 
     Args:
         clock: Returns the current time as an aware `datetime`; tests pass a fake
@@ -341,6 +342,33 @@ class MemoryStorage(Storage):
                 reverse=newest_first,
             )
             return [self._out(job) for job in found[:limit]]
+
+    def count_jobs(
+        self, *, finished_within: float | None = None
+    ) -> dict[tuple[str, JobStatus], int]:
+        with self._lock:
+            since = None
+            if finished_within is not None:
+                since = self._now() - timedelta(seconds=finished_within)
+            counts: dict[tuple[str, JobStatus], int] = {}
+            for job in self._jobs.values():
+                if since is not None and (job.finished_at is None or job.finished_at < since):
+                    continue
+                key = (job.queue, job.status)
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+    def pending_summary(self) -> list[PendingGroup]:
+        with self._lock:
+            groups: dict[tuple[str, str], tuple[int, datetime]] = {}
+            for job in self._jobs.values():
+                if job.status is JobStatus.PENDING:
+                    count, oldest = groups.get((job.queue, job.type), (0, job.run_at))
+                    groups[(job.queue, job.type)] = (count + 1, min(oldest, job.run_at))
+            return [
+                PendingGroup(queue, job_type, count, oldest)
+                for (queue, job_type), (count, oldest) in sorted(groups.items())
+            ]
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
