@@ -103,9 +103,9 @@ class JobContext:
         """
         job = self._job
         if job is None:
-            effective = self._effective
-            claimed = self._claimed
-            job = self._job = claimed if effective is None else effective(claimed)
+            # A context built by hand (to test a handler) asks the queue's registry.
+            effective = self._effective or self.queue.registry.effective
+            job = self._job = effective(self._claimed)
         return job
 
     @property

@@ -245,3 +245,18 @@ def test_without_a_handler_value_the_queue_max_retries_applies(storage: Storage)
     queue.enqueue("plain")
     Worker(queue).run_until_empty()
     assert seen == [(7, None)]
+
+
+def test_a_context_built_by_hand_shows_the_handlers_defaults() -> None:
+    """Users build a JobContext to unit-test a handler; it fills in the handler's values."""
+    queue = JobQueue(MemoryStorage())
+
+    @queue.handler("report", max_retries=7, timeout=12.5)
+    def report(ctx: JobContext) -> None:
+        pass
+
+    job_id = queue.enqueue("report")
+    [claimed] = queue.storage.claim(queues=["default"], worker_id="test", lease_seconds=30)
+    assert claimed.id == job_id and claimed.max_retries is None and claimed.timeout is None
+    ctx = JobContext(claimed, queue, report_progress=lambda value, message: True)
+    assert (ctx.job.max_retries, ctx.job.timeout) == (7, 12.5)
