@@ -55,6 +55,7 @@ class Claims:
         self.queues = queues
         self.types = types
         self.lease_seconds = lease_seconds
+        self.releases = storage.capabilities.release  # whether claimed jobs can be given back
         # Passed only when asked: a storage whose claim() lacks newest_first still works.
         self._order: dict[str, bool] = {"newest_first": True} if lifo else {}
 

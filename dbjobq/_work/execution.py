@@ -440,7 +440,7 @@ class Execution:
                 extra=log_extra(job),
             )
             return
-        if not self.storage.capabilities.release:  # the backend cannot give jobs back
+        if not self.batch.claims.releases:  # the backend cannot give jobs back
             decision = self.registry.decide(job, error, trace)
             self.completer.record(lease, error=decision.error, retry_in=decision.retry_in)
             return

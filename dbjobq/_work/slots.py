@@ -148,7 +148,7 @@ class Slots:
         sync_busy = any(not a.handler.is_async for a in self.attempts.values())
         if not sync_types or sync_busy:
             return claim(async_types, free)
-        if claims.storage.capabilities.release:
+        if claims.releases:
             jobs = claim(types, free)
             extra = [j for j in jobs if j.type in sync_types][1:]
             if not extra:

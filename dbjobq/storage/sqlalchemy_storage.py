@@ -129,6 +129,9 @@ class SQLAlchemyStorage(Storage):
         self._workers, self._periodic = tables.workers, tables.periodic
         self._metadata = dialect.metadata
         self.listen = listen
+        self.claims_ahead = dialect.claims_ahead
+        """Whether workers claim their next batch while one runs (`Capabilities`);
+        set it to `False` to have them claim only when a batch is done."""
         self._watcher: Watcher | None = None
         self._watcher_lock = threading.Lock()
         self._initialized = False
@@ -154,7 +157,7 @@ class SQLAlchemyStorage(Storage):
             release=True,
             rescue_workers=True,
             newest_first=True,
-            claims_ahead=self._dialect.claims_ahead,
+            claims_ahead=self.claims_ahead,
             notify=self.listen and self._dialect.can_notify,
             transactions=True,
         )
