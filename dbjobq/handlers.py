@@ -103,10 +103,6 @@ class HandlerRegistry:
         self._schedules[schedule.name] = schedule
         return schedule
 
-    def has_schedule(self, name: str) -> bool:
-        """Whether a schedule of this name is registered."""
-        return name in self._schedules
-
     # -- lookup -----------------------------------------------------------------------
 
     def get(self, job_type: str) -> Handler | None:

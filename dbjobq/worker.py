@@ -102,8 +102,8 @@ class Worker:
         worker_id: Identifies this worker in job records; defaults to
             `host:pid:random`. Unique among running workers.
         max_jobs: Stop by itself after this many jobs (`None`: run until stopped).
-        prefetch: The most jobs claimed at once. A storage without
-            `Storage.release` gets 1.
+        prefetch: The most jobs claimed at once. A storage whose
+            `capabilities` lack `release` gets 1.
         concurrency: How many jobs the worker runs at once (1 to 1000). Above 1,
             `async def` handlers run side by side as tasks of one event loop,
             each job with its own lease, heartbeat, timeout and outcome; sync
@@ -339,7 +339,7 @@ class Worker:
         5) or have this worker's own id (its predecessor, restarted with the same
         `worker_id`). The jobs they held are rescued at once, as if their leases
         had expired (the attempt counts), and their records are removed. A storage
-        without `Storage.rescue_workers` leaves such jobs to lease expiry.
+        whose `capabilities` lack `rescue_workers` leaves such jobs to lease expiry.
 
         Raises:
             RuntimeError: If the worker was started before; create a new `Worker`.

@@ -24,7 +24,7 @@ SCHEMA_VERSION = 2
 1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule);
 the upgrade from 1 only adds tables, which `create_all` does. Index changes that
 older releases work with keep the version (see
-`migrate.upgrade_finished_index`).
+`migrate.finished_index` and `migrate.rebuild_index_online`).
 """
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
