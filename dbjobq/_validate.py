@@ -17,60 +17,30 @@ from dbjobq.periodic import Schedule
 from dbjobq.retry import RetryPolicy
 
 __all__ = [
-    "Fields",
     "checked_filter",
     "checked_handler",
     "checked_job",
     "checked_schedule",
     "finished_statuses",
-    "spec_fields",
 ]
 
 INT32 = (-(2**31), 2**31 - 1)
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-Fields = tuple[
-    str,  # type
-    "dict[str, Any] | None",  # payload
-    "str | None",  # queue
-    int,  # priority
-    "datetime | None",  # run_at
-    "float | timedelta | None",  # delay
-    "int | None",  # max_retries
-    "str | None",  # unique_key
-    "dict[str, Any] | None",  # meta
-    "float | None",  # timeout
-]
-"""`enqueue`'s arguments in `JobSpec`'s field order."""
-
-
-def spec_fields(spec: JobSpec) -> Fields:
-    """A `JobSpec`'s fields, in order."""
-    return (
-        spec.type,
-        spec.payload,
-        spec.queue,
-        spec.priority,
-        spec.run_at,
-        spec.delay,
-        spec.max_retries,
-        spec.unique_key,
-        spec.meta,
-        spec.timeout,
-    )
-
 
 def checked_job(
-    fields: Fields, default_queue: str, max_bytes: int | None, job_id: str | None = None
+    spec: JobSpec, default_queue: str, max_bytes: int | None, job_id: str | None = None
 ) -> NewJob:
-    """A validated `NewJob` from `enqueue`'s arguments (see `JobSpec`).
+    """A validated `NewJob` from `enqueue`'s arguments, given as a `JobSpec`.
 
     Raises:
         InvalidJobError: If an argument has the wrong type or value.
         PayloadError: If the payload or meta is not a storable JSON object.
     """
-    kind, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout = fields
-    job_type = check_name(kind, "job type")
+    payload, queue, run_at, delay = spec.payload, spec.queue, spec.run_at, spec.delay
+    max_retries, unique_key, timeout = spec.max_retries, spec.unique_key, spec.timeout
+    meta = spec.meta
+    job_type = check_name(spec.type, "job type")
     queue = default_queue if queue is None else check_name(queue, "queue")
     payload = {} if payload is None else payload
     if not isinstance(payload, dict):
@@ -80,7 +50,7 @@ def checked_job(
     if not isinstance(meta, dict):
         raise PayloadError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
     meta_json = "{}" if not meta else checked_dumps(meta, what="meta", max_bytes=max_bytes)
-    priority = check_int(priority, "priority", *INT32)
+    priority = check_int(spec.priority, "priority", *INT32)
     if run_at is not None and delay is not None:
         raise InvalidJobError("give either run_at or delay, not both")
     if run_at is not None:
@@ -123,7 +93,7 @@ def _checked_run_at(run_at: object) -> datetime:
 
 
 def checked_schedule(
-    fields: Fields,
+    spec: JobSpec,
     name: str | None,
     cron: str | None,
     every: float | timedelta | None,
@@ -137,23 +107,23 @@ def checked_schedule(
         ConfigurationError: If the schedule or its jobs' fields are invalid.
     """
     try:
-        spec = checked_job(fields, default_queue, max_bytes)
-        schedule_name = check_name(name or fields[0], "schedule name")
+        job = checked_job(spec, default_queue, max_bytes)
+        schedule_name = check_name(name or spec.type, "schedule name")
         interval = None if every is None else check_seconds(every, "every")
     except InvalidJobError as error:
         raise ConfigurationError(str(error)) from None
     return Schedule(
         name=schedule_name,
-        type=spec.type,
+        type=job.type,
         cron=cron,
         every=interval,
         tz=tz,
-        payload=spec.payload,
-        queue=spec.queue,
-        priority=spec.priority,
-        max_retries=spec.max_retries,
-        timeout=spec.timeout,
-        unique_key=spec.unique_key,
+        payload=job.payload,
+        queue=job.queue,
+        priority=job.priority,
+        max_retries=job.max_retries,
+        timeout=job.timeout,
+        unique_key=job.unique_key,
     )
 
 

@@ -21,7 +21,6 @@ from dbjobq._validate import (
     checked_job,
     checked_schedule,
     finished_statuses,
-    spec_fields,
 )
 from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
@@ -322,20 +321,17 @@ class JobQueue:
         Raises:
             ConfigurationError: If the schedule is invalid or its name is taken.
         """
-        fields = (
-            type,
-            payload,
-            queue,
-            priority,
-            None,
-            None,
-            max_retries,
-            unique_key,
-            None,
-            timeout,
+        jobs = JobSpec(
+            type=type,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            unique_key=unique_key,
+            timeout=timeout,
         )
         schedule = checked_schedule(
-            fields, name, cron, every, tz, self.default_queue, self.max_payload_bytes
+            jobs, name, cron, every, tz, self.default_queue, self.max_payload_bytes
         )
         return self.registry.add_schedule(schedule)
 
@@ -443,11 +439,19 @@ class JobQueue:
             ConfigurationError: If `connection` is given but the backend cannot
                 join it (see `Storage.enqueue_in_transaction`).
         """
-        job = checked_job(
-            (type, payload, queue, priority, run_at, delay, max_retries, unique_key, meta, timeout),
-            self.default_queue,
-            self.max_payload_bytes,
+        spec = JobSpec(
+            type=type,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            delay=delay,
+            max_retries=max_retries,
+            unique_key=unique_key,
+            meta=meta,
+            timeout=timeout,
         )
+        job = checked_job(spec, self.default_queue, self.max_payload_bytes)
         return self._enqueue([job], connection)[0]
 
     def enqueue_many(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[str]:
@@ -497,7 +501,7 @@ class JobQueue:
         return ids
 
     def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
-        return checked_job(spec_fields(spec), self.default_queue, self.max_payload_bytes, job_id)
+        return checked_job(spec, self.default_queue, self.max_payload_bytes, job_id)
 
     # -- inspect and manage -------------------------------------------------------------
 
