@@ -199,9 +199,12 @@ class Worker:
             self.id,
             self.heartbeat_interval,
             self.concurrency,
-            (self._batch, self._completer, self._upkeep, write_errors),
-            self._emit,
-            self._waiter.event,
+            batch=self._batch,
+            completer=self._completer,
+            upkeep=self._upkeep,
+            write_errors=write_errors,
+            emit=self._emit,
+            wake=self._waiter.event,
         )
         self._slots = Slots(
             self._execution,

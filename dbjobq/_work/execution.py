@@ -41,7 +41,10 @@ class Execution:
         worker_id: The worker's id.
         heartbeat_interval: Seconds between lease renewals.
         concurrency: Jobs run side by side (async handlers on a `LoopRunner`).
-        parts: The worker's batch, completer and upkeep.
+        batch: The worker's claimed-not-started jobs.
+        completer: Writes the outcomes.
+        upkeep: The registry record, rescues and ticks.
+        write_errors: Throttles the log of failed outcome writes.
         emit: Runs the hooks of an event.
         wake: What the worker waits on side by side (set when a handler returns).
     """
@@ -52,7 +55,11 @@ class Execution:
         worker_id: str,
         heartbeat_interval: float,
         concurrency: int,
-        parts: tuple[Batch, Completer, Upkeep, Throttle],
+        *,
+        batch: Batch,
+        completer: Completer,
+        upkeep: Upkeep,
+        write_errors: Throttle,
         emit: Emit,
         wake: threading.Event,
     ) -> None:
@@ -62,15 +69,16 @@ class Execution:
         self.storage = queue.storage
         self.worker_id = worker_id
         self.heartbeat_interval = heartbeat_interval
-        self.lease_seconds = parts[0].claims.lease_seconds
+        self.lease_seconds = batch.claims.lease_seconds
         self.concurrency = concurrency
-        self.batch, self.completer, self.upkeep, self._write_errors = parts
+        self.batch, self.completer, self.upkeep = batch, completer, upkeep
+        self._write_errors = write_errors
         self.current: Job | None = None  # the job being processed (Worker.current_job)
         self.signal = threading.Event()  # wakes watch(): handler returned, or stop()
         self.stop_deadline: float | None = None  # when (monotonic) the worker must stop
         self.emit = emit  # runs the hooks of an event
         self._wake = wake
-        self._batched = parts[0].prefetch > 1
+        self._batched = batch.prefetch > 1
         self._deferred = False  # whether the current job's outcome was held back
         self._runner: Runner | None = None
         self.loop_runner: LoopRunner | None = None  # async handlers, concurrency > 1
