@@ -196,9 +196,13 @@ class Execution:
         decision = self.registry.decide(job, error, traceback.format_exc())
         self.completer.fail_after_bug(job, decision.error, decision.retry_in)
 
-    def _process(self, job: Job) -> None:
+    def show(self, job: Job | None) -> None:
+        """Make `job` the one `Worker.current_job` shows (and the registry record names)."""
         self.current = job
         self.upkeep.changed()
+
+    def _process(self, job: Job) -> None:
+        self.show(job)
         self.emit("job:claimed", job)
         self.upkeep.save_if_due()
         self._deferred = False
@@ -209,8 +213,7 @@ class Execution:
                 self.completer.processed += 1
             if not self.batch.jobs:
                 self.completer.flush()  # before current_job shows the worker idle
-            self.current = None
-            self.upkeep.changed()
+            self.show(None)
 
     def counted(self, settle: Callable[[], None]) -> None:
         """Settle one job (record its outcome), counting it as processed once."""

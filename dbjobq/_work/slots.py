@@ -182,8 +182,7 @@ class Slots:
         """Start a claimed job's handler, or settle the job at once if it cannot run."""
         ex = self.ex
         lease = ex.lease(job)
-        ex.current = job
-        ex.upkeep.changed()
+        ex.show(job)
         ex.emit("job:claimed", job)
         if ex.registry.exhausted(job):
             ex.counted(lambda: ex.fail_exhausted(lease))
@@ -220,8 +219,7 @@ class Slots:
         current = ex.current
         if current is not None and current.id not in flights:
             # The job started last among those still running (dicts keep that order).
-            ex.current = flights[next(reversed(flights))].job if flights else None
-            ex.upkeep.changed()
+            ex.show(flights[next(reversed(flights))].job if flights else None)
         if flights:
             ex.upkeep.save_if_due()
 
