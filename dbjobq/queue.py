@@ -610,6 +610,46 @@ class JobQueue:
             self.wakeups.notify({(job.queue, job.type)}, 1)
         return done
 
+    def pause(self, queue: str) -> bool:
+        """Pause a queue: no worker, in any process, claims its jobs until `resume`.
+
+        Stored in the database, so every worker on it honours the pause from its
+        next poll. Jobs already running finish; enqueueing into a paused queue
+        still works, and its jobs wait (`pending`, no attempt used).
+
+        Returns:
+            `True` if the queue was paused now; `False` if it was paused already.
+
+        Raises:
+            InvalidJobError: If `queue` is not a valid queue name.
+            ConfigurationError: If the storage cannot pause queues
+                (`Capabilities.pauses`).
+        """
+        return self._pauses().pause_queue(check_name(queue, "queue"))
+
+    def resume(self, queue: str) -> bool:
+        """Let workers claim from a paused queue again.
+
+        Returns:
+            `True` if the queue was paused; `False` if it was not.
+
+        Raises:
+            InvalidJobError: If `queue` is not a valid queue name.
+            ConfigurationError: If the storage cannot pause queues.
+        """
+        return self._pauses().resume_queue(check_name(queue, "queue"))
+
+    def paused_queues(self) -> set[str]:
+        """The names of the paused queues (an empty set where pausing is not offered)."""
+        storage = self._store()
+        return storage.paused_queues() if storage.capabilities.pauses else set()
+
+    def _pauses(self) -> Storage:
+        storage = self._store()
+        if not storage.capabilities.pauses:
+            raise ConfigurationError(f"{type(storage).__name__} cannot pause queues")
+        return storage
+
     def purge(
         self,
         older_than: float | timedelta,

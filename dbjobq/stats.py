@@ -33,6 +33,8 @@ class QueueStats:
     """Jobs that completed or failed within each window of `WINDOWS` seconds."""
     unhandled_types: tuple[str, ...]
     """Types of pending jobs that no live worker takes from this queue."""
+    paused: bool = False
+    """Whether the queue is paused (`JobQueue.pause`): its jobs wait until resumed."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,7 +57,8 @@ def collect_stats(storage: Storage) -> Stats:
     pending = storage.pending_summary()
     workers = storage.list_workers(seen_within=SEEN_WITHIN)
     handled = {(q, t) for w in workers for q in w.queues for t in w.types}
-    names = sorted({q for q, _ in counts} | {g.queue for g in pending})
+    paused = storage.paused_queues() if storage.capabilities.pauses else set()
+    names = sorted({q for q, _ in counts} | {g.queue for g in pending} | paused)
     queues = []
     for name in names:
         groups = [g for g in pending if g.queue == name]
@@ -74,6 +77,7 @@ def collect_stats(storage: Storage) -> Stats:
                     for w in WINDOWS
                 },
                 unhandled_types=tuple(g.type for g in groups if (name, g.type) not in handled),
+                paused=name in paused,
             )
         )
     return Stats(now=now, queues=tuple(queues), workers=tuple(workers))

@@ -44,6 +44,7 @@ from dbjobq._contract.finishing import FinishingContract
 from dbjobq._contract.helpers import make_job
 from dbjobq._contract.inspection import InspectionContract
 from dbjobq._contract.leases import LeaseContract
+from dbjobq._contract.pauses import PauseContract
 from dbjobq._contract.periodic import PeriodicContract
 from dbjobq._contract.registry import RegistryContract
 from dbjobq._contract.text import TextContract
@@ -57,6 +58,7 @@ class StorageContract(
     ClaimContract,
     FinishingContract,
     LeaseContract,
+    PauseContract,
     InspectionContract,
     PeriodicContract,
     RegistryContract,

@@ -183,6 +183,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     )
     print(f"\n{len(stats.workers)} live worker(s)")
     for q in stats.queues:
+        if q.paused:
+            print(f"paused: queue {safe(q.queue)} (dbjobq resume {safe(q.queue)})")
+    for q in stats.queues:
         for job_type in q.unhandled_types:
             print(f"warning: no live worker handles {job_type!r} jobs in queue {q.queue!r}")
     return 0
@@ -250,6 +253,34 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     else:
         print(f"job {args.id} had already finished")
     return 0 if done else EXIT_FAILURE
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """`dbjobq pause NAME`: stop every worker from claiming the queue's jobs."""
+    done = open_queue(args).pause(args.name)
+    if args.json:
+        print_json({"paused": done})
+    else:
+        print(
+            f"paused queue {safe(args.name)}"
+            if done
+            else f"queue {safe(args.name)} was paused already"
+        )
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """`dbjobq resume NAME`: let workers claim from a paused queue again."""
+    done = open_queue(args).resume(args.name)
+    if args.json:
+        print_json({"resumed": done})
+    else:
+        print(
+            f"resumed queue {safe(args.name)}"
+            if done
+            else f"queue {safe(args.name)} was not paused"
+        )
+    return 0
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

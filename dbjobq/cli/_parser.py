@@ -14,7 +14,9 @@ from dbjobq.cli._commands import (
     cmd_init,
     cmd_job,
     cmd_jobs,
+    cmd_pause,
     cmd_purge,
+    cmd_resume,
     cmd_retry,
     cmd_stats,
     cmd_workers,
@@ -146,6 +148,11 @@ def _add_manage(commands: _Commands) -> None:
 
     cancel = _command(commands, "cancel", "cancel a pending or running job", cmd_cancel)
     cancel.add_argument("id")
+
+    pause = _command(commands, "pause", "stop workers claiming from a queue", cmd_pause)
+    pause.add_argument("name", help="queue name")
+    resume = _command(commands, "resume", "let workers claim from a paused queue", cmd_resume)
+    resume.add_argument("name", help="queue name")
 
     purge = _command(commands, "purge", "delete old finished jobs", cmd_purge)
     purge.add_argument("--older-than", required=True, help="age such as 7d or 12h")

@@ -580,3 +580,32 @@ class Storage(abc.ABC):
             The ids, as `enqueue` returns them.
         """
         raise ConfigurationError(f"{type(self).__name__} cannot join an application's transaction")
+
+    # -- pausing queues (optional) ---------------------------------------------------------
+
+    def pause_queue(self, queue: str) -> bool:
+        """Stop claims from `queue` until `resume_queue`, for every worker on the store.
+
+        While a queue is paused, `claim` treats its jobs as not due: they stay
+        `pending`, use no attempt, and are claimed once the queue is resumed. Jobs
+        already running finish as usual; enqueueing into a paused queue still works.
+        Backends with this declare `Capabilities(pauses=True)`; the default raises
+        `NotImplementedError`.
+
+        Returns:
+            `True` if the queue was running and is paused now; `False` if it was
+            paused already.
+        """
+        raise NotImplementedError
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers claim from a paused `queue` again (see `pause_queue`).
+
+        Returns:
+            `True` if the queue was paused; `False` if it was not.
+        """
+        raise NotImplementedError
+
+    def paused_queues(self) -> set[str]:
+        """The names of the paused queues (see `pause_queue`)."""
+        raise NotImplementedError

@@ -47,6 +47,9 @@ class Capabilities:
     notify: bool = False
     """`subscribe` reports jobs enqueued by other processes, so idle workers wake
     in milliseconds rather than at their next poll."""
+    pauses: bool = False
+    """`pause_queue`, `resume_queue` and `paused_queues` stop and restart claims
+    from a queue, for every worker on the store."""
     transactions: bool = False
     """`enqueue_in_transaction` joins the application's own transaction."""
 
@@ -67,6 +70,7 @@ _METHODS = (
     ("rescue_workers", "rescue_workers"),
     ("notify", "subscribe"),
     ("transactions", "enqueue_in_transaction"),
+    ("pauses", "pause_queue"),
 )
 """Each flag that stands for a method of its own, and that method."""
 
@@ -136,6 +140,7 @@ def derived(storage: Any, *, base: type[Any]) -> Capabilities:
         claims_ahead=bool(getattr(storage, "claims_ahead", False)),
         notify=overrides(cls, base, "subscribe"),
         transactions=overrides(cls, base, "enqueue_in_transaction"),
+        pauses=overrides(cls, base, "pause_queue"),
     )
 
 

@@ -51,10 +51,10 @@ class MemoryStorage(Storage):
             clock to move time forward without sleeping.
     """
 
-    capabilities = Capabilities(release=True, rescue_workers=True, newest_first=True)
-    """Gives jobs back, rescues dead workers' jobs, claims newest first. It does not
-    notify other processes (there are none), join transactions, or claim ahead (a
-    claim is CPU work in this process, nothing to overlap)."""
+    capabilities = Capabilities(release=True, rescue_workers=True, newest_first=True, pauses=True)
+    """Gives jobs back, rescues dead workers' jobs, claims newest first, pauses
+    queues. It does not notify other processes (there are none), join
+    transactions, or claim ahead (a claim is CPU work in this process)."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or _utcnow
@@ -63,6 +63,7 @@ class MemoryStorage(Storage):
         self._unique: dict[str, str] = {}
         self._ticks: dict[str, datetime] = {}
         self._workers: dict[str, WorkerInfo] = {}
+        self._paused: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MemoryStorage(jobs={len(self._jobs)})"
@@ -138,7 +139,7 @@ class MemoryStorage(Storage):
     ) -> list[Job]:
         with self._lock:
             now = self._now()
-            wanted = set(queues)
+            wanted = set(queues) - self._paused
             due = [
                 job
                 for job in self._jobs.values()
@@ -468,3 +469,21 @@ class MemoryStorage(Storage):
 
     def now(self) -> datetime:
         return self._now()
+
+    def pause_queue(self, queue: str) -> bool:
+        with self._lock:
+            if queue in self._paused:
+                return False
+            self._paused.add(queue)
+            return True
+
+    def resume_queue(self, queue: str) -> bool:
+        with self._lock:
+            if queue not in self._paused:
+                return False
+            self._paused.discard(queue)
+            return True
+
+    def paused_queues(self) -> set[str]:
+        with self._lock:
+            return set(self._paused)

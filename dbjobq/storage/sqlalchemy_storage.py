@@ -127,6 +127,7 @@ class SQLAlchemyStorage(Storage):
         tables = dialect.tables
         self._jobs, self._version = tables.jobs, tables.version
         self._workers, self._periodic = tables.workers, tables.periodic
+        self._paused = tables.paused
         self._metadata = dialect.metadata
         self.listen = listen
         self.claims_ahead = dialect.claims_ahead
@@ -160,6 +161,7 @@ class SQLAlchemyStorage(Storage):
             claims_ahead=self.claims_ahead,
             notify=self.listen and self._dialect.can_notify,
             transactions=True,
+            pauses=True,
         )
 
     # -- set-up -------------------------------------------------------------------
@@ -598,6 +600,32 @@ class SQLAlchemyStorage(Storage):
         stmt = sa.select(p.last_tick).where(p.name == schedule)
         found = self._run("last_tick", lambda conn: conn.execute(stmt).scalar(), write=False)
         return None if found is None or found <= self._NO_TICK else found
+
+    # -- pausing queues -------------------------------------------------------------------
+
+    def pause_queue(self, queue: str) -> bool:
+        p = self._paused.c
+        found = sa.select(p.queue).where(p.queue == queue)
+        insert = self._dialect.insert_ignoring(self._paused).values(queue=queue, paused_at=db_now())
+
+        def run(conn: Connection) -> bool:
+            # Not the INSERT's rowcount: drivers do not all report it for a skipped row.
+            if conn.execute(found).first() is not None:
+                return False
+            conn.execute(insert)
+            return True
+
+        return self._run("pause_queue", run, write=True)
+
+    def resume_queue(self, queue: str) -> bool:
+        stmt = sa.delete(self._paused).where(self._paused.c.queue == queue)
+        return bool(self._run("resume_queue", lambda c: c.execute(stmt).rowcount, write=True))
+
+    def paused_queues(self) -> set[str]:
+        stmt = sa.select(self._paused.c.queue)
+        return set(
+            self._run("paused_queues", lambda c: c.execute(stmt).scalars().all(), write=False)
+        )
 
     # -- the worker registry --------------------------------------------------------------
 

@@ -18,12 +18,12 @@ from sqlalchemy.sql.functions import FunctionElement
 from dbjobq.errors import ConfigurationError
 from dbjobq.payload import dumps
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the table layout below; stored in the `<prefix>schema` table.
 
-1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule);
-the upgrade from 1 only adds tables, which `create_all` does. Index changes that
-older releases work with keep the version (see
+1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule).
+3: + paused_queues. Each upgrade so far only adds tables, which `create_all` does.
+Index changes that older releases work with keep the version (see
 `migrate.finished_index` and `migrate.rebuild_index_online`).
 """
 
@@ -236,6 +236,7 @@ class Tables(NamedTuple):
     version: sa.Table
     workers: sa.Table
     periodic: sa.Table
+    paused: sa.Table
 
 
 def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = True) -> Tables:
@@ -368,4 +369,10 @@ def _other_tables(metadata: sa.MetaData, prefix: str, jobs: sa.Table) -> Tables:
         sa.Column("name", sa.String(200), primary_key=True),
         sa.Column("last_tick", UTCDateTime, nullable=False),
     )
-    return Tables(jobs, version, workers, periodic)
+    paused = sa.Table(
+        f"{prefix}paused_queues",
+        metadata,
+        sa.Column("queue", sa.String(200), primary_key=True),
+        sa.Column("paused_at", UTCDateTime, nullable=False),
+    )
+    return Tables(jobs, version, workers, periodic, paused)

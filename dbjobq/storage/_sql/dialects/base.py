@@ -294,7 +294,13 @@ class Dialect:
     ) -> sa.Select[tuple[str]]:
         """The due jobs a claim takes, in claim order, locked and skipping locked rows."""
         c = self.jobs.c
-        conditions = [c.status == PENDING, c.queue.in_(list(queues)), c.run_at <= db_now()]
+        paused = sa.select(self.tables.paused.c.queue)
+        conditions = [
+            c.status == PENDING,
+            c.queue.in_(list(queues)),
+            c.queue.not_in(paused),
+            c.run_at <= db_now(),
+        ]
         if types is not None:
             conditions.append(c.type.in_(sorted(types)))
         # Newest first cannot walk the claim index in order (priority descends,
