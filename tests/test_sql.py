@@ -200,6 +200,30 @@ def test_a_newer_schema_version_is_refused(request: pytest.FixtureRequest, backe
     fresh.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+def test_tables_of_layout_2_gain_the_paused_queues_table(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    config: StorageConfig = request.getfixturevalue(f"{backend}_config")
+    old = config.open()
+    old.initialize()
+    job = make_job(queue="mail")
+    old.enqueue([job])
+    with old.engine.begin() as conn:  # as a release of layout 2 left them
+        old._dialect.tables.paused.drop(conn)
+        conn.execute(sa.update(old._version).values(version=2))
+    new = config.open()
+    new.initialize()
+    with new.engine.connect() as conn:
+        assert conn.execute(sa.select(new._version.c.version)).scalars().all() == [3]
+    assert new.pause_queue("mail") and new.paused_queues() == {"mail"}
+    assert new.claim(queues=["mail"], worker_id="w", lease_seconds=60) == []
+    assert new.resume_queue("mail")
+    assert [j.id for j in new.claim(queues=["mail"], worker_id="w", lease_seconds=60)] == [job.id]
+    old.close()
+    new.close()
+
+
 def finished_index_sql(storage: SQLAlchemyStorage) -> str:
     name = f"{storage.table_prefix}jobs_finished"
     with storage.engine.connect() as conn:
