@@ -25,7 +25,7 @@ async def fetch(ctx: JobContext) -> int:
 ids = queue.enqueue_many([JobSpec(type="fetch", payload={"n": n}) for n in range(6)])
 started = time.monotonic()
 Worker(queue, concurrency=6).run_until_empty()  # or .start() in an application
-print(f"{time.monotonic() - started:.1f}s")  # 0.5s: side by side (one at a time: 3.0s)
+print(f"{time.monotonic() - started:.1f}s")  # about 0.5s: side by side (one at a time: 3.0s)
 print(in_flight["most"], [queue.get_job(i).result for i in ids])  # 6 [0, 1, 2, 3, 4, 5]
 assert in_flight["most"] == 6
 assert [queue.get_job(i).status for i in ids] == ["completed"] * 6
