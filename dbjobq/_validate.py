@@ -10,6 +10,7 @@ from dbjobq import _clock
 from dbjobq._checks import KEY_MAX, MAX_DELAY, check_int, check_name, check_seconds, check_str
 from dbjobq._ids import new_job_id
 from dbjobq.errors import ConfigurationError, InvalidJobError, PayloadError
+from dbjobq.flow import Concurrency, RateLimit
 from dbjobq.handlers import Handler
 from dbjobq.job import JobSpec, JobStatus, NewJob
 from dbjobq.payload import checked_dumps
@@ -29,9 +30,16 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def checked_job(
-    spec: JobSpec, default_queue: str, max_bytes: int | None, job_id: str | None = None
+    spec: JobSpec,
+    default_queue: str,
+    max_bytes: int | None,
+    job_id: str | None = None,
+    concurrency_of: Callable[[str], Concurrency | None] | None = None,
 ) -> NewJob:
     """A validated `NewJob` from `enqueue`'s arguments, given as a `JobSpec`.
+
+    `concurrency_of(type)` is the `Concurrency` of the type's handler here, if
+    any: a job without a `concurrency_key` gets the key it gives.
 
     Raises:
         InvalidJobError: If an argument has the wrong type or value.
@@ -63,6 +71,11 @@ def checked_job(
         unique_key = check_name(unique_key, "unique_key", KEY_MAX)
     if timeout is not None:
         timeout = check_seconds(timeout, "timeout", allow_zero=False)
+    concurrency_key = spec.concurrency_key
+    if concurrency_key is not None:
+        concurrency_key = check_name(concurrency_key, "concurrency_key", KEY_MAX)
+    elif concurrency_of is not None and (limit := concurrency_of(job_type)) is not None:
+        concurrency_key = limit.key_of(job_type, payload)
     return NewJob(
         id=new_job_id() if job_id is None else job_id,
         type=job_type,
@@ -75,6 +88,7 @@ def checked_job(
         unique_key=unique_key,
         meta=meta,
         timeout=timeout,
+        concurrency_key=concurrency_key,
         payload_json=payload_json,
         meta_json=meta_json,
     )
@@ -166,12 +180,22 @@ def checked_handler(
     max_retries: int | None,
     timeout: float | None,
     retry_policy: RetryPolicy | None,
+    concurrency: Concurrency | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> Handler:
     """A `Handler` of `fn`, its options checked (see `JobQueue.register`).
 
     Raises:
         ConfigurationError: If an option is invalid or `fn` is not callable.
     """
+    if concurrency is not None and not isinstance(concurrency, Concurrency):
+        raise ConfigurationError(
+            f"concurrency must be a Concurrency or None, got {type(concurrency).__name__}"
+        )
+    if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+        raise ConfigurationError(
+            f"rate_limit must be a RateLimit or None, got {type(rate_limit).__name__}"
+        )
     try:
         check_name(job_type, "job type")
         if max_retries is not None:
@@ -182,4 +206,4 @@ def checked_handler(
         raise ConfigurationError(str(error)) from None
     if not callable(fn):
         raise ConfigurationError(f"handler for {job_type!r} is not callable")
-    return Handler(job_type, fn, max_retries, timeout, retry_policy)
+    return Handler(job_type, fn, max_retries, timeout, retry_policy, concurrency, rate_limit)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, KeysView, Mapping
+from collections.abc import Callable, Iterable, KeysView, Mapping
 from typing import Any
 
 from dbjobq._checks import check_seconds
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError, JobError, PayloadError
+from dbjobq.flow import Concurrency, Limits, RateLimit
 from dbjobq.job import Job
 from dbjobq.payload import clean_text
 from dbjobq.periodic import Schedule
@@ -41,6 +42,17 @@ class Handler:
     """Seconds an attempt may run; a job's own `timeout` takes precedence."""
     retry_policy: RetryPolicy | None
     """Back-off between attempts; `None` uses the queue's policy."""
+    concurrency: Concurrency | None = None
+    """At most so many jobs of one concurrency key run at once; `None`: no limit."""
+    rate_limit: RateLimit | None = None
+    """At most so many jobs (of one rate key) start per window; `None`: no limit."""
+
+    @property
+    def limits(self) -> Limits | None:
+        """What `Storage.claim` enforces for this type; `None` without limits."""
+        if self.concurrency is None and self.rate_limit is None:
+            return None
+        return Limits(self.concurrency, self.rate_limit)
 
     @property
     def is_async(self) -> bool:
@@ -124,6 +136,20 @@ class HandlerRegistry:
         return dict(self._schedules)
 
     # -- what a job runs with -----------------------------------------------------------
+
+    def concurrency_of(self, job_type: str) -> Concurrency | None:
+        """The `Concurrency` of the handler of `job_type` here, or `None`."""
+        handler = self._handlers.get(job_type)
+        return None if handler is None else handler.concurrency
+
+    def limits(self, types: Iterable[str]) -> dict[str, Limits]:
+        """The limits of those of `types` whose handlers have any (for a claim)."""
+        found = {}
+        for job_type in types:
+            handler = self._handlers.get(job_type)
+            if handler is not None and (limits := handler.limits) is not None:
+                found[job_type] = limits
+        return found
 
     def max_retries_of(self, job: Job) -> int:
         """The job's `max_retries` as run here: its own, else its handler's, else the default."""

@@ -112,6 +112,10 @@ class Job:
     """Fencing token of the current lease; finishing the job requires it."""
     lease_expires_at: datetime | None = None
     """When the current lease runs out unless renewed by a heartbeat."""
+    concurrency_key: str | None = None
+    """The key its handler's `Concurrency` limit counts it under: given at enqueue,
+    or worked out from the payload (by the enqueueing queue, else at the first
+    claim that sees it); `None` for a job without a concurrency limit."""
 
     @property
     def retries_left(self) -> int | None:
@@ -142,6 +146,7 @@ class JobSpec:
     unique_key: str | None = None
     meta: dict[str, Any] | None = None
     timeout: float | None = None
+    concurrency_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +169,8 @@ class NewJob:
     unique_key: str | None
     meta: dict[str, Any]
     timeout: float | None
+    concurrency_key: str | None = None
+    """The job's concurrency key (see `Job.concurrency_key`), or `None`."""
     payload_json: str = dataclasses.field(default="", compare=False, repr=False)
     """`payload` as compact JSON text: what SQL backends store, on every insert
     route alike. `JobQueue` serialises each payload once (to check its size) and

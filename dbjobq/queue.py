@@ -26,6 +26,7 @@ from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError
 from dbjobq.events import H, Hooks
+from dbjobq.flow import Concurrency, RateLimit
 from dbjobq.handlers import Handler, HandlerRegistry
 from dbjobq.job import Job, JobSpec, JobStatus, NewJob
 from dbjobq.periodic import Schedule
@@ -164,6 +165,8 @@ class JobQueue:
         max_retries: int | None = None,
         timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
+        concurrency: Concurrency | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of a job type.
 
@@ -184,15 +187,26 @@ class JobQueue:
                 `JobTimeoutError`, applied when the job runs (a job's own
                 `timeout` wins).
             retry_policy: Back-off for this type instead of the queue's.
+            concurrency: At most `limit` jobs per concurrency key run at once,
+                across every worker on the database (see `Concurrency`).
+            rate_limit: At most `count` jobs (per key) start in any `per` seconds,
+                across every worker on the database (see `RateLimit`).
 
         Raises:
-            ConfigurationError: If the type already has a handler or an option is
-                invalid.
+            ConfigurationError: If the type already has a handler, an option is
+                invalid, or the storage cannot enforce a limit
+                (`Capabilities.limits`).
         """
 
         def register(fn: F) -> F:
             self.register(
-                type, fn, max_retries=max_retries, timeout=timeout, retry_policy=retry_policy
+                type,
+                fn,
+                max_retries=max_retries,
+                timeout=timeout,
+                retry_policy=retry_policy,
+                concurrency=concurrency,
+                rate_limit=rate_limit,
             )
             return fn
 
@@ -206,6 +220,8 @@ class JobQueue:
         max_retries: int | None = None,
         timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
+        concurrency: Concurrency | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Handler:
         """Register `fn` as the handler of `type`; the non-decorator form of `handler`.
 
@@ -213,10 +229,18 @@ class JobQueue:
             The registered `Handler`.
 
         Raises:
-            ConfigurationError: If the type already has a handler or an option is
-                invalid.
+            ConfigurationError: If the type already has a handler, an option is
+                invalid, or the storage cannot enforce a limit
+                (`Capabilities.limits`).
         """
-        handler = checked_handler(type, fn, max_retries, timeout, retry_policy)
+        handler = checked_handler(
+            type, fn, max_retries, timeout, retry_policy, concurrency, rate_limit
+        )
+        if handler.limits is not None and not self.storage.capabilities.limits:
+            raise ConfigurationError(
+                f"{self.storage.__class__.__name__} cannot enforce concurrency or rate limits "
+                f"(Capabilities.limits), which the handler of {handler.type!r} asks for"
+            )
         return self.registry.add(handler)
 
     @property
@@ -400,6 +424,7 @@ class JobQueue:
         unique_key: str | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        concurrency_key: str | None = None,
         connection: Any = None,
     ) -> str:
         """Add a job and return its id.
@@ -423,6 +448,10 @@ class JobQueue:
             meta: Free-form JSON object stored with the job.
             timeout: Seconds an attempt may run before failing with
                 `JobTimeoutError`; `None`: the handler's `timeout` when it runs.
+            concurrency_key: The key the handler's `Concurrency` limit counts the
+                job under, instead of the one its key function gives (jobs of
+                several types can share a key this way). Without a `Concurrency`
+                on the handler that runs it, the key limits nothing.
             connection: Join the application's open transaction instead of using
                 one of the queue's own (SQL backends: a SQLAlchemy `Connection` or
                 ORM `Session` on the same database). The job then exists if and
@@ -450,9 +479,9 @@ class JobQueue:
             unique_key=unique_key,
             meta=meta,
             timeout=timeout,
+            concurrency_key=concurrency_key,
         )
-        job = checked_job(spec, self.default_queue, self.max_payload_bytes)
-        return self._enqueue([job], connection)[0]
+        return self._enqueue([self._validate(spec)], connection)[0]
 
     def enqueue_many(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[str]:
         """Add many jobs in one transaction (one round trip on SQL backends).
@@ -501,7 +530,9 @@ class JobQueue:
         return ids
 
     def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
-        return checked_job(spec, self.default_queue, self.max_payload_bytes, job_id)
+        return checked_job(
+            spec, self.default_queue, self.max_payload_bytes, job_id, self.registry.concurrency_of
+        )
 
     # -- inspect and manage -------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from typing import Any
 
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError
+from dbjobq.flow import LimitMap
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage.capabilities import Capabilities, declared_for, derived
@@ -580,6 +581,76 @@ class Storage(abc.ABC):
             The ids, as `enqueue` returns them.
         """
         raise ConfigurationError(f"{type(self).__name__} cannot join an application's transaction")
+
+    # -- flow control (optional) -----------------------------------------------------------
+
+    def claim_limited(
+        self,
+        *,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_seconds: float,
+        types: Collection[str],
+        limits: LimitMap,
+        limit: int = 1,
+        newest_first: bool = False,
+    ) -> list[Job]:
+        """`claim`, where the jobs of some types start only within their limits (optional).
+
+        Workers call it instead of `claim` when some of their types have handlers
+        with limits; it takes the same arguments (and follows the same order and
+        rules), plus:
+
+        `limits` maps job types to the `Limits`
+        their jobs start under; workers pass it only for the types whose handlers
+        have limits. A job of such a type is claimed only while, counting the jobs
+        this call claims:
+
+        - (`concurrency`) fewer than its `limit` jobs with its concurrency key are
+          `running` with an unexpired lease, whatever their type. The key is the
+          job's `concurrency_key`, or if that is `None`, `Limits.concurrency_key`
+          of its payload, which the claim stores on the job (claimed or not).
+          With `ordered`, no other unfinished job with that key was enqueued
+          before it (`created_at`, then `id`).
+        - (`rate_limit`) fewer than `count` jobs with its rate key
+          (`Limits.rate_key`) were claimed in the last `per` seconds; the claim
+          records each start it makes (see `recent_starts`).
+
+        The check and the claim are one atomic step: racing claimers, in any
+        process, never exceed a limit. A job held back is left as it is (but for
+        its stored key) and does not stop jobs behind it from being claimed.
+
+        Backends with it (and `recent_starts`) declare `Capabilities(limits=True)`;
+        the default raises `NotImplementedError`.
+
+        Returns:
+            The claimed jobs as stored after the claim, in claim order.
+        """
+        raise NotImplementedError
+
+    def recent_starts(self, key: str, *, within: float) -> list[datetime]:
+        """When jobs with rate key `key` were claimed in the last `within` seconds.
+
+        Part of `Capabilities.limits` (see `claim`'s `limits`): the starts a rate
+        limit counts, oldest first. Starts older than the longest window in use
+        may be forgotten. The default raises `NotImplementedError`.
+        """
+        raise NotImplementedError
+
+    def snooze(self, job_id: str, token: str, *, delay: float) -> bool:
+        """Put a running job back to `pending`, due `delay` seconds from now (optional).
+
+        What a handler's `Snooze` does: as `release`, the attempt does not count
+        (`attempts` goes back down by one), the lease is cleared and `started_at`
+        becomes `None`; `run_at` becomes now plus `delay`; `last_error`, `result`
+        and `progress` are left as they are. Backends with it declare
+        `Capabilities(snooze=True)`; the default raises `NotImplementedError`.
+
+        Returns:
+            `True` if snoozed; `False` (and no change) if `token` does not hold
+            the lease.
+        """
+        raise NotImplementedError
 
     # -- pausing queues (optional) ---------------------------------------------------------
 

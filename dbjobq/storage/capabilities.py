@@ -52,17 +52,28 @@ class Capabilities:
     from a queue, for every worker on the store."""
     transactions: bool = False
     """`enqueue_in_transaction` joins the application's own transaction."""
+    limits: bool = False
+    """`claim_limited` enforces concurrency and rate limits and `recent_starts`
+    reports a rate key's starts; needed by handlers with `concurrency` or
+    `rate_limit` (registering one on a backend without it raises
+    `ConfigurationError`)."""
+    snooze: bool = False
+    """`snooze` puts a running job back to pending without using its attempt.
+    Without it a handler's `Snooze` is recorded as a retry that counts."""
 
 
-def takes_newest_first(claim: Callable[..., Any]) -> bool:
-    """Whether a `claim` has the optional `newest_first` parameter (or `**kwargs`)."""
+def takes(claim: Callable[..., Any], name: str) -> bool:
+    """Whether a `claim` has the optional parameter `name` (or `**kwargs`)."""
     try:
         parameters = inspect.signature(claim).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(
-        p.name == "newest_first" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def takes_newest_first(claim: Callable[..., Any]) -> bool:
+    """Whether a `claim` has the optional `newest_first` parameter (or `**kwargs`)."""
+    return takes(claim, "newest_first")
 
 
 _METHODS = (
@@ -71,6 +82,8 @@ _METHODS = (
     ("notify", "subscribe"),
     ("transactions", "enqueue_in_transaction"),
     ("pauses", "pause_queue"),
+    ("limits", "claim_limited"),
+    ("snooze", "snooze"),
 )
 """Each flag that stands for a method of its own, and that method."""
 
@@ -92,6 +105,8 @@ def missing_for(
     ]
     if declared.newest_first and not takes_newest_first(claim):
         missing.append("newest_first=True needs claim(..., newest_first: bool = False)")
+    if declared.limits and not own("recent_starts"):
+        missing.append("limits=True needs a recent_starts() of its own")
     if declared.claims_ahead and not declared.release:
         missing.append("claims_ahead=True needs release=True (a batch claimed ahead is given back)")
     return missing
@@ -141,6 +156,8 @@ def derived(storage: Any, *, base: type[Any]) -> Capabilities:
         notify=overrides(cls, base, "subscribe"),
         transactions=overrides(cls, base, "enqueue_in_transaction"),
         pauses=overrides(cls, base, "pause_queue"),
+        limits=overrides(cls, base, "claim_limited") and overrides(cls, base, "recent_starts"),
+        snooze=overrides(cls, base, "snooze"),
     )
 
 
