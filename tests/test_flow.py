@@ -216,12 +216,12 @@ def test_a_bad_explicit_key_is_refused(queue: JobQueue, key: Any) -> None:
     [
         (lambda: Concurrency(0), "between 1 and 10000"),
         (lambda: Concurrency(2, ordered=True), "needs limit=1"),
-        (lambda: Concurrency(1, key="account"), "function of the payload"),
+        (lambda: Concurrency(1, key="account"), "function of the payload"),  # type: ignore[arg-type]
         (lambda: Concurrency(True), "must be an int"),
         (lambda: RateLimit(0), "between 1 and 100000"),
         (lambda: RateLimit(1, per=0), "more than zero"),
         (lambda: RateLimit(1, per=90000), "at most a day"),
-        (lambda: RateLimit(1, key=3), "function of the payload"),
+        (lambda: RateLimit(1, key=3), "function of the payload"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_limits_are_refused(make: Any, message: str) -> None:
