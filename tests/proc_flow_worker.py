@@ -1,0 +1,107 @@
+"""A worker process for the flow-control process tests: `python -m tests.proc_flow_worker`.
+
+It runs `--workers` worker threads with two limited handlers until SIGTERM, and exits
+3 if anything was logged at ERROR level, else 0:
+
+  sync  `Concurrency(2, key=payload["key"])`; sleeps `--sleep` seconds.
+  call  `RateLimit(10, per=1.0)`; sleeps 10 ms.
+
+Each run appends lines to the `--ledger` file, one `os.write` of an `O_APPEND`
+descriptor per line, so that a line is whole even if the process is killed:
+
+  start <job id> <key> <pid> <wall time> <job started_at, as the database recorded it>
+  end <job id> <wall time>
+
+The `start` line is written first thing in the handler and the `end` line last, so a
+run's lines lie within the time its job held a concurrency slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dbjobq import Concurrency, JobContext, JobQueue, RateLimit, Worker
+from dbjobq.storage import SQLAlchemyStorage
+
+from .proc_worker import ErrorCollector
+
+CONCURRENCY = Concurrency(2, key=lambda payload: payload["key"])
+RATE_LIMIT = RateLimit(10, per=1.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--schema")
+    parser.add_argument("--ledger", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--lease", type=float, default=30.0)
+    parser.add_argument("--heartbeat", type=float)
+    parser.add_argument("--sleep", type=float, default=0.05)
+    args = parser.parse_args()
+
+    errors = ErrorCollector()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger().addHandler(errors)
+    storage = SQLAlchemyStorage(args.url, table_prefix=args.prefix, schema=args.schema)
+    queue = JobQueue(storage)
+    ledger = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    pid = os.getpid()
+
+    def record(ctx: JobContext, key: object) -> None:
+        started = ctx.job.started_at
+        assert started is not None
+        line = f"start {ctx.job.id} {key} {pid} {time.time():.6f} {started.timestamp():.6f}\n"
+        os.write(ledger, line.encode())
+
+    def finish(ctx: JobContext) -> None:
+        os.write(ledger, f"end {ctx.job.id} {time.time():.6f}\n".encode())
+
+    @queue.handler("sync", concurrency=CONCURRENCY)
+    def sync(ctx: JobContext) -> int:
+        record(ctx, ctx.payload["key"])
+        time.sleep(args.sleep)  # the work: runs of one key must overlap here if they can
+        finish(ctx)
+        return pid
+
+    @queue.handler("call", rate_limit=RATE_LIMIT)
+    def call(ctx: JobContext) -> int:
+        record(ctx, "call")
+        time.sleep(0.01)
+        finish(ctx)
+        return pid
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    workers = [
+        Worker(
+            queue,
+            poll_interval=0.01,
+            max_poll_interval=0.05,
+            lease_seconds=args.lease,
+            heartbeat_interval=args.heartbeat,
+        )
+        for _ in range(args.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    print("ready", flush=True)
+    stop.wait()
+    Worker.stop_all(workers, timeout=30)
+    queue.close()
+    if errors.messages:
+        print("\n".join(errors.messages), file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
