@@ -25,12 +25,50 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from dbjobq import Concurrency, JobContext, JobQueue, RateLimit, Worker
+from dbjobq import Concurrency, Job, JobContext, JobQueue, RateLimit, Worker
 from dbjobq.storage import SQLAlchemyStorage
 
 from .proc_worker import ErrorCollector
+
+T = TypeVar("T")
+
+SLOW = 0.5  # a storage call that takes longer is logged (a warning: not a failure)
+
+
+class TimedStorage(SQLAlchemyStorage):
+    """Logs the storage calls of the hot path that take longer than `SLOW` seconds."""
+
+    def _timed(self, name: str, call: Callable[[], T]) -> T:
+        began = time.monotonic()
+        try:
+            return call()
+        finally:
+            took = time.monotonic() - began
+            if took > SLOW:
+                logging.getLogger("proc_flow_worker").warning("%s took %.2fs", name, took)
+
+    def claim_limited(self, **kwargs: Any) -> list[Job]:
+        return self._timed(
+            "claim_limited", lambda: super(TimedStorage, self).claim_limited(**kwargs)
+        )
+
+    def complete(self, *args: Any, **kwargs: Any) -> bool:
+        return self._timed("complete", lambda: super(TimedStorage, self).complete(*args, **kwargs))
+
+    def complete_many(self, *args: Any, **kwargs: Any) -> list[bool]:
+        return self._timed(
+            "complete_many", lambda: super(TimedStorage, self).complete_many(*args, **kwargs)
+        )
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> bool:
+        return self._timed(
+            "heartbeat", lambda: super(TimedStorage, self).heartbeat(*args, **kwargs)
+        )
+
 
 CONCURRENCY = Concurrency(2, key=lambda payload: payload["key"])
 RATE_LIMIT = RateLimit(10, per=1.0)
@@ -51,7 +89,7 @@ def main() -> int:
     errors = ErrorCollector()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger().addHandler(errors)
-    storage = SQLAlchemyStorage(args.url, table_prefix=args.prefix, schema=args.schema)
+    storage = TimedStorage(args.url, table_prefix=args.prefix, schema=args.schema)
     queue = JobQueue(storage)
     ledger = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     pid = os.getpid()
