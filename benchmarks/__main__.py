@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy
 
-from . import cases, peers
+from . import cases, flow_cases, peers
 from .cases import Figure
 
 SIZES = {
@@ -166,6 +166,8 @@ def main() -> int:
             else:
                 step("pgqueuer")
                 figures += pgqueuer_figures(figures, work, bulk, single, drain, runs)
+            step("flow control")
+            figures += flow_cases.flow_drains(factory, backend, drain, threads[:2], runs)
             step("processes")
             figures.append(cases.drain_processes(factory, backend, procs_jobs, 2, 8, runs))
             step("latency")
