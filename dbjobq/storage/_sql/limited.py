@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 PAGES = 3
 """How many pages of due jobs one claim reads at most, while it admits too few."""
+BACKFILL = 1000
+"""How many unkeyed jobs of ordered types one claim keys at most."""
 HEADS_PER_QUERY = 200
 """Ordered keys whose first job one statement finds."""
 
@@ -62,6 +64,8 @@ class Claim:
         self.heads: dict[str, str] = {}  # ordered key -> its unfinished job enqueued first
         self.admitted: list[Keyed] = []
         self.seen: list[str] = []
+        self.keyed_types: set[str] = set()  # ordered types whose jobs were all keyed
+        self.unsafe: set[str] = set()  # ordered types with jobs whose keys are unknown
         self.full: dict[str, set[str]] = {}  # type -> concurrency keys it cannot take
 
     # -- reading ----------------------------------------------------------------------
@@ -160,6 +164,33 @@ class Claim:
         self.lock(found)
         return found
 
+    def key_the_rest(self, candidates: Sequence[Keyed]) -> None:
+        """Store the keys of every unfinished job of an ordered type seen without one.
+
+        A job's enqueue order counts among the jobs of its key, but a job enqueued
+        where its handler was unknown has no key until a claim works it out. Once a
+        claim meets such a job of an ordered type, it keys all of them; if some
+        stay unkeyed (held by another claim, or too many), the type's ordered jobs
+        wait for a later claim.
+        """
+        types = sorted(
+            {c.job.type for c in candidates if c.ordered and c.new_key} - self.keyed_types
+        )
+        if not types:
+            return
+        self.keyed_types.update(types)
+        c = self.dialect.jobs.c
+        unkeyed = sa.and_(c.type.in_(types), c.concurrency_key.is_(None), c.status.in_(UNFINISHED))
+        stmt = (
+            sa.select(c.id, c.type, c.concurrency_key, c.payload)
+            .where(unkeyed)
+            .limit(BACKFILL)
+            .with_for_update(skip_locked=True)
+        )
+        self.keyed(list(self.conn.execute(stmt)))
+        left = self.conn.execute(sa.select(c.type).where(unkeyed).distinct()).scalars()
+        self.unsafe.update(left)
+
     # -- locks and counts ---------------------------------------------------------------
 
     def lock(self, candidates: Sequence[Keyed]) -> None:
@@ -249,7 +280,7 @@ class Claim:
         """Admit in claim order while the limits allow, counting what this claim took."""
         elsewhere = {name[2:] for name, ours in self.locked.items() if not ours}
         taken = admit(
-            candidates,
+            [cand for cand in candidates if not (cand.ordered and cand.job.type in self.unsafe)],
             self.limits,
             limit - len(self.admitted),
             running=self.running,
@@ -335,6 +366,7 @@ def claim_limited(
         rows = claim.page(types, size)
         candidates = claim.keyed(rows)
         claim.seen.extend(cand.job.id for cand in candidates)
+        claim.key_the_rest(candidates)
         claim.lock(candidates)
         candidates += claim.missing_heads(candidates, types)
         claim.admit(candidates, ready.limit)
