@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbjobq.flow import LimitMap, Limits
-from dbjobq.storage._limits import Candidate, Keyed, admit, keyed
 from dbjobq.storage._sql.schema import RUNNING, UNFINISHED, db_now, db_now_plus, seconds
+from dbjobq.storage.admission import Candidate, Keyed, admit, keyed
 
 if TYPE_CHECKING:
     from dbjobq.storage._sql.dialects.base import Dialect, Ready, Rows
