@@ -12,23 +12,25 @@ is the same on every database.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbjobq.flow import LimitMap, Limits
 from dbjobq.storage._sql.schema import RUNNING, UNFINISHED, db_now, db_now_plus, seconds
+from dbjobq.storage.admission import Candidate, Keyed, admit, keyed
 
 if TYPE_CHECKING:
     from dbjobq.storage._sql.dialects.base import Dialect, Ready, Rows
 
 PAGES = 3
 """How many pages of due jobs one claim reads at most, while it admits too few."""
-EXISTS_PER_QUERY = 200
-"""Ordered keys checked per statement."""
+BACKFILL = 1000
+"""How many unkeyed jobs of ordered types one claim keys at most."""
+HEADS_PER_QUERY = 200
+"""Ordered keys whose first job one statement finds."""
 
 
 def lookahead(limit: int) -> int:
@@ -41,19 +43,6 @@ def lock_name(namespace: str, kind: str, key: str) -> bytes:
     return hashlib.blake2b(f"{namespace}\0{kind}\0{key}".encode(), digest_size=16).digest()
 
 
-class Candidate(NamedTuple):
-    """A due job a limited claim may take."""
-
-    id: str
-    type: str
-    stored_key: str | None
-    payload: Any
-    concurrency_key: str | None
-    """The key its concurrency limit counts it under (`None`: no such limit)."""
-    rate_key: str | None
-    """The key its rate limit counts it under (`None`: no such limit)."""
-
-
 class Claim:
     """The state of one limited claim, over the pages it reads."""
 
@@ -63,20 +52,20 @@ class Claim:
         self.dialect = dialect
         self.conn = conn
         self.ready = ready
+        types = set(ready.types or ())
         self.limits = {
             t: lim
             for t, lim in limits.items()
-            if ready.types is not None
-            and t in ready.types
-            and (lim.concurrency is not None or lim.rate_limit is not None)
+            if t in types and (lim.concurrency is not None or lim.rate_limit is not None)
         }
-        self.locked: dict[tuple[str, str], bool] = {}  # (kind, key) -> ours?
-        self.running: dict[str, int] = {}  # concurrency key -> running now (under lock)
+        self.locked: dict[str, bool] = {}  # c:<key> or r:<key> -> whether this claim holds it
+        self.running: dict[str, int] = {}  # concurrency key -> running (counted under lock)
         self.started: dict[str, int] = {}  # rate key -> starts in its window (under lock)
-        self.later: set[str] = set()  # ordered keys with an older unfinished job
-        self.admitted: list[Candidate] = []
-        self.new_keys: dict[str, list[str]] = {}  # key -> ids whose stored key was NULL
+        self.heads: dict[str, str] = {}  # ordered key -> its unfinished job enqueued first
+        self.admitted: list[Keyed] = []
         self.seen: list[str] = []
+        self.keyed_types: set[str] = set()  # ordered types whose jobs were all keyed
+        self.unsafe: set[str] = set()  # ordered types with jobs whose keys are unknown
         self.full: dict[str, set[str]] = {}  # type -> concurrency keys it cannot take
 
     # -- reading ----------------------------------------------------------------------
@@ -87,8 +76,7 @@ class Claim:
         Running counts per key (few rows: only running jobs with keys), and the
         windows of rate limits that count a whole type.
         """
-        jobs = self.dialect.jobs
-        c = jobs.c
+        c = self.dialect.jobs.c
         running = sa.select(c.concurrency_key, sa.func.count()).where(
             c.concurrency_key.is_not(None), c.status == RUNNING, c.lease_expires_at > db_now()
         )
@@ -108,13 +96,18 @@ class Claim:
             types -= {t for t, rate in whole.items() if found.get(t, 0) >= rate.count}
         return types
 
-    def page(self, types: Collection[str], size: int) -> list[sa.Row[Any]]:
-        """The next due jobs in claim order, leaving out what cannot be taken."""
+    def due(self, types: Collection[str], size: int) -> sa.Select[Any]:
+        """Due jobs of `types` in claim order, locked, skipping rows others hold."""
         c = self.dialect.jobs.c
         queues, _, _, newest_first = self.ready
-        stmt = self.dialect.ready(queues, types, size, newest_first).with_only_columns(
+        return self.dialect.ready(queues, types, size, newest_first).with_only_columns(
             c.id, c.type, c.concurrency_key, c.payload
         )
+
+    def page(self, types: Collection[str], size: int) -> list[sa.Row[Any]]:
+        """The next due jobs in claim order, leaving out keys that cannot be taken."""
+        c = self.dialect.jobs.c
+        stmt = self.due(types, size)
         by_keys: dict[frozenset[str], list[str]] = {}
         for job_type, keys in self.full.items():
             if keys and job_type in types:
@@ -131,37 +124,88 @@ class Claim:
             stmt = stmt.where(c.id.not_in(self.seen))
         return list(self.conn.execute(stmt))
 
-    def candidate(self, row: sa.Row[Any]) -> Candidate:
-        """A row with the keys its type's limits count it under."""
-        job_id, job_type, stored, payload = tuple(row)
-        lim = self.limits.get(job_type)
-        if lim is None or not isinstance(payload, dict):
-            # No limits, or a corrupt row: the claim fails it, as `claim` does.
-            return Candidate(job_id, job_type, stored, payload, None, None)
-        key = rate = None
-        if lim.concurrency is not None:
-            key = lim.concurrency_key(job_type, stored, payload)
-            if stored is None:
-                self.new_keys.setdefault(key, []).append(job_id)
-        if lim.rate_limit is not None:
-            rate = lim.rate_key(job_type, payload)
-        return Candidate(job_id, job_type, stored, payload, key, rate)
+    def keyed(self, rows: Sequence[sa.Row[Any]]) -> list[Keyed]:
+        """The rows with the keys their types' limits count them under."""
+        out = []
+        new_keys: dict[str, list[str]] = {}  # key -> ids whose stored key was NULL
+        for row in rows:
+            values: tuple[Any, ...] = tuple(row)
+            job = Candidate(*values)
+            if job.type in self.limits and not isinstance(job.payload, dict):
+                # A corrupt row: claimed and failed at once, as `claim` does.
+                out.append(Keyed(job, None, None, new_key=False, ordered=False))
+                continue
+            (one,) = keyed([job], self.limits)
+            if one.new_key and one.concurrency_key is not None:
+                new_keys.setdefault(one.concurrency_key, []).append(job.id)
+            out.append(one)
+        # Stored at once: the counts below then see these jobs under their keys.
+        jobs = self.dialect.jobs
+        c = jobs.c
+        for key, ids in sorted(new_keys.items()):
+            stmt = sa.update(jobs).where(c.id.in_(ids), c.concurrency_key.is_(None))
+            self.conn.execute(stmt.values(concurrency_key=key))
+        return out
+
+    def missing_heads(self, candidates: Sequence[Keyed], types: Collection[str]) -> list[Keyed]:
+        """The due first jobs of ordered keys that come later in claim order.
+
+        Only a key's first job can start; jobs enqueued after it may come first in
+        claim order (a higher priority), and would otherwise hide it.
+        """
+        have = {cand.job.id for cand in candidates}
+        ids = sorted({head for head in self.heads.values() if head not in have})
+        ids = [job_id for job_id in ids if job_id not in self.seen]
+        if not ids:
+            return []
+        c = self.dialect.jobs.c
+        found = self.keyed(list(self.conn.execute(self.due(types, len(ids)).where(c.id.in_(ids)))))
+        self.seen.extend(cand.job.id for cand in found)
+        self.lock(found)
+        return found
+
+    def key_the_rest(self, candidates: Sequence[Keyed]) -> None:
+        """Store the keys of every unfinished job of an ordered type seen without one.
+
+        A job's enqueue order counts among the jobs of its key, but a job enqueued
+        where its handler was unknown has no key until a claim works it out. Once a
+        claim meets such a job of an ordered type, it keys all of them; if some
+        stay unkeyed (held by another claim, or too many), the type's ordered jobs
+        wait for a later claim.
+        """
+        types = sorted(
+            {c.job.type for c in candidates if c.ordered and c.new_key} - self.keyed_types
+        )
+        if not types:
+            return
+        self.keyed_types.update(types)
+        c = self.dialect.jobs.c
+        unkeyed = sa.and_(c.type.in_(types), c.concurrency_key.is_(None), c.status.in_(UNFINISHED))
+        stmt = (
+            sa.select(c.id, c.type, c.concurrency_key, c.payload)
+            .where(unkeyed)
+            .limit(BACKFILL)
+            .with_for_update(skip_locked=True)
+        )
+        self.keyed(list(self.conn.execute(stmt)))
+        left = self.conn.execute(sa.select(c.type).where(unkeyed).distinct()).scalars()
+        self.unsafe.update(left)
 
     # -- locks and counts ---------------------------------------------------------------
 
-    def lock(self, candidates: Sequence[Candidate]) -> None:
+    def lock(self, candidates: Sequence[Keyed]) -> None:
         """Try to lock the keys not seen yet; count under the locks taken."""
         wanted: list[tuple[str, str]] = []
         for cand in candidates:
             for kind, key in (("c", cand.concurrency_key), ("r", cand.rate_key)):
-                if key is not None and (kind, key) not in self.locked:
-                    self.locked[(kind, key)] = False
+                if key is not None and f"{kind}:{key}" not in self.locked:
+                    self.locked[f"{kind}:{key}"] = False
                     wanted.append((kind, key))
         if not wanted:
             return
         got = self.dialect.try_key_locks(self.conn, wanted)
-        for pair in got:
-            self.locked[pair] = True
+        for kind, key in got:
+            self.locked[f"{kind}:{key}"] = True
         keys = sorted(key for kind, key in got if kind == "c")
         if keys:
             c = self.dialect.jobs.c
@@ -176,16 +220,23 @@ class Claim:
             )
             counts = key_counts(self.conn, stmt)
             self.running.update({key: counts.get(key, 0) for key in keys})
+            ordered = {cand.concurrency_key for cand in candidates if cand.ordered}
+            self.find_heads([key for key in keys if key in ordered])
         rates = {key for kind, key in got if kind == "r"}
         if rates:
-            windows = {}
-            for cand in candidates:
-                lim = self.limits.get(cand.type)
-                if cand.rate_key in rates and lim is not None and lim.rate_limit is not None:
-                    windows[cand.rate_key] = lim.rate_limit.per
+            windows = {
+                cand.rate_key: self.window_of(cand)
+                for cand in candidates
+                if cand.rate_key is not None and cand.rate_key in rates
+            }
             counts = self.window_counts(windows)
             self.started.update({key: counts.get(key, 0) for key in windows})
-        self.check_order(candidates, set(keys))
+
+    def window_of(self, cand: Keyed) -> float:
+        """The rate window of a rate-limited candidate, in seconds."""
+        rate_limit = self.limits[cand.job.type].rate_limit
+        assert rate_limit is not None
+        return rate_limit.per
 
     def window_counts(self, windows: Mapping[str, float]) -> dict[str, int]:
         """Starts per rate key in its window (`windows`: key -> seconds)."""
@@ -204,76 +255,67 @@ class Claim:
             found.update(key_counts(self.conn, stmt))
         return found
 
-    def check_order(self, candidates: Sequence[Candidate], keys: set[str]) -> None:
-        """Mark the ordered keys whose first candidate has an older unfinished job."""
-        first: dict[str, str] = {}
-        for cand in candidates:
-            lim = self.limits.get(cand.type)
-            key = cand.concurrency_key
-            if (
-                key in keys
-                and key not in first
-                and lim is not None
-                and lim.concurrency is not None
-                and lim.concurrency.ordered
-            ):
-                first[key] = cand.id
-        jobs = self.dialect.jobs
-        pairs = list(first.items())
-        for at in range(0, len(pairs), EXISTS_PER_QUERY):
-            chunk = pairs[at : at + EXISTS_PER_QUERY]
-            checks = [older_exists(jobs, key, job_id, n) for n, (key, job_id) in enumerate(chunk)]
-            row = self.conn.execute(sa.select(*checks)).one()
-            self.later.update(key for (key, _), older in zip(chunk, row, strict=True) if older)
+    def find_heads(self, keys: Sequence[str]) -> None:
+        """The unfinished job enqueued first of each ordered key (`created_at`, `id`)."""
+        c = self.dialect.jobs.c
+        for at in range(0, len(keys), HEADS_PER_QUERY):
+            chunk = keys[at : at + HEADS_PER_QUERY]
+            heads = [
+                sa.select(c.id)
+                .where(c.concurrency_key == key, c.status.in_(UNFINISHED))
+                .order_by(c.created_at, c.id)
+                .limit(1)
+                .scalar_subquery()
+                .label(f"head_{n}")
+                for n, key in enumerate(chunk)
+            ]
+            row = self.conn.execute(sa.select(*heads)).one()
+            self.heads.update(
+                (key, head) for key, head in zip(chunk, row, strict=True) if head is not None
+            )
 
     # -- admitting ----------------------------------------------------------------------
 
-    def admit(self, candidates: Iterable[Candidate], limit: int) -> None:
-        """Admit in claim order while the limits allow, counting what this claim takes."""
-        taking: Counter[str] = Counter()
-        starting: Counter[str] = Counter()
+    def admit(self, candidates: Sequence[Keyed], limit: int) -> None:
+        """Admit in claim order while the limits allow, counting what this claim took."""
+        elsewhere = {name[2:] for name, ours in self.locked.items() if not ours}
+        taken = admit(
+            [cand for cand in candidates if not (cand.ordered and cand.job.type in self.unsafe)],
+            self.limits,
+            limit - len(self.admitted),
+            running=self.running,
+            first_unfinished=self.heads,
+            rate_used=self.started,
+            locked_elsewhere=elsewhere,
+        )
+        chosen = {id(cand) for cand in taken}
+        for cand in taken:
+            if cand.concurrency_key is not None:
+                self.running[cand.concurrency_key] += 1
+            if cand.rate_key is not None:
+                self.started[cand.rate_key] += 1
         for cand in candidates:
-            if len(self.admitted) >= limit:
-                return
-            lim = self.limits.get(cand.type)
-            key, rate = cand.concurrency_key, cand.rate_key
-            if lim is not None and key is not None and lim.concurrency is not None:
-                if not self.locked.get(("c", key)) or key in self.later:
-                    self.hold(cand.type, key)
-                    continue
-                if self.running[key] + taking[key] >= lim.concurrency.limit:
-                    self.hold(cand.type, key)
-                    continue
-            if lim is not None and rate is not None and lim.rate_limit is not None:
-                if not self.locked.get(("r", rate)):
-                    continue
-                if self.started[rate] + starting[rate] >= lim.rate_limit.count:
-                    continue
-            self.admitted.append(cand)
-            if key is not None:
-                taking[key] += 1
-            if rate is not None:
-                starting[rate] += 1
-        for key, n in taking.items():
-            self.running[key] += n
-        for rate, n in starting.items():
-            self.started[rate] += n
+            key = cand.concurrency_key
+            if key is not None and id(cand) not in chosen and not self.may_take(cand):
+                self.full.setdefault(cand.job.type, set()).add(key)
+        self.admitted.extend(taken)
 
-    def hold(self, job_type: str, key: str) -> None:
-        """Leave `key` out of the next pages for `job_type`."""
-        self.full.setdefault(job_type, set()).add(key)
+    def may_take(self, cand: Keyed) -> bool:
+        """Whether a later page could still admit a job with `cand`'s concurrency key."""
+        key = cand.concurrency_key
+        assert key is not None
+        if not self.locked.get(f"c:{key}") or cand.ordered:
+            return False
+        concurrency = self.limits[cand.job.type].concurrency
+        assert concurrency is not None
+        return self.running[key] < concurrency.limit
 
     def write(self, params: Mapping[str, Any]) -> Rows:
-        """Store the keys worked out, claim the admitted jobs, record their starts."""
-        jobs = self.dialect.jobs
-        c = jobs.c
-        for key, ids in sorted(self.new_keys.items()):
-            stmt = sa.update(jobs).where(c.id.in_(ids), c.concurrency_key.is_(None))
-            self.conn.execute(stmt.values(concurrency_key=key))
+        """Claim the admitted jobs, record their starts."""
         if not self.admitted:
             return []
-        rows = self.dialect.claim_ids(self.conn, [cand.id for cand in self.admitted], params)
-        starts = [(cand.rate_key, cand.id) for cand in self.admitted if cand.rate_key]
+        rows = self.dialect.claim_ids(self.conn, [cand.job.id for cand in self.admitted], params)
+        starts = [(cand.rate_key, cand) for cand in self.admitted if cand.rate_key is not None]
         if starts:
             rate_starts = self.dialect.tables.rate_starts
             self.conn.execute(
@@ -282,24 +324,22 @@ class Claim:
                     job_id=sa.bindparam("r_job", type_=rate_starts.c.job_id.type),
                     started_at=db_now(),
                 ),
-                [{"r_key": key, "r_job": job_id} for key, job_id in starts],
+                [{"r_key": key, "r_job": cand.job.id} for key, cand in starts],
             )
-            self.forget_old({key for key, _ in starts})
+            self.forget_old({key: self.window_of(cand) for key, cand in starts})
         return rows
 
-    def forget_old(self, keys: Collection[str]) -> None:
-        """Delete the starts of `keys` that have left their windows."""
-        r = self.dialect.tables.rate_starts.c
-        windows: dict[float, list[str]] = {}
-        for cand in self.admitted:
-            lim = self.limits.get(cand.type)
-            rate = cand.rate_key
-            if rate is not None and rate in keys and lim is not None and lim.rate_limit is not None:
-                windows.setdefault(lim.rate_limit.per, []).append(rate)
-        for i, (per, of_keys) in enumerate(sorted(windows.items())):
+    def forget_old(self, windows: Mapping[str, float]) -> None:
+        """Delete the starts that have left their windows (`windows`: key -> seconds)."""
+        rate_starts = self.dialect.tables.rate_starts
+        r = rate_starts.c
+        by_window: dict[float, list[str]] = {}
+        for key, per in windows.items():
+            by_window.setdefault(per, []).append(key)
+        for i, (per, keys) in enumerate(sorted(by_window.items())):
             cutoff = db_now_plus(seconds(f"f{i}", -per))
-            stmt = sa.delete(self.dialect.tables.rate_starts).where(
-                r.rate_key.in_(sorted(set(of_keys))), r.started_at <= cutoff
+            stmt = sa.delete(rate_starts).where(
+                r.rate_key.in_(sorted(keys)), r.started_at <= cutoff
             )
             self.conn.execute(stmt)
 
@@ -307,20 +347,6 @@ class Claim:
 def key_counts(conn: Connection, stmt: sa.Select[Any]) -> dict[str, int]:
     """The `(key, count)` rows of `stmt`, as a mapping."""
     return {str(key): int(n) for key, n in conn.execute(stmt)}
-
-
-def older_exists(jobs: sa.Table, key: str, job_id: str, n: int) -> sa.ColumnElement[bool]:
-    """Whether an unfinished job with `key` was enqueued before job `job_id`."""
-    other, me = jobs.alias(f"o{n}"), jobs.alias(f"m{n}")
-    o, m = other.c, me.c
-    before = sa.or_(o.created_at < m.created_at, sa.and_(o.created_at == m.created_at, o.id < m.id))
-    found = (
-        sa.select(sa.literal(1))
-        .select_from(other)
-        .join(me, m.id == sa.literal(job_id))
-        .where(o.concurrency_key == key, o.status.in_(UNFINISHED), before)
-    )
-    return sa.exists(found).label(f"older_{n}")
 
 
 def claim_limited(
@@ -338,9 +364,11 @@ def claim_limited(
     size = lookahead(ready.limit)
     for _ in range(PAGES):
         rows = claim.page(types, size)
-        candidates = [claim.candidate(row) for row in rows]
-        claim.seen.extend(cand.id for cand in candidates)
+        candidates = claim.keyed(rows)
+        claim.seen.extend(cand.job.id for cand in candidates)
+        claim.key_the_rest(candidates)
         claim.lock(candidates)
+        candidates += claim.missing_heads(candidates, types)
         claim.admit(candidates, ready.limit)
         if len(claim.admitted) >= ready.limit or len(rows) < size:
             break
