@@ -3,7 +3,8 @@
 It runs `--workers` worker threads with two limited handlers until SIGTERM, and exits
 3 if anything was logged at ERROR level, else 0:
 
-  sync  `Concurrency(2, key=payload["key"])`; sleeps `--sleep` seconds.
+  sync  `Concurrency(2, key=payload["key"])` (none with `--no-limits`, for comparisons);
+        sleeps `--sleep` seconds.
   call  `RateLimit(10, per=1.0)`; sleeps 10 ms.
 
 Each run appends lines to the `--ledger` file, one `os.write` of an `O_APPEND`
@@ -84,6 +85,7 @@ def main() -> int:
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--heartbeat", type=float)
     parser.add_argument("--sleep", type=float, default=0.05)
+    parser.add_argument("--no-limits", action="store_true", help="sync without its Concurrency")
     args = parser.parse_args()
 
     errors = ErrorCollector()
@@ -103,7 +105,7 @@ def main() -> int:
     def finish(ctx: JobContext) -> None:
         os.write(ledger, f"end {ctx.job.id} {time.time():.6f}\n".encode())
 
-    @queue.handler("sync", concurrency=CONCURRENCY)
+    @queue.handler("sync", concurrency=None if args.no_limits else CONCURRENCY)
     def sync(ctx: JobContext) -> int:
         record(ctx, ctx.payload["key"])
         time.sleep(args.sleep)  # the work: runs of one key must overlap here if they can
