@@ -3,6 +3,7 @@
     python -m benchmarks                 # SQLite, and PostgreSQL if DBJOBQ_TEST_POSTGRES_URL
     python -m benchmarks --quick         # smaller counts
     python -m benchmarks --smoke         # tiny: only checks that every case runs
+    python -m benchmarks --only drain --only flow   # only these cases
 
 Every dbjobq figure is printed next to a baseline measured in the same run on the
 same database: the same work done with plain SQL through the driver.
@@ -25,7 +26,7 @@ from typing import Any
 
 import sqlalchemy
 
-from . import cases, peers
+from . import cases, flow_cases, peers
 from .cases import Figure
 
 SIZES = {
@@ -34,6 +35,9 @@ SIZES = {
     "quick": (20_000, 1_000, 5_000, [1, 4, 16], 5_000, 50, 100_000, 100_000, 1),
     "smoke": (200, 20, 200, [1, 4], 200, 5, 1_000, 1_000, 1),
 }
+
+
+CASES = ["enqueue", "drain", "peers", "flow", "processes", "latency", "history", "memory"]
 
 
 def table(figures: list[Figure]) -> str:
@@ -128,7 +132,16 @@ def main() -> int:
     group.add_argument("--quick", action="store_true")
     group.add_argument("--smoke", action="store_true")
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=CASES,
+        help="run only this case (repeat for several); peers need enqueue and drain too",
+    )
     args = parser.parse_args()
+    chosen = set(args.only or CASES)
+    if "peers" in chosen and not {"enqueue", "drain"} <= chosen:
+        parser.error("--only peers needs --only enqueue and --only drain too")
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
     bulk, single, drain, threads, procs_jobs, samples, history, rss_jobs, runs = SIZES[size]
     backends = args.backend or ["sqlite"] + (
@@ -156,26 +169,32 @@ def main() -> int:
                     flush=True,
                 )
 
-            step("enqueue")
-            figures += cases.enqueue_rates(factory, backend, bulk, single, runs)
-            step("drain")
-            figures += cases.drain_rates(factory, backend, drain, threads, runs)
-            if backend == "sqlite":
-                step("huey")
-                figures += peer_figures(figures, work, single, drain, runs)
-            else:
-                step("pgqueuer")
-                figures += pgqueuer_figures(figures, work, bulk, single, drain, runs)
-            step("processes")
-            figures.append(cases.drain_processes(factory, backend, procs_jobs, 2, 8, runs))
-            step("latency")
-            with fresh(backend) as store:
-                figures += cases.pickup_latency(store, samples)
-            step("history")
-            figures += cases.history_scaling(factory, backend, drain, history, runs)
-            step("memory")
-            with fresh(backend) as store:
-                figures.append(cases.worker_rss(store, rss_jobs))
+            def run(case: str) -> bool:
+                if case in chosen:
+                    step(case)
+                return case in chosen
+
+            if run("enqueue"):
+                figures += cases.enqueue_rates(factory, backend, bulk, single, runs)
+            if run("drain"):
+                figures += cases.drain_rates(factory, backend, drain, threads, runs)
+            if run("peers"):
+                if backend == "sqlite":
+                    figures += peer_figures(figures, work, single, drain, runs)
+                else:
+                    figures += pgqueuer_figures(figures, work, bulk, single, drain, runs)
+            if run("flow"):
+                figures += flow_cases.flow_drains(factory, backend, drain, threads[:2], runs)
+            if run("processes"):
+                figures.append(cases.drain_processes(factory, backend, procs_jobs, 2, 8, runs))
+            if run("latency"):
+                with fresh(backend) as store:
+                    figures += cases.pickup_latency(store, samples)
+            if run("history"):
+                figures += cases.history_scaling(factory, backend, drain, history, runs)
+            if run("memory"):
+                with fresh(backend) as store:
+                    figures.append(cases.worker_rss(store, rss_jobs))
     print(table(figures), flush=True)
     print(
         f"\n{size} run, {time.monotonic() - began:.0f}s; Python {platform.python_version()}, "

@@ -311,14 +311,14 @@ def fill_and_drain(store: Store, jobs: int, threads: int) -> tuple[float, float]
     began = time.perf_counter()
     for w in workers:
         w.start()
-    _wait_drained(store, queue, 0.02)
+    wait_drained(store, queue, 0.02)
     elapsed = time.perf_counter() - began
     Worker.stop_all(workers)
     queue.close()
     return enqueued, jobs / elapsed
 
 
-def _wait_drained(store: Store, queue: JobQueue, every: float) -> None:
+def wait_drained(store: Store, queue: JobQueue, every: float) -> None:
     """Until no job is pending or running.
 
     Probes walk the claim's and the leases' partial indexes and stop at the first
@@ -459,7 +459,7 @@ def _drain_by_processes(store: Store, jobs: int, processes: int, threads: int) -
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
-    _wait_drained(store, queue, 0.02)
+    wait_drained(store, queue, 0.02)
     elapsed = time.perf_counter() - began
     for p in procs:
         p.terminate()
@@ -586,7 +586,7 @@ def worker_rss(store: Store, jobs: int) -> Figure:
     assert proc.stdin is not None
     proc.stdin.write("go\n")
     proc.stdin.flush()
-    _wait_drained(store, queue, 0.2)
+    wait_drained(store, queue, 0.2)
     proc.terminate()
     out, _ = proc.communicate(timeout=60)
     queue.close()

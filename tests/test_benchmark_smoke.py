@@ -39,6 +39,8 @@ def test_every_benchmark_case_runs_and_prints_its_row() -> None:
             "drain, 1 worker thread",
             "drain, 4 worker threads",
             "drain, 2 processes x 8 threads",
+            "drain, 1 worker thread, an idle limited type handled too",
+            "drain, 4 worker threads, 100 keys x Concurrency(1)",
             "pickup latency p50, other process",
             "drain with 1,000 finished jobs in the table",
             "bulk enqueue with 1,000 finished jobs in the table",
