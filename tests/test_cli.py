@@ -453,7 +453,7 @@ def test_read_only_commands_create_no_tables_on_a_server(
             assert f"table prefix {fresh.table_prefix!r}" in done.stderr
         assert tables() == []
         assert runner.run("init").returncode == 0
-        made = {"jobs", "schema", "workers", "periodic", "paused_queues"}
+        made = {"jobs", "schema", "workers", "periodic", "paused_queues", "rate_starts"}
         assert sorted(tables()) == sorted(fresh.table_prefix + name for name in made)
         assert runner.json("stats")["queues"] == []
     finally:
