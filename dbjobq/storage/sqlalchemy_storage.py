@@ -78,6 +78,12 @@ class SQLAlchemyStorage(Storage):
     Times (`run_at`, leases) come from the database clock. Tables are created on first
     use (`initialize`), named `<table_prefix>jobs` and `<table_prefix>schema`.
 
+    Concurrency and rate limits (`claim_limited`) are checked in the claim's own
+    short transaction, under a lock per key that is never waited for: a key
+    another claim is deciding on is skipped until the next claim. Rate limits
+    count starts in the `<table_prefix>rate_starts` table, which claims and
+    `purge` keep short.
+
     Idle workers learn of jobs enqueued by other processes at once (`listen=True`):
     on PostgreSQL an insert trigger NOTIFYs a channel that a background connection
     LISTENs to; on SQLite a background thread reads `PRAGMA data_version` every
