@@ -199,7 +199,8 @@ def test_a_killed_process_frees_its_keys_when_its_leases_expire(
     # Only the victim has a short lease: under SQLite's one writer at a time, a write of
     # a survivor can wait more than 2 s, and with a lease that short its outcome could be
     # lost and its job run again (which the checks below would count as a double run).
-    [victim] = processes.start(sql_config, ledgers[:1], workers=4, sleep=0.05, lease=lease)
+    # Its jobs are slower, so that it surely holds some at the instant it is killed.
+    [victim] = processes.start(sql_config, ledgers[:1], workers=4, sleep=0.5, lease=lease)
     survivors = processes.start(sql_config, ledgers[1:], workers=4, sleep=0.05)
     ids = enqueue_sync_jobs(queue)
     # Mid-run: the victim has run some jobs and holds leases on others.
@@ -238,8 +239,15 @@ def test_a_killed_process_frees_its_keys_when_its_leases_expire(
         for r in runs
         if r.end is not None and not (r.pid == victim.pid and r.job_id in held)
     ]
+    # It begins when its handler started (on PostgreSQL the job's started_at is the
+    # claim transaction's start, a little before the claim admitted it).
+    began = {r.job_id: r.start for r in victims if r.job_id in held}
     slots += [
-        (str(job.payload["key"]), seconds(job.started_at), seconds(job.lease_expires_at))
+        (
+            str(job.payload["key"]),
+            began.get(job.id, seconds(job.started_at)),
+            seconds(job.lease_expires_at),
+        )
         for job in held.values()
     ]
     found = peaks(slots)

@@ -80,27 +80,40 @@ class Claims:
         ]
         return longest if not gaps else min(longest, max(shortest, min(gaps)))
 
-    def of(self, types: Collection[str], limit: int) -> list[Job]:
+    def of(self, types: Collection[str], limit: int, *, one_limited: bool = False) -> list[Job]:
         """Claim up to `limit` due jobs of these types from the worker's queues.
 
-        Types whose handlers have limits are claimed within them (`claim_limited`);
-        with a rate limit among them, one job at a time: a claim counts as a start,
-        so only what starts at once is claimed (a batch, or a sync job beyond the
-        one a slot runs, would be given back with its start used).
+        Types whose handlers have limits are claimed within them (`claim_limited`),
+        apart from the others, which keep the plain claim and its batches. Of the
+        limited types, one job at a time when `one_limited` (the jobs of a batch
+        start one after another, and a claimed job holds its slot while it waits)
+        or when one has a rate limit (a claim counts as a start).
         """
         limits = self.limits(types)
-        if limits:
-            if any(lim.rate_limit is not None for lim in limits.values()):
-                limit = 1
-            return self.storage.claim_limited(
-                queues=self.queues,
-                types=types,
-                limits=limits,
-                worker_id=self.worker_id,
-                lease_seconds=self.lease_seconds,
-                limit=limit,
-                **self._order,
-            )
+        if not limits:
+            return self._plain(types, limit)
+        rated = any(lim.rate_limit is not None for lim in limits.values())
+        limited = self.storage.claim_limited(
+            queues=self.queues,
+            types=set(limits),
+            limits=limits,
+            worker_id=self.worker_id,
+            lease_seconds=self.lease_seconds,
+            limit=1 if one_limited or rated else limit,
+            **self._order,
+        )
+        plain_types = [t for t in types if t not in limits]
+        rest = limit - len(limited)
+        if not plain_types or rest < 1:
+            return limited
+        jobs = limited + self._plain(plain_types, rest)
+        if self._order:  # newest first within a priority
+            jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+        else:
+            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+        return jobs
+
+    def _plain(self, types: Collection[str], limit: int) -> list[Job]:
         return self.storage.claim(
             queues=self.queues,
             types=types,
@@ -182,7 +195,7 @@ class Batch:
         if not types:
             return [], time.monotonic()
         began = time.monotonic()
-        return self.claims.of(types, limit), began
+        return self.claims.of(types, limit, one_limited=True), began
 
     def claim_ahead(self, jobs: list[Job], stopping: threading.Event) -> None:
         """Start claiming the next batch in the background while `jobs` run.
