@@ -131,6 +131,7 @@ def _print_job(job: Job, queue: JobQueue) -> None:
         ("finished", when(job.finished_at)),
         ("worker", job.worker_id or "-"),
         ("unique key", job.unique_key or "-"),
+        ("concurrency key", job.concurrency_key or "-"),
         ("timeout", shown_timeout),
     ]
     if job.progress is not None:
