@@ -21,9 +21,9 @@ To also check that two storage objects on the same store (two processes, say) ne
 claim the same job, override `other_storage` to open a second object on the store
 that `storage` uses.
 
-The tests are grouped by topic (enqueue, claim, finishing, leases, inspection,
-periodic, registry, text, concurrency, capabilities); `StorageContract` combines them
-all. Tests of an optional feature are skipped, with the reason, when
+The tests are grouped by topic (enqueue, claim, finishing, leases, pauses, limits,
+snooze, inspection, periodic, registry, text, concurrency, capabilities);
+`StorageContract` combines them all. Tests of an optional feature are skipped, with the reason, when
 `storage.capabilities` says the backend does without it, and never otherwise.
 
 The suite needs pytest (`pip install pytest`). It never sleeps: lease expiry is
@@ -44,6 +44,7 @@ from dbjobq._contract.finishing import FinishingContract
 from dbjobq._contract.helpers import make_job
 from dbjobq._contract.inspection import InspectionContract
 from dbjobq._contract.leases import LeaseContract
+from dbjobq._contract.limits import LimitContract, SnoozeContract
 from dbjobq._contract.pauses import PauseContract
 from dbjobq._contract.periodic import PeriodicContract
 from dbjobq._contract.registry import RegistryContract
@@ -59,6 +60,8 @@ class StorageContract(
     FinishingContract,
     LeaseContract,
     PauseContract,
+    LimitContract,
+    SnoozeContract,
     InspectionContract,
     PeriodicContract,
     RegistryContract,

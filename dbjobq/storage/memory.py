@@ -12,9 +12,11 @@ from typing import Any
 
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError, JobNotFound
+from dbjobq.flow import LimitMap, Limits
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
+from dbjobq.storage._limits import Candidate, admit, keyed
 from dbjobq.storage.base import LEASE_EXPIRED, WORKER_GONE, Capabilities, Storage
 
 __all__ = ["MemoryStorage"]
@@ -24,6 +26,11 @@ _UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
 
 def _utcnow() -> datetime:
     return _clock.now()
+
+
+def _enqueued(job: Job) -> tuple[datetime, str]:
+    """Enqueue order: what `Concurrency(ordered=True)` keeps."""
+    return (job.created_at, job.id)
 
 
 def _copy(value: Any) -> Any:
@@ -51,10 +58,18 @@ class MemoryStorage(Storage):
             clock to move time forward without sleeping.
     """
 
-    capabilities = Capabilities(release=True, rescue_workers=True, newest_first=True, pauses=True)
+    capabilities = Capabilities(
+        release=True,
+        rescue_workers=True,
+        newest_first=True,
+        pauses=True,
+        limits=True,
+        snooze=True,
+    )
     """Gives jobs back, rescues dead workers' jobs, claims newest first, pauses
-    queues. It does not notify other processes (there are none), join
-    transactions, or claim ahead (a claim is CPU work in this process)."""
+    queues, enforces limits and snoozes jobs. It does not notify other processes
+    (there are none), join transactions, or claim ahead (a claim is CPU work in
+    this process)."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or _utcnow
@@ -64,6 +79,7 @@ class MemoryStorage(Storage):
         self._ticks: dict[str, datetime] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._paused: set[str] = set()
+        self._starts: dict[str, list[datetime]] = {}  # rate key -> starts in its window
 
     def __repr__(self) -> str:
         return f"MemoryStorage(jobs={len(self._jobs)})"
@@ -120,6 +136,7 @@ class MemoryStorage(Storage):
                     timeout=new.timeout,
                     unique_key=new.unique_key,
                     meta=_copy(new.meta),
+                    concurrency_key=new.concurrency_key,
                 )
                 if new.unique_key is not None:
                     unique[new.unique_key] = new.id
@@ -138,38 +155,146 @@ class MemoryStorage(Storage):
         newest_first: bool = False,
     ) -> list[Job]:
         with self._lock:
+            due = self._due(queues, types, newest_first)
+            return self._claim(due[:limit], worker_id, lease_seconds)
+
+    def claim_limited(
+        self,
+        *,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_seconds: float,
+        types: Collection[str],
+        limits: LimitMap,
+        limit: int = 1,
+        newest_first: bool = False,
+    ) -> list[Job]:
+        with self._lock:
             now = self._now()
-            wanted = set(queues) - self._paused
-            due = [
-                job
-                for job in self._jobs.values()
-                if job.status is JobStatus.PENDING
-                and job.run_at <= now
-                and job.queue in wanted
-                and (types is None or job.type in types)
-            ]
-            # Priority first (highest), then (run_at, id) either way round.
-            if newest_first:
-                due.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
-            else:
-                due.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-            token = uuid.uuid4().hex
-            claimed = [
-                self._set(
-                    job,
-                    status=JobStatus.RUNNING,
-                    attempts=job.attempts + 1,
-                    worker_id=worker_id,
-                    lease_token=token,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    started_at=now,
-                    updated_at=now,
-                    progress=None,
-                    progress_message=None,
-                )
-                for job in due[:limit]
-            ]
-            return [self._out(job) for job in claimed]
+            due = self._due(queues, types, newest_first)
+            candidates = keyed(
+                (Candidate(j.id, j.type, j.concurrency_key, j.payload) for j in due), limits
+            )
+            # Keys worked out now are stored, claimed or not; for an ordered key,
+            # so are those of every unfinished job of its types (enqueue order).
+            for job in candidates:
+                if job.new_key:
+                    self._set(self._jobs[job.job.id], concurrency_key=job.concurrency_key)
+            ordered = {job.concurrency_key for job in candidates if job.ordered}
+            running: dict[str, int] = {}
+            first: dict[str, Job] = {}
+            for stored in list(self._jobs.values()):
+                if stored.status not in _UNFINISHED:
+                    continue
+                key = stored.concurrency_key
+                if key is None and ordered:
+                    key = self._key_now(stored, limits)
+                if key is None:
+                    continue
+                expires = stored.lease_expires_at
+                if stored.status is JobStatus.RUNNING and expires is not None and expires > now:
+                    running[key] = running.get(key, 0) + 1
+                if key in ordered and (
+                    key not in first or _enqueued(stored) < _enqueued(first[key])
+                ):
+                    first[key] = stored
+            used = {
+                job.rate_key: len(self._window(job.rate_key, limits[job.job.type], now))
+                for job in candidates
+                if job.rate_key is not None
+            }
+            taken = admit(
+                candidates,
+                limits,
+                limit,
+                running=running,
+                first_unfinished={key: job.id for key, job in first.items()},
+                rate_used=used,
+            )
+            for job in taken:
+                if job.rate_key is not None:
+                    self._starts.setdefault(job.rate_key, []).append(now)
+            return self._claim([self._jobs[job.job.id] for job in taken], worker_id, lease_seconds)
+
+    def _due(
+        self, queues: Sequence[str], types: Collection[str] | None, newest_first: bool
+    ) -> list[Job]:
+        """The due jobs of `queues` (and `types`) in claim order."""
+        now = self._now()
+        wanted = set(queues) - self._paused
+        due = [
+            job
+            for job in self._jobs.values()
+            if job.status is JobStatus.PENDING
+            and job.run_at <= now
+            and job.queue in wanted
+            and (types is None or job.type in types)
+        ]
+        # Priority first (highest), then (run_at, id) either way round.
+        if newest_first:
+            due.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+        else:
+            due.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+        return due
+
+    def _claim(self, jobs: Sequence[Job], worker_id: str, lease_seconds: float) -> list[Job]:
+        now = self._now()
+        token = uuid.uuid4().hex
+        claimed = [
+            self._set(
+                job,
+                status=JobStatus.RUNNING,
+                attempts=job.attempts + 1,
+                worker_id=worker_id,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=now,
+                updated_at=now,
+                progress=None,
+                progress_message=None,
+            )
+            for job in jobs
+        ]
+        return [self._out(job) for job in claimed]
+
+    def _key_now(self, job: Job, limits: LimitMap) -> str | None:
+        """Work out (and store) the concurrency key of an unfinished job without one."""
+        limit = limits.get(job.type)
+        if limit is None or limit.concurrency is None:
+            return None
+        key = limit.concurrency_key(job.type, None, job.payload)
+        self._set(job, concurrency_key=key)
+        return key
+
+    def _window(self, key: str, limits: Limits, now: datetime) -> list[datetime]:
+        """The starts of rate key `key` within its window; older ones are dropped."""
+        assert limits.rate_limit is not None
+        since = now - timedelta(seconds=limits.rate_limit.per)
+        starts = [at for at in self._starts.get(key, ()) if at > since]
+        self._starts[key] = starts
+        return starts
+
+    def recent_starts(self, key: str, *, within: float) -> list[datetime]:
+        with self._lock:
+            since = self._now() - timedelta(seconds=within)
+            return sorted(at for at in self._starts.get(key, ()) if at > since)
+
+    def snooze(self, job_id: str, token: str, *, delay: float) -> bool:
+        with self._lock:
+            job = self._held(job_id, token)
+            if job is None:
+                return False
+            now = self._now()
+            self._set(
+                job,
+                status=JobStatus.PENDING,
+                attempts=job.attempts - 1,
+                started_at=None,
+                run_at=now + timedelta(seconds=delay),
+                updated_at=now,
+                **self._RELEASED,
+            )
+            return True
 
     def _find(self, job_id: str) -> Job:
         # Not a str (say a number): no job has such an id, on any backend.
