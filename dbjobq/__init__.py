@@ -30,6 +30,7 @@ from dbjobq.errors import (
     StorageError,
 )
 from dbjobq.events import Event
+from dbjobq.flow import Concurrency, RateLimit, Snooze
 from dbjobq.job import Job, JobSpec, JobStatus
 from dbjobq.periodic import Schedule
 from dbjobq.queue import Handler, JobQueue
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CancelReason",
+    "Concurrency",
     "ConfigurationError",
     "DBJobQError",
     "Event",
@@ -59,8 +61,10 @@ __all__ = [
     "JobValidationError",
     "PayloadError",
     "QueueStats",
+    "RateLimit",
     "RetryPolicy",
     "Schedule",
+    "Snooze",
     "Stats",
     "StorageError",
     "Worker",

@@ -36,6 +36,7 @@ EVENTS = (
     "job:completed",
     "job:failed",
     "job:retried",
+    "job:snoozed",
 )
 """The event names, in the order a job meets them.
 
@@ -48,6 +49,8 @@ EVENTS = (
 * `job:failed`: a failed attempt was recorded; `will_retry` tells whether the job
   goes back to pending (then `retry_in` says when) or failed for good.
 * `job:retried`: follows `job:failed` when `will_retry` is true.
+* `job:snoozed`: the handler raised `Snooze`; the job is pending again, due in
+  `retry_in` seconds, its attempt not counted.
 """
 
 
@@ -68,9 +71,10 @@ class Event:
     will_retry: bool | None = None
     """Whether the job will be retried (`job:failed`, `job:retried`)."""
     retry_in: float | None = None
-    """Seconds until the retry (`job:failed`, `job:retried`)."""
+    """Seconds until the retry (`job:failed`, `job:retried`) or the end of a snooze
+    (`job:snoozed`)."""
     duration: float | None = None
-    """Seconds the handler ran (`job:completed`, `job:failed`)."""
+    """Seconds the handler ran (`job:completed`, `job:failed`, `job:snoozed`)."""
 
 
 Hook = Callable[[Event], Any]

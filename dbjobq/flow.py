@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from dbjobq._checks import KEY_MAX, check_int, check_name, check_seconds
@@ -206,7 +207,7 @@ class Snooze(Exception):
         InvalidJobError: If `seconds` is not a valid number of seconds.
     """
 
-    def __init__(self, seconds: float = 0.0) -> None:
+    def __init__(self, seconds: float | timedelta = 0.0) -> None:
         self.seconds = check_seconds(seconds, "Snooze seconds")
         super().__init__(f"snoozed for {self.seconds:g}s")
 

@@ -187,7 +187,16 @@ class Worker:
             rescue_interval=max(1.0, self.poll_interval),
         )
         self._poll = PollStep(self._upkeep, self._emit)
-        claims = Claims(storage, self.id, self.queues, self._handled, self.lease_seconds, self.lifo)
+        claims = Claims(
+            storage,
+            self.id,
+            self.queues,
+            self._handled,
+            self.lease_seconds,
+            self.lifo,
+            queue.registry.limits,
+        )
+        self._claims = claims
         ahead = self.prefetch > 1 and storage.capabilities.claims_ahead
         self._batch = Batch(claims, self.prefetch, self._left, ahead)
         write_errors = Throttle()
@@ -570,7 +579,8 @@ class Worker:
                     return
                 logger.debug("worker %s: no job; next poll in %.3fs", self.id, delay)
                 self._idle_wait(delay)
-                delay = min(delay * 2, self.max_poll_interval)
+                longest = self._claims.longest_wait(self.max_poll_interval, self.poll_interval)
+                delay = min(delay * 2, longest)
                 continue
             delay = self.poll_interval
             _faults.reach("after_claim")

@@ -215,7 +215,7 @@ def test_tables_of_layout_2_gain_the_paused_queues_table(
     new = config.open()
     new.initialize()
     with new.engine.connect() as conn:
-        assert conn.execute(sa.select(new._version.c.version)).scalars().all() == [3]
+        assert conn.execute(sa.select(new._version.c.version)).scalars().all() == [SCHEMA_VERSION]
     assert new.pause_queue("mail") and new.paused_queues() == {"mail"}
     assert new.claim(queues=["mail"], worker_id="w", lease_seconds=60) == []
     assert new.resume_queue("mail")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection
 
 from dbjobq._work.runner import Attempt
 from dbjobq.errors import StorageError
+from dbjobq.flow import LimitMap
 from dbjobq.job import Job
 from dbjobq.storage.base import Storage
 
@@ -39,6 +40,7 @@ class Claims:
         types: The job types the worker takes (a live view, copied per claim).
         lease_seconds: The length of a lease.
         lifo: Newest due job first.
+        limits: The limits of those of some types that have any (the handlers').
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Claims:
         types: Callable[[], Collection[str]],
         lease_seconds: float,
         lifo: bool,
+        limits: Callable[[Collection[str]], LimitMap] | None = None,
     ) -> None:
         self.storage = storage
         self.worker_id = worker_id
@@ -58,9 +61,41 @@ class Claims:
         self.releases = storage.capabilities.release  # whether claimed jobs can be given back
         # Passed only when asked: a storage whose claim() lacks newest_first still works.
         self._order: dict[str, bool] = {"newest_first": True} if lifo else {}
+        self._limits = limits
+
+    def limits(self, types: Collection[str]) -> LimitMap:
+        """The limits of those of `types` whose handlers have any."""
+        return {} if self._limits is None else self._limits(types)
+
+    def longest_wait(self, longest: float, shortest: float) -> float:
+        """The longest idle wait between polls, at most `longest`, at least `shortest`.
+
+        With a rate limit a full window has room again within `per / count`
+        seconds, so a held-back job waits no longer than that (or `shortest`).
+        """
+        gaps = [
+            limit.rate_limit.per / limit.rate_limit.count
+            for limit in self.limits(set(self.types())).values()
+            if limit.rate_limit is not None
+        ]
+        return longest if not gaps else min(longest, max(shortest, min(gaps)))
 
     def of(self, types: Collection[str], limit: int) -> list[Job]:
-        """Claim up to `limit` due jobs of these types from the worker's queues."""
+        """Claim up to `limit` due jobs of these types from the worker's queues.
+
+        Types whose handlers have limits are claimed within them (`claim_limited`).
+        """
+        limits = self.limits(types)
+        if limits:
+            return self.storage.claim_limited(
+                queues=self.queues,
+                types=types,
+                limits=limits,
+                worker_id=self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=limit,
+                **self._order,
+            )
         return self.storage.claim(
             queues=self.queues,
             types=types,
@@ -141,6 +176,9 @@ class Batch:
         types = set(self.claims.types())  # a copy: handlers may be registered meanwhile
         if not types:
             return [], time.monotonic()
+        if any(lim.rate_limit is not None for lim in self.claims.limits(types).values()):
+            # A rate limit counts claims as starts: claim only what starts now.
+            limit = 1
         began = time.monotonic()
         return self.claims.of(types, limit), began
 

@@ -137,6 +137,22 @@ class Completer:
         held = self.write([lease], lambda: [self.storage.release(job.id, lease.token)])
         return None if held is None else held[0]
 
+    def snooze(self, lease: Lease, seconds: float) -> None:
+        """Put a snoozing job back to `pending`, due in `seconds`, its attempt not counted."""
+        job = lease.job
+        if not lease.ended:
+            lease.ended = time.monotonic()
+        held = self.write(
+            [lease], lambda: [self.storage.snooze(job.id, lease.token, delay=seconds)]
+        )
+        if held is None:
+            return
+        if not held[0]:
+            self.lease_lost(job)
+            return
+        duration = lease.ended - lease.started
+        self._emit("job:snoozed", job, retry_in=seconds, duration=duration)
+
     def fail_after_bug(self, job: Job, error: str, retry_in: float | None) -> None:
         """Record an attempt dbjobq itself could not finish, so it is not re-run blindly."""
         try:

@@ -21,6 +21,7 @@ from dbjobq._work.runner import Attempt, LoopRunner, Runner
 from dbjobq._work.upkeep import Throttle, Upkeep
 from dbjobq.context import CancelReason, JobContext, interrupt
 from dbjobq.errors import JobError, JobTimeoutError, PayloadError, StorageError
+from dbjobq.flow import Snooze
 from dbjobq.job import Job
 from dbjobq.payload import checked_dumps
 from dbjobq.queue import JobQueue
@@ -396,6 +397,9 @@ class Execution:
             else:
                 self.completer.record(lease, result=attempt.result)
             return
+        if isinstance(error, Snooze):
+            self._snoozed(lease, error, attempt.trace)
+            return
         decision = self.registry.decide(job, error, attempt.trace)
         text, retry_in = decision.error, decision.retry_in
         extra = log_extra(job)
@@ -416,6 +420,27 @@ class Execution:
                 extra=extra,
             )
         self.completer.record(lease, error=text, retry_in=retry_in)
+
+    def _snoozed(self, lease: Lease, snooze: Snooze, trace: str) -> None:
+        """A handler that raised `Snooze`: pending again later, not a failure."""
+        job, seconds = lease.job, snooze.seconds
+        if self.queue.storage.capabilities.snooze:
+            logger.info(
+                "job %s (%s) snoozed for %gs", job.id, job.type, seconds, extra=log_extra(job)
+            )
+            self.completer.snooze(lease, seconds)
+            return
+        logger.warning(
+            "job %s (%s) snoozed for %gs; %s cannot snooze (Capabilities.snooze), so "
+            "this is recorded as a retry that counts the attempt",
+            job.id,
+            job.type,
+            seconds,
+            type(self.queue.storage).__name__,
+            extra=log_extra(job),
+        )
+        text = self.registry.decide(job, snooze, trace).error
+        self.completer.record(lease, error=text, retry_in=seconds)
 
     def _unstorable(self, attempt: Attempt) -> BaseException | None:
         """The error of a result that cannot be stored (`None`: it can)."""

@@ -98,7 +98,10 @@ class Slots:
                         if drain and not flights:
                             return
                         next_poll = now + delay
-                        delay = min(delay * 2, self.max_poll_interval)
+                        longest = self.ex.batch.claims.longest_wait(
+                            self.max_poll_interval, self.poll_interval
+                        )
+                        delay = min(delay * 2, longest)
                     continue  # settle what was launched, and fill what is left
             self.waiter.idle = not flights
             until = self._wait_until(stopping_now, free, next_poll)

@@ -14,7 +14,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 
 from dbjobq.errors import ConfigurationError
-from dbjobq.storage._sql.schema import SCHEMA_VERSION
+from dbjobq.storage._sql.schema import KEY_INDEXES, SCHEMA_VERSION
 
 logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
 
@@ -30,13 +30,43 @@ def check_version(conn: Connection, version: sa.Table, insert_ignoring: Any) -> 
         # released before this transaction commits): a clash is no error.
         conn.execute(insert_ignoring.values(version=SCHEMA_VERSION))
     elif found < SCHEMA_VERSION:
-        # Upgrades so far only add tables, which create_all has just done.
+        # create_all and add_concurrency_key have just made the new layout.
         conn.execute(sa.update(version).values(version=SCHEMA_VERSION))
     elif found > SCHEMA_VERSION:
         raise ConfigurationError(
             f"the job tables have schema version {found}, newer than this dbjobq "
             f"understands ({SCHEMA_VERSION}); upgrade dbjobq"
         )
+
+
+def found_version(conn: Connection, version: sa.Table) -> int | None:
+    """The layout version recorded in the tables, or `None` if none is yet."""
+    found = conn.execute(sa.select(sa.func.max(version.c.version))).scalar()
+    return None if found is None else int(found)
+
+
+def add_concurrency_key(conn: Connection, jobs: sa.Table, schema: str | None) -> None:
+    """Layout 4 on jobs tables of layouts 1-3: the `concurrency_key` column, its indexes.
+
+    Adding a nullable column without a default changes no row on any of the three
+    databases (a catalog change). Each step checks first, so a start that
+    stopped half way (MySQL commits each DDL statement) finishes the upgrade.
+    The indexes hold only jobs with a key (where indexes can be partial): none yet.
+    """
+    inspector = sa.inspect(conn)
+    columns = {column["name"] for column in inspector.get_columns(jobs.name, schema=schema)}
+    if "concurrency_key" not in columns:
+        preparer = conn.dialect.identifier_preparer
+        column = jobs.c.concurrency_key
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.format_table(jobs)} ADD COLUMN "
+            f"{preparer.format_column(column)} {kind}"
+        )
+    names = {f"{jobs.name}_{suffix.removeprefix('jobs_')}" for suffix in KEY_INDEXES}
+    for index in jobs.indexes:
+        if index.name in names:
+            index.create(conn, checkfirst=True)
 
 
 def finished_index(jobs: sa.Table, found: object) -> sa.Index | None:

@@ -28,7 +28,7 @@ handler's"): no schema change, and it sorts below every real value in
 
 INSERT_COLUMNS = (
     *("id", "type", "queue", "payload", "priority", "max_retries"),
-    *("run_at", "delay", "unique_key", "meta", "timeout"),
+    *("run_at", "delay", "unique_key", "meta", "timeout", "concurrency_key"),
 )
 """What an insert takes from a `NewJob`, in `insert_row`'s order. `run_at` and
 `delay` are not both stored: the row's run_at is `run_at`, or the database's
@@ -75,6 +75,7 @@ def insert_row(job: NewJob) -> tuple[Any, ...]:
         job.unique_key,
         job.meta_json,
         job.timeout,
+        job.concurrency_key,
     )
 
 

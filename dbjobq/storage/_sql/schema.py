@@ -18,12 +18,13 @@ from sqlalchemy.sql.functions import FunctionElement
 from dbjobq.errors import ConfigurationError
 from dbjobq.payload import dumps
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the table layout below; stored in the `<prefix>schema` table.
 
 1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule).
-3: + paused_queues. Each upgrade so far only adds tables, which `create_all` does.
-Index changes that older releases work with keep the version (see
+3: + paused_queues. 4: + jobs.concurrency_key with its two indexes, and rate_starts.
+`create_all` adds the new tables; `migrate.add_concurrency_key` the column and
+indexes. Index changes that older releases work with keep the version (see
 `migrate.finished_index` and `migrate.rebuild_index_online`).
 """
 
@@ -237,6 +238,11 @@ class Tables(NamedTuple):
     workers: sa.Table
     periodic: sa.Table
     paused: sa.Table
+    rate_starts: sa.Table
+
+
+KEY_INDEXES = ("jobs_running_key", "jobs_key_order")
+"""The jobs indexes of layout 4 (after the prefix), which an upgrade creates."""
 
 
 def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = True) -> Tables:
@@ -276,6 +282,7 @@ def _job_columns(partial_indexes: bool) -> list[sa.Column[Any]]:
         sa.Column("worker_id", sa.String(255)),
         sa.Column("lease_token", sa.String(32)),
         sa.Column("lease_expires_at", UTCDateTime),
+        sa.Column("concurrency_key", sa.String(255)),
     ]
     if on_mysql:
         # MySQL has no partial indexes. A stored column that holds the unique key only
@@ -329,6 +336,7 @@ def _index_jobs(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
             postgresql_where=unfinished,
             sqlite_where=unfinished,
         )
+    _index_keys(jobs, prefix, partial_indexes)
     sa.Index(f"{prefix}jobs_status", c.status, c.queue, c.id)
     # For purging and "finished within": only finished jobs have a finished_at, so
     # (where partial indexes exist) enqueues and claims leave this index alone.
@@ -340,6 +348,38 @@ def _index_jobs(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
         c.finished_at,
         postgresql_where=finished,
         sqlite_where=finished,
+    )
+
+
+def _index_keys(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
+    """The indexes of limited claims: jobs without a concurrency key stay out of them.
+
+    `jobs_running_key` counts the running jobs of a key (and their leases);
+    `jobs_key_order` finds an older unfinished job of a key (`ordered`).
+    """
+    c = jobs.c
+    running_key, key_order = (f"{prefix}{name}" for name in KEY_INDEXES)
+    if not partial_indexes:
+        sa.Index(running_key, c.status, c.concurrency_key, c.lease_expires_at)
+        sa.Index(key_order, c.concurrency_key, c.status, c.created_at, c.id)
+        return
+    keyed = c.concurrency_key.is_not(None)
+    running = sa.and_(keyed, c.status == RUNNING)
+    unfinished = sa.and_(keyed, c.status.in_(UNFINISHED))
+    sa.Index(
+        running_key,
+        c.concurrency_key,
+        c.lease_expires_at,
+        postgresql_where=running,
+        sqlite_where=running,
+    )
+    sa.Index(
+        key_order,
+        c.concurrency_key,
+        c.created_at,
+        c.id,
+        postgresql_where=unfinished,
+        sqlite_where=unfinished,
     )
 
 
@@ -375,4 +415,13 @@ def _other_tables(metadata: sa.MetaData, prefix: str, jobs: sa.Table) -> Tables:
         sa.Column("queue", sa.String(200), primary_key=True),
         sa.Column("paused_at", UTCDateTime, nullable=False),
     )
-    return Tables(jobs, version, workers, periodic, paused)
+    # A sliding log of starts per rate key: "starts of key K since T" is a range of
+    # the primary key. The job id tells apart starts at one instant.
+    rate_starts = sa.Table(
+        f"{prefix}rate_starts",
+        metadata,
+        sa.Column("rate_key", sa.String(255), primary_key=True),
+        sa.Column("started_at", UTCDateTime, primary_key=True),
+        sa.Column("job_id", sa.String(36), primary_key=True),
+    )
+    return Tables(jobs, version, workers, periodic, paused, rate_starts)

@@ -378,6 +378,9 @@ class Dialect:
             self.metadata.create_all(conn, checkfirst=True)
             self.after_create(conn)
             version = self.tables.version
+            found = migrate.found_version(conn, version)
+            if found is not None and found < 4:
+                migrate.add_concurrency_key(conn, self.jobs, self.schema)
             migrate.check_version(conn, version, self.insert_ignoring(version))
 
     def schema_lock(self, conn: Connection) -> contextlib.AbstractContextManager[object]:

@@ -127,7 +127,7 @@ class PostgreSQLDialect(Dialect):
                     [
                         *("id", "type", "queue", "status", "priority", "attempts", "max_retries"),
                         *("run_at", "created_at", "updated_at", "timeout", "payload", "meta"),
-                        "unique_key",
+                        *("unique_key", "concurrency_key"),
                     ],
                     sa.select(
                         s.id,
@@ -144,6 +144,7 @@ class PostgreSQLDialect(Dialect):
                         sa.cast(s.payload, c.payload.type),
                         sa.cast(s.meta, c.meta.type),
                         s.unique_key,
+                        s.concurrency_key,
                     ),
                 )
                 .on_conflict_do_nothing()
