@@ -279,21 +279,26 @@ def sql_findings(storage: Any) -> list[Finding]:
                 {"table": table, "schema": storage.schema},
             ).scalar()
             off = [o for o in options or [] if o.lower().replace(" ", "") in _AUTOVACUUM_OFF]
-            if server != "on" or off:
-                where = "the server" if server != "on" else f"the table {table}"
-                fix = (
-                    "set autovacuum = on in postgresql.conf"
-                    if server != "on"
-                    else f"ALTER TABLE {table} RESET (autovacuum_enabled)"
-                )
+            why = "every finished job leaves a dead row, and claims slow down as they pile up"
+            if server != "on":
                 findings.append(
                     Finding(
                         "autovacuum_off",
                         "error",
-                        f"autovacuum is off for {where}: every finished job leaves dead rows, "
-                        "and claims slow down as they pile up",
-                        fix,
-                        {"table": table, "server": server, "reloptions": list(options or [])},
+                        f"autovacuum is off for the whole server: {why}",
+                        "set autovacuum = on in postgresql.conf and reload the server",
+                        {"scope": "server", "setting": server},
+                    )
+                )
+            if off:
+                name = f"{storage.schema}.{table}" if storage.schema else table
+                findings.append(
+                    Finding(
+                        "autovacuum_off",
+                        "error",
+                        f"autovacuum is off for the table {name}: {why}",
+                        f"ALTER TABLE {name} RESET (autovacuum_enabled)",
+                        {"scope": "table", "table": name, "reloptions": list(options)},
                     )
                 )
     return findings
