@@ -31,12 +31,16 @@ Pending jobs:
 - `queue_paused`: its `queue` is paused.
 - `no_worker`: no live worker takes its `type` from its `queue`;
   `workers_on_queue` lists those that take the queue but not the type.
+- `workers_busy`: every live worker that takes it is running a job (`workers`,
+  their ids); it starts when one is free.
 - `concurrency_full`: `limit` jobs with its concurrency `key` run already;
   `running` lists them (`id`, `type`, `worker_id`, `started_at`).
 - `rate_limited`: its rate `key` had `count` starts in the last `per` seconds;
   room again at `until`.
-- `limits_unknown`: no handler of its type here, so its concurrency and rate limits
-  (which are the handler's) were not checked; `concurrency_key` is the stored key.
+- `limits_unknown`: no handler of its type is registered with the queue that
+  explains it, so its concurrency and rate limits (which are the handler's) were not
+  checked; `concurrency_key` is the stored key. Only on a storage with
+  `Capabilities.limits`.
 - `behind`: `ahead` due jobs of its queue come before it in claim order
   (`higher_priority` of them of a higher priority); `at_least` when the queue has
   more pending jobs than the `BEHIND_SCAN` that were looked at.
@@ -229,8 +233,8 @@ def _pending(storage: Storage, registry: HandlerRegistry, job: Job, now: datetim
                 {"queue": job.queue},
             )
         )
-    if (no_worker := _no_worker(storage, job)) is not None:
-        reasons.append(no_worker)
+    if (workers := _workers(storage, job)) is not None:
+        reasons.append(workers)
     reasons.extend(_limits(storage, registry, job, now))
     blocked = bool(reasons) and not all(r.code == "limits_unknown" for r in reasons)
     if due and (behind := _behind(storage, job, now)) is not None:
@@ -261,10 +265,19 @@ def _scheduled(job: Job, now: datetime) -> Reason:
     return Reason("scheduled", text, detail)
 
 
-def _no_worker(storage: Storage, job: Job) -> Reason | None:
+def _workers(storage: Storage, job: Job) -> Reason | None:
+    """`no_worker` if no live worker takes the job, `workers_busy` if all that do are busy."""
     workers = storage.list_workers(seen_within=SEEN_WITHIN)
     on_queue = [w for w in workers if job.queue in w.queues]
-    if any(job.type in w.types for w in on_queue):
+    takers = [w for w in on_queue if job.type in w.types]
+    if takers:
+        if all(w.current_job is not None for w in takers):
+            return Reason(
+                "workers_busy",
+                f"every live worker that takes it ({len(takers)}) is running a job: "
+                "it starts when one of them is free",
+                {"workers": [w.id for w in takers]},
+            )
         return None
     if on_queue:
         text = (
@@ -280,11 +293,13 @@ def _no_worker(storage: Storage, job: Job) -> Reason | None:
 def _limits(storage: Storage, registry: HandlerRegistry, job: Job, now: datetime) -> list[Reason]:
     handler = registry.get(job.type)
     if handler is None:
+        if not storage.capabilities.limits:
+            return []  # no handler can have limits on this storage
         return [
             Reason(
                 "limits_unknown",
-                f"no handler of {job.type} here (give the app, --app): its concurrency and "
-                "rate limits were not checked",
+                f"no handler of {job.type} is registered here (the command's --app): its "
+                "concurrency and rate limits were not checked",
                 {"type": job.type, "concurrency_key": job.concurrency_key},
             )
         ]

@@ -150,9 +150,15 @@ def test_a_real_worker_counts_as_live(queue: JobQueue) -> None:
     worker.start()
     try:
         assert started.wait(10)
-        waiting = queue.enqueue("work")  # behind nothing, and the worker is busy
-        wait_until(lambda: queue.list_workers(), what="the worker's registry record")
-        assert queue.explain(waiting).codes == ("ready",)
+        waiting = queue.enqueue("work")  # behind nothing, but the one worker is busy
+
+        def busy() -> bool:
+            return queue.explain(waiting).codes == ("workers_busy",)
+
+        wait_until(busy, what="the worker's record to name its current job")
+        (reason,) = queue.explain(waiting).reasons
+        assert reason.detail == {"workers": [worker.id]}
+        assert reason.text.startswith("every live worker that takes it (1) is running a job")
         running = queue.explain(blocker)
         assert running.codes == ("running",)
         (reason,) = running.reasons
