@@ -172,8 +172,8 @@ def _leases(running: Iterable[Job], now: datetime, stuck_within: float) -> list[
                 Finding(
                     "lease_expired",
                     "error",
-                    f"job {job.id} ({job.type}) is running on worker {job.worker_id}, whose "
-                    f"lease expired {-left:.0f}s ago",
+                    f"job {job.id} ({job.type}) on worker {job.worker_id}: its lease expired "
+                    f"{-left:.0f}s ago, and no worker has taken it back",
                     "start a worker on this database: workers take expired leases back "
                     "(the job retries, its attempt counted)",
                     detail,

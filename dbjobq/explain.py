@@ -32,7 +32,8 @@ Pending jobs:
 - `no_worker`: no live worker takes its `type` from its `queue`;
   `workers_on_queue` lists those that take the queue but not the type.
 - `workers_busy`: every live worker that takes it is running a job (`workers`,
-  their ids); it starts when one is free.
+  their ids); it starts when one has a free slot (a worker with `concurrency`
+  above 1 may have one already: the registry does not say).
 - `concurrency_full`: `limit` jobs with its concurrency `key` run already;
   `running` lists them (`id`, `type`, `worker_id`, `started_at`).
 - `rate_limited`: its rate `key` had `count` starts in the last `per` seconds;
@@ -275,7 +276,7 @@ def _workers(storage: Storage, job: Job) -> Reason | None:
             return Reason(
                 "workers_busy",
                 f"every live worker that takes it ({len(takers)}) is running a job: "
-                "it starts when one of them is free",
+                "it starts when one of them has a free slot",
                 {"workers": [w.id for w in takers]},
             )
         return None
