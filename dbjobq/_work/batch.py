@@ -83,10 +83,15 @@ class Claims:
     def of(self, types: Collection[str], limit: int) -> list[Job]:
         """Claim up to `limit` due jobs of these types from the worker's queues.
 
-        Types whose handlers have limits are claimed within them (`claim_limited`).
+        Types whose handlers have limits are claimed within them (`claim_limited`);
+        with a rate limit among them, one job at a time: a claim counts as a start,
+        so only what starts at once is claimed (a batch, or a sync job beyond the
+        one a slot runs, would be given back with its start used).
         """
         limits = self.limits(types)
         if limits:
+            if any(lim.rate_limit is not None for lim in limits.values()):
+                limit = 1
             return self.storage.claim_limited(
                 queues=self.queues,
                 types=types,
@@ -176,9 +181,6 @@ class Batch:
         types = set(self.claims.types())  # a copy: handlers may be registered meanwhile
         if not types:
             return [], time.monotonic()
-        if any(lim.rate_limit is not None for lim in self.claims.limits(types).values()):
-            # A rate limit counts claims as starts: claim only what starts now.
-            limit = 1
         began = time.monotonic()
         return self.claims.of(types, limit), began
 

@@ -16,7 +16,7 @@ from dbjobq.flow import LimitMap, Limits
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage._limits import Candidate, admit, keyed
+from dbjobq.storage.admission import Candidate, admit, keyed
 from dbjobq.storage.base import LEASE_EXPIRED, WORKER_GONE, Capabilities, Storage
 
 __all__ = ["MemoryStorage"]

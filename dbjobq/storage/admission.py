@@ -1,5 +1,8 @@
 """Which candidates a limited claim takes: the rules of `Storage.claim_limited`, once.
 
+Public for backend authors: a backend of your own can gather the counts its own
+way and leave the decision to `admit`, as `MemoryStorage` does.
+
 A backend finds the due jobs in claim order, works out their keys (`keyed`),
 learns how full each key is (running jobs per concurrency key, the oldest
 unfinished job of each ordered key, starts per rate key in its window), and
