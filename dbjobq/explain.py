@@ -36,6 +36,8 @@ Pending jobs:
   above 1 may have one already: the registry does not say).
 - `concurrency_full`: `limit` jobs with its concurrency `key` run already;
   `running` lists them (`id`, `type`, `worker_id`, `started_at`).
+- `concurrency_ordered`: its key is `ordered` and earlier pending jobs of its type
+  have that key (`key`, `count`, the first ten ids in `earlier`).
 - `rate_limited`: its rate `key` had `count` starts in the last `per` seconds;
   room again at `until`.
 - `limits_unknown`: no handler of its type is registered with the queue that
@@ -317,6 +319,8 @@ def _limits(storage: Storage, registry: HandlerRegistry, job: Job, now: datetime
         ]
         if len(holders) >= limits.concurrency.limit:
             reasons.append(_concurrency_full(key, limits.concurrency.limit, holders))
+        elif limits.concurrency.ordered:
+            reasons.extend(_ordered(storage, limits, key, job))
     if limits.rate_limit is not None and storage.capabilities.limits:
         reason = _rate_limited(storage, limits, job, now)
         if reason is not None:
@@ -337,6 +341,28 @@ def _concurrency_full(key: str, limit: int, holders: Sequence[Job]) -> Reason:
         f"held by concurrency key {key} (limit {limit}; running: {shown})",
         {"key": key, "limit": limit, "running": running},
     )
+
+
+def _ordered(storage: Storage, limits: Limits, key: str, job: Job) -> list[Reason]:
+    # Earlier pending jobs of its type (bounded): a key is shared across types only
+    # through explicit keys, and a running earlier job is concurrency_full already.
+    mine = (job.created_at, job.id)
+    earlier = [
+        j.id
+        for j in storage.list_jobs(status=JobStatus.PENDING, type=job.type, limit=BEHIND_SCAN)
+        if (j.created_at, j.id) < mine
+        and limits.concurrency_key(j.type, j.concurrency_key, j.payload) == key
+    ]
+    if not earlier:
+        return []
+    return [
+        Reason(
+            "concurrency_ordered",
+            f"its concurrency key {key} is ordered: it starts after the {len(earlier)} "
+            f"earlier pending job(s) of the key, first {earlier[0]}",
+            {"key": key, "earlier": earlier[:10], "count": len(earlier)},
+        )
+    ]
 
 
 def _rate_limited(storage: Storage, limits: Limits, job: Job, now: datetime) -> Reason | None:

@@ -212,6 +212,21 @@ def test_an_expired_lease_frees_the_concurrency_slot(queue: JobQueue) -> None:
     assert queue.explain(first).codes == ("running", "heartbeat_stale")
 
 
+def test_an_ordered_key_waits_for_the_earlier_jobs(queue: JobQueue) -> None:
+    ordered = Concurrency(1, key=lambda p: p["account"], ordered=True)
+    queue.register("sync", noop, concurrency=ordered)
+    register_worker(queue)
+    first = queue.enqueue("sync", {"account": 1}, run_at=queue.storage.now() + timedelta(hours=1))
+    second = queue.enqueue("sync", {"account": 1})
+    other = queue.enqueue("sync", {"account": 2})
+    (reason,) = queue.explain(second).reasons
+    assert reason.code == "concurrency_ordered"
+    assert dict(reason.detail) == {"key": "sync:1", "earlier": [first], "count": 1}
+    assert reason.text.endswith(f"after the 1 earlier pending job(s) of the key, first {first}")
+    assert queue.explain(other).codes == ("behind", "ready")  # the second is ahead, but held
+    assert claim(queue) == [other]  # the claim agrees: the second waits for the first
+
+
 def test_a_full_rate_limit_says_until_when(queue: JobQueue) -> None:
     queue.register("call", noop, rate_limit=RateLimit(2, per=3600))
     register_worker(queue)
