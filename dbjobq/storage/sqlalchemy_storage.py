@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from dbjobq._urls import mask_url
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
+from dbjobq.flow import LimitMap
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
@@ -40,6 +41,19 @@ from dbjobq.storage.base import Capabilities, Storage
 __all__ = ["SQLAlchemyStorage"]
 
 logger = logging.getLogger(__name__)
+
+RATE_WINDOW_MAX = 86400.0
+"""The longest `RateLimit.per`: `purge` forgets starts older than that."""
+
+
+def claim_order(jobs: list[Job], newest_first: bool) -> list[Job]:
+    """`jobs` sorted as a claim returns them."""
+    # Priority first (highest), then (run_at, id) either way round: ids are unique.
+    if newest_first:
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+    else:
+        jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+    return jobs
 
 
 class SQLAlchemyStorage(Storage):
@@ -162,6 +176,8 @@ class SQLAlchemyStorage(Storage):
             notify=self.listen and self._dialect.can_notify,
             transactions=True,
             pauses=True,
+            limits=True,
+            snooze=True,
         )
 
     # -- set-up -------------------------------------------------------------------
@@ -285,12 +301,7 @@ class SQLAlchemyStorage(Storage):
             # empty queue, so that a bad row never stalls a worker.
             if jobs or not corrupt:
                 break
-        # Priority first (highest), then (run_at, id) either way round: ids are unique.
-        if newest_first:
-            jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
-        else:
-            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        return jobs
+        return claim_order(jobs, newest_first)
 
     def _claim_once(
         self,
@@ -301,17 +312,73 @@ class SQLAlchemyStorage(Storage):
         limit: int,
         newest_first: bool = False,
     ) -> tuple[list[Job], int]:
-        params = {
-            "c_worker": worker_id,
-            "c_token": uuid.uuid4().hex,
-            "c_lease": float(lease_seconds),
-        }
+        params = self._claim_params(worker_id, lease_seconds)
         ready = Ready(queues, types, limit, newest_first)
 
         def run(conn: Connection) -> tuple[list[Job], int]:
             return self._dialect.claimed_jobs(conn, self._dialect.claim(conn, ready, params))
 
         return self._run("claim", run, write=True, single=True)
+
+    def claim_limited(
+        self,
+        *,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_seconds: float,
+        types: Collection[str],
+        limits: LimitMap,
+        limit: int = 1,
+        newest_first: bool = False,
+    ) -> list[Job]:
+        """`claim` under `limits`, in one short transaction that never waits on a lock.
+
+        Each limited key (concurrency or rate) is locked for the transaction
+        without waiting: a PostgreSQL transaction-level advisory lock (fine behind
+        PgBouncer), a MySQL `GET_LOCK` released right after; SQLite's write
+        transactions run one at a time anyway. A key another claimer holds at that
+        moment is skipped this time, and its jobs are left for the next claim.
+        """
+        if not queues or not types or limit < 1:
+            return []
+        ready = Ready(queues, types, limit, newest_first)
+        for _ in range(100):
+            params = self._claim_params(worker_id, lease_seconds)
+
+            def run(conn: Connection, params: Mapping[str, Any] = params) -> tuple[list[Job], int]:
+                rows = self._dialect.claim_limited(conn, ready, limits, params)
+                return self._dialect.claimed_jobs(conn, rows)
+
+            jobs, corrupt = self._run("claim_limited", run, write=True)
+            if jobs or not corrupt:
+                break
+        return claim_order(jobs, newest_first)
+
+    def recent_starts(self, key: str, *, within: float) -> list[datetime]:
+        r = self._dialect.tables.rate_starts.c
+        since = db_now_plus(seconds("within", -float(within)))
+        stmt = (
+            sa.select(r.started_at)
+            .where(r.rate_key == key, r.started_at > since)
+            .order_by(r.started_at)
+        )
+        return self._run(
+            "recent_starts",
+            lambda conn: list(conn.execute(stmt).scalars()),
+            write=False,
+            single=True,
+        )
+
+    def snooze(self, job_id: str, token: str, *, delay: float) -> bool:
+        return self._update_held("snooze", job_id, token, changes.snoozed(self._jobs, delay))
+
+    @staticmethod
+    def _claim_params(worker_id: str, lease_seconds: float) -> dict[str, Any]:
+        return {
+            "c_worker": worker_id,
+            "c_token": uuid.uuid4().hex,
+            "c_lease": float(lease_seconds),
+        }
 
     def _held(self, job_id: str, token: str) -> sa.ColumnElement[bool]:
         c = self._jobs.c
@@ -556,13 +623,25 @@ class SQLAlchemyStorage(Storage):
             return 0
         cutoff = db_now_plus(seconds("age", -float(older_than)))
         doomed = sa.and_(c.status.in_(finished), c.finished_at < cutoff)
+        # Starts older than the longest rate window, of keys no claim uses any more
+        # (claims forget the old starts of the keys they use).
+        r = self._dialect.tables.rate_starts.c
+        old_starts = sa.delete(self._dialect.tables.rate_starts).where(
+            r.started_at < db_now_plus(seconds("day", -RATE_WINDOW_MAX))
+        )
         if limit is None:
             stmt = sa.delete(self._jobs).where(doomed)
-            return self._run("purge", lambda conn: conn.execute(stmt).rowcount, write=True)
+
+            def run_all(conn: Connection) -> int:
+                conn.execute(old_starts)
+                return int(conn.execute(stmt).rowcount)
+
+            return self._run("purge", run_all, write=True)
         # Pick the batch first: MySQL allows no LIMIT inside an IN subquery.
         batch = sa.select(c.id).where(doomed).order_by(c.finished_at, c.id).limit(limit)
 
         def run(conn: Connection) -> int:
+            conn.execute(old_starts)
             ids = list(conn.execute(batch).scalars())
             if not ids:
                 return 0

@@ -67,6 +67,11 @@ def released(jobs: sa.Table) -> dict[str, Any]:
     }
 
 
+def snoozed(jobs: sa.Table, delay: float) -> dict[str, Any]:
+    """A running job put back unfinished, due in `delay` seconds: as `released`."""
+    return {**released(jobs), "run_at": db_now_plus(seconds("delay", delay))}
+
+
 def failed(error: Any, retry_in: float | None) -> dict[str, Any]:
     """A failed attempt: pending again in `retry_in` seconds, or failed for good."""
     values: dict[str, Any] = {"last_error": error, "updated_at": db_now(), **RELEASED}

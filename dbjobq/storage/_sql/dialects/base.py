@@ -19,8 +19,9 @@ import sqlalchemy.orm
 from sqlalchemy.engine import Connection, Engine
 
 from dbjobq.errors import ConfigurationError, StorageError
+from dbjobq.flow import LimitMap
 from dbjobq.job import Job, NewJob
-from dbjobq.storage._sql import changes, migrate
+from dbjobq.storage._sql import changes, limited, migrate
 from dbjobq.storage._sql.changes import LeaseChange
 from dbjobq.storage._sql.engine import EngineSettings, retrying
 from dbjobq.storage._sql.notify import Watcher
@@ -336,6 +337,44 @@ class Dialect:
             if len(self._claims) >= 64:
                 self._claims.clear()
             self._claims[key] = stmt
+        return conn.execute(stmt, params).fetchall()
+
+    # -- limited claims (see `limited`) -------------------------------------------------
+
+    @property
+    def lock_namespace(self) -> str:
+        """What tells this table set's key locks apart from other table sets'."""
+        return f"{self.schema or ''}.{self.jobs.name}"
+
+    def claim_limited(
+        self, conn: Connection, ready: Ready, limits: LimitMap, params: Mapping[str, Any]
+    ) -> Rows:
+        """Claim under `limits` with `params`; the claimed rows (all columns)."""
+        return limited.claim_limited(self, conn, ready, limits, params)
+
+    def try_key_locks(
+        self, conn: Connection, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """Lock `(kind, key)` pairs without waiting, until the transaction ends; those locked.
+
+        A key locked by another transaction is left out: its jobs wait for the next
+        claim. The default locks nothing and returns every key: for a database
+        whose write transactions run one at a time (SQLite's BEGIN IMMEDIATE).
+        """
+        return list(keys)
+
+    def claim_ids(self, conn: Connection, ids: Sequence[str], params: Mapping[str, Any]) -> Rows:
+        """Claim the pending jobs `ids` (rows this transaction has locked); their rows.
+
+        The default is one UPDATE ... RETURNING.
+        """
+        c = self.jobs.c
+        stmt = (
+            sa.update(self.jobs)
+            .where(c.id.in_(list(ids)), c.status == PENDING)
+            .values(**changes.claimed(self.jobs))
+            .returning(*self.jobs.c)
+        )
         return conn.execute(stmt, params).fetchall()
 
     def claimed_jobs(self, conn: Connection, rows: Sequence[sa.Row[Any]]) -> tuple[list[Job], int]:

@@ -12,13 +12,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.job import NewJob
-from dbjobq.storage._sql import changes, migrate
+from dbjobq.storage._sql import changes, limited, migrate
 from dbjobq.storage._sql.changes import LeaseChange
 from dbjobq.storage._sql.dialects.base import Dialect, Leases, Ready, Rows
 from dbjobq.storage._sql.engine import EngineSettings
-from dbjobq.storage._sql.schema import RUNNING
+from dbjobq.storage._sql.schema import PENDING, RUNNING
 
 CHARSET = "utf8mb4"
+_KEY_LOCKS = "dbjobq_key_locks"  # connection info: the key locks a claim holds
 
 
 def collation_for(is_mariadb: bool, version: tuple[Any, ...] | None) -> str:
@@ -70,6 +71,32 @@ class MySQLDialect(Dialect):
         super().__init__(engine, schema=schema, table_prefix=table_prefix)
         self._collation = ""
 
+    @contextlib.contextmanager
+    def transaction(self, write: bool, single: bool) -> Iterator[Connection]:
+        """The default, then the release of the key locks a limited claim took.
+
+        `GET_LOCK` locks belong to the session, not the transaction: they are
+        released once the transaction has ended, so the next holder sees its rows.
+        """
+        with self.engine.connect() as conn:
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                names = conn.info.pop(_KEY_LOCKS, None)
+                if names:
+                    self._release(conn, names)
+
+    def _release(self, conn: Connection, names: Sequence[str]) -> None:
+        calls = ", ".join(f"RELEASE_LOCK(:n{i})" for i in range(len(names)))
+        try:
+            conn.execute(sa.text(f"SELECT {calls}"), {f"n{i}": n for i, n in enumerate(names)})
+            conn.rollback()
+        except Exception:  # noqa: BLE001 - the transaction's outcome stands
+            # A session that may still hold them must not go back to the pool;
+            # closing it releases them.
+            conn.invalidate()
+
     def insert_ignoring(self, table: sa.Table) -> Any:
         # Not INSERT IGNORE: that also downgrades real errors to warnings.
         # "id = id" keeps the existing row as it is (VALUES(id) would rename it).
@@ -103,6 +130,35 @@ class MySQLDialect(Dialect):
             sa.update(self.jobs).where(c.id.in_(ids)).values(**changes.claimed(self.jobs)), params
         )
         return conn.execute(sa.select(self.jobs).where(c.id.in_(ids))).fetchall()
+
+    def claim_ids(self, conn: Connection, ids: Sequence[str], params: Mapping[str, Any]) -> Rows:
+        """Update, then read back: there is no UPDATE ... RETURNING."""
+        c = self.jobs.c
+        stmt = sa.update(self.jobs).where(c.id.in_(list(ids)), c.status == PENDING)
+        conn.execute(stmt.values(**changes.claimed(self.jobs)), params)
+        return conn.execute(sa.select(self.jobs).where(c.id.in_(list(ids)))).fetchall()
+
+    @property
+    def lock_namespace(self) -> str:
+        """`GET_LOCK` names are server-wide: the database is part of the name."""
+        return f"{self.schema or self.engine.url.database or ''}.{self.jobs.name}"
+
+    def try_key_locks(
+        self, conn: Connection, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """`GET_LOCK(name, 0)` per key: a short hash, released after the transaction."""
+        names = [
+            "dbjobq:" + limited.lock_name(self.lock_namespace, kind, key).hex()
+            for kind, key in keys
+        ]
+        calls = ", ".join(f"GET_LOCK(:n{i}, 0)" for i in range(len(names)))
+        row = conn.execute(
+            sa.text(f"SELECT {calls}"), {f"n{i}": n for i, n in enumerate(names)}
+        ).one()
+        conn.info.setdefault(_KEY_LOCKS, []).extend(
+            n for n, got in zip(names, row, strict=True) if got == 1
+        )
+        return [pair for pair, got in zip(keys, row, strict=True) if got == 1]
 
     def update_leases(self, conn: Connection, leases: Leases, change: LeaseChange) -> Iterable[str]:
         """Lock the held rows, then update them: there is no UPDATE ... RETURNING."""

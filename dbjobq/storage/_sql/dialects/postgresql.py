@@ -12,13 +12,17 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from dbjobq.job import NewJob
-from dbjobq.storage._sql import migrate
+from dbjobq.storage._sql import limited, migrate
 from dbjobq.storage._sql.changes import LeaseChange
 from dbjobq.storage._sql.dialects.base import Dialect, Leases
 from dbjobq.storage._sql.engine import EngineSettings, driver_error
 from dbjobq.storage._sql.notify import PostgresListener, Watcher
 from dbjobq.storage._sql.rows import INSERT_COLUMNS, insert_row
 from dbjobq.storage._sql.schema import PENDING, RUNNING, db_now, db_now_plus
+
+_TRY_LOCKS = sa.text(
+    "SELECT k FROM unnest(CAST(:k_ids AS bigint[])) AS k WHERE pg_try_advisory_xact_lock(k)"
+).bindparams(sa.bindparam("k_ids", type_=postgresql.ARRAY(sa.BigInteger)))
 
 COPY_FROM = 64  # jobs per insert from which psycopg inserts through COPY
 
@@ -192,6 +196,26 @@ class PostgreSQLDialect(Dialect):
             else {"l_ids": [i for i, _ in leases], "l_tokens": [t for _, t in leases]}
         )
         return conn.execute(stmt, {**given, **(change.params or {})}).scalars()
+
+    # -- limited claims ---------------------------------------------------------------
+
+    def try_key_locks(
+        self, conn: Connection, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """`pg_try_advisory_xact_lock` on a 64-bit hash of each key.
+
+        Held until the transaction ends, so it works behind PgBouncer in
+        transaction pooling mode. Advisory locks are per database already.
+        """
+        ids = {
+            int.from_bytes(limited.lock_name(self.lock_namespace, kind, key)[:8], signed=True): (
+                kind,
+                key,
+            )
+            for kind, key in keys
+        }
+        got = conn.execute(_TRY_LOCKS, {"k_ids": list(ids)}).scalars()
+        return [ids[i] for i in got]
 
     # -- schema -----------------------------------------------------------------------
 
