@@ -277,7 +277,7 @@ def test_the_job_command_shows_the_key_and_the_limits(
     assert "concurrency key  sync:3" in out.splitlines()
     assert "limits           1 running per concurrency key" in out.splitlines()
     _, out, _ = run(capsys, "job", called, "--app", spec)
-    assert "limits    10 starts per 60s per rate key" in out.splitlines()
+    assert "limits      10 starts per 60s per rate key" in out.splitlines()
     _, out, _ = run(capsys, "job", plain, "--url", url)
     assert "concurrency key" not in out and "limits" not in out
 
