@@ -26,6 +26,7 @@ from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError
 from dbjobq.events import H, Hooks
+from dbjobq.explain import Explanation, explain
 from dbjobq.flow import Concurrency, RateLimit
 from dbjobq.handlers import Handler, HandlerRegistry
 from dbjobq.job import Job, JobSpec, JobStatus, NewJob
@@ -546,6 +547,22 @@ class JobQueue:
             StorageError: If the storage cannot be reached.
         """
         return self._store().get(check_str(job_id, "job id"))
+
+    def explain(self, job_id: str) -> Explanation:
+        """Why the job is where it is: what holds a pending job back, or what happened.
+
+        A pending job may be not due yet, in a paused queue, in a queue or of a type
+        no live worker takes, held back by its handler's concurrency or rate limit
+        (the handlers registered here decide: without them limits are not checked),
+        or behind other due jobs; a running job's worker may have stopped
+        heartbeating. See `dbjobq.explain` for every reason's code and detail.
+
+        Raises:
+            InvalidJobError: If `job_id` is not a `str`.
+            JobNotFound: If there is no such job.
+            StorageError: If the storage cannot be reached.
+        """
+        return explain(self._store(), self.registry, check_str(job_id, "job id"))
 
     def list_jobs(
         self,

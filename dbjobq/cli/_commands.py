@@ -12,7 +12,7 @@ from dbjobq.cli._app import open_queue, where
 from dbjobq.cli._options import EXIT_FAILURE, UsageError, duration, number
 from dbjobq.cli._output import age, print_json, safe, short, table, when
 from dbjobq.job import Job
-from dbjobq.queue import JobQueue
+from dbjobq.queue import Handler, JobQueue
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -133,6 +133,11 @@ def _print_job(job: Job, queue: JobQueue) -> None:
         ("unique key", job.unique_key or "-"),
         ("timeout", shown_timeout),
     ]
+    if job.concurrency_key is not None:
+        fields.append(("concurrency key", job.concurrency_key))
+    handler = queue.registry.get(job.type)
+    if handler is not None and handler.limits is not None:
+        fields.append(("limits", _limits(handler)))
     if job.progress is not None:
         fields.append(("progress", f"{job.progress:g} {job.progress_message or ''}".rstrip()))
     width = max(len(name) for name, _ in fields)
@@ -145,6 +150,18 @@ def _print_job(job: Job, queue: JobQueue) -> None:
         print(f"{'result'.ljust(width)}  {safe(json.dumps(job.result, ensure_ascii=False))}")
     if job.last_error:
         print(f"\nlast error:\n{safe(job.last_error, lines=True)}")
+
+
+def _limits(handler: Handler) -> str:
+    """A handler's limits in words, for `dbjobq job`."""
+    shown = []
+    if (concurrency := handler.concurrency) is not None:
+        ordered = ", in order" if concurrency.ordered else ""
+        shown.append(f"{concurrency.limit} running per concurrency key{ordered}")
+    if (rate := handler.rate_limit) is not None:
+        per_key = " per rate key" if rate.key is not None else ""
+        shown.append(f"{rate.count} starts per {rate.per:g}s{per_key}")
+    return "; ".join(shown)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

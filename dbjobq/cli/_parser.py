@@ -21,6 +21,7 @@ from dbjobq.cli._commands import (
     cmd_stats,
     cmd_workers,
 )
+from dbjobq.cli._diagnose import cmd_doctor, cmd_explain
 from dbjobq.cli._options import EXIT_USAGE
 from dbjobq.cli._worker import cmd_worker
 from dbjobq.job import JobStatus
@@ -57,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "job", "show one job in full: payload, result, progress, error", cmd_job
     )
     job.add_argument("id")
+    explain = _command(
+        commands,
+        "explain",
+        "why a job is where it is: what holds it back, or what happened",
+        cmd_explain,
+    )
+    explain.add_argument("id")
+    doctor = _command(
+        commands, "doctor", "check the deployment and print each problem with its fix", cmd_doctor
+    )
+    doctor.description = (
+        "Check workers, paused queues, leases, backlog, concurrency keys and the database; "
+        "exit status 1 if anything is found."
+    )
+    doctor.add_argument(
+        "--backlog-minutes", help="a due job waiting longer is a backlog (default 15)"
+    )
     _command(commands, "stats", "counts per queue and status, backlog age, throughput", cmd_stats)
     _command(commands, "workers", "live workers and what they are doing", cmd_workers)
     _add_manage(commands)
