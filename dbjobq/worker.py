@@ -509,6 +509,7 @@ class Worker:
             self._serve(drain=True)
         finally:
             self._wind_down("run_until_empty() ended")
+            self._upkeep.save_now()  # the record says it runs nothing now
         return self.jobs_processed - before
 
     # -- the loop ---------------------------------------------------------------------

@@ -160,6 +160,11 @@ class Upkeep:
             return
         self._errors.recovered(what)
 
+    def save_now(self) -> None:
+        """Save the registry record at once (a drain ended: no current job)."""
+        self.last_saved = -math.inf
+        self.save_if_due()
+
     def remove_record(self) -> None:
         """Delete the registry record (the worker stopped)."""
         try:
