@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from datetime import datetime
 
 from dbjobq.job import JobStatus
@@ -35,6 +36,9 @@ class QueueStats:
     """Types of pending jobs that no live worker takes from this queue."""
     paused: bool = False
     """Whether the queue is paused (`JobQueue.pause`): its jobs wait until resumed."""
+    running_keys: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Running jobs per concurrency key (`Job.concurrency_key`), the keys that have any:
+    how full each key's limit is."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,6 +63,11 @@ def collect_stats(storage: Storage) -> Stats:
     handled = {(q, t) for w in workers for q in w.queues for t in w.types}
     paused = storage.paused_queues() if storage.capabilities.pauses else set()
     names = sorted({q for q, _ in counts} | {g.queue for g in pending} | paused)
+    keys: dict[str, Counter[str]] = {}
+    if any(s is JobStatus.RUNNING and n for (_, s), n in counts.items()):
+        for job in storage.list_jobs(status=JobStatus.RUNNING, limit=None):
+            if job.concurrency_key is not None:
+                keys.setdefault(job.queue, Counter())[job.concurrency_key] += 1
     queues = []
     for name in names:
         groups = [g for g in pending if g.queue == name]
@@ -78,6 +87,7 @@ def collect_stats(storage: Storage) -> Stats:
                 },
                 unhandled_types=tuple(g.type for g in groups if (name, g.type) not in handled),
                 paused=name in paused,
+                running_keys=dict(sorted(keys.get(name, Counter()).items())),
             )
         )
     return Stats(now=now, queues=tuple(queues), workers=tuple(workers))

@@ -29,6 +29,11 @@ from dbjobq import (
 from dbjobq.storage.base import Storage
 from dbjobq.storage.memory import MemoryStorage
 
+from .conftest import StorageConfig
+from .test_cli import ON_TWO_BACKENDS, Cli, cli
+
+__all__ = ["cli"]  # the command-line fixture, shared with test_cli
+
 
 def drain(queue: JobQueue, workers: list[Worker], total: int, timeout: float = 60.0) -> None:
     """Run the workers until `total` jobs are finished (or fail the test at `timeout`)."""
@@ -290,3 +295,33 @@ def test_limits_are_the_handlers_of_the_worker_that_runs_the_job(queue: JobQueue
     drain(queue, [Worker(queue, poll_interval=0.01, concurrency=4)], 6)
     assert ledger.peak == {"0": 1, "1": 1}
     assert {queue.get_job(i).concurrency_key for i in ids} == {"t:0", "t:1"}
+
+
+def test_stats_count_running_jobs_per_concurrency_key(queue: JobQueue) -> None:
+    queue.enqueue_many(
+        [JobSpec(type="t", concurrency_key="acct-1") for _ in range(2)]
+        + [JobSpec(type="t", concurrency_key="acct-2"), JobSpec(type="t")]
+    )
+    (default,) = queue.stats().queues
+    assert default.running_keys == {}  # pending jobs hold no slot
+    claimed = queue.storage.claim(queues=["default"], worker_id="w", lease_seconds=60, limit=4)
+    assert len(claimed) == 4
+    (default,) = queue.stats().queues
+    assert default.running_keys == {"acct-1": 2, "acct-2": 1}
+
+
+@ON_TWO_BACKENDS
+def test_the_command_line_shows_keys(cli: Cli, sql_config: StorageConfig) -> None:
+    job = cli.json("enqueue", "send_email", "--concurrency-key", "acct-9")
+    assert cli.json("job", job["id"])["concurrency_key"] == "acct-9"
+    assert "acct-9" in cli.run("job", job["id"]).stdout
+    bad = cli.run("enqueue", "send_email", "--concurrency-key", "")
+    assert bad.returncode == 2 and "concurrency_key must not be empty" in bad.stderr
+    storage = sql_config.open()
+    try:
+        assert storage.claim(queues=["default"], worker_id="w", lease_seconds=60)
+    finally:
+        storage.close()
+    out = cli.run("stats").stdout
+    assert "running per concurrency key in queue default: acct-9 1" in out
+    assert cli.json("stats")["queues"][0]["running_keys"] == {"acct-9": 1}

@@ -59,6 +59,17 @@ class LimitContract:
         assert len(pending) == 6
         assert {job.attempts for job in pending} == {0}
 
+    def test_one_per_key_takes_one_job_of_each_key(self, storage: Storage) -> None:
+        _needs_limits(storage)
+        storage.enqueue([make_job(concurrency_key=k) for k in "aaabbb"])
+        storage.enqueue([make_job(type="other", concurrency_key="a")])  # no limit: not counted
+        wide = {"task": Limits(Concurrency(5))}
+        first = _claim(storage, wide, limit=10, one_per_key=True)
+        assert _keys([j for j in first if j.type == "task"]) == {"a": 1, "b": 1}
+        assert [j.type for j in first].count("other") == 1
+        assert _keys(_claim(storage, wide, limit=10, one_per_key=True)) == {"a": 1, "b": 1}
+        assert _keys(_claim(storage, wide, limit=10)) == {"a": 1, "b": 1}  # what is left
+
     def test_a_limit_without_a_key_holds_for_the_type(self, storage: Storage) -> None:
         _needs_limits(storage)
         storage.enqueue([make_job(payload={"n": n}) for n in range(5)])

@@ -80,14 +80,14 @@ class Claims:
         ]
         return longest if not gaps else min(longest, max(shortest, min(gaps)))
 
-    def of(self, types: Collection[str], limit: int, *, one_limited: bool = False) -> list[Job]:
+    def of(self, types: Collection[str], limit: int, *, one_per_key: bool = False) -> list[Job]:
         """Claim up to `limit` due jobs of these types from the worker's queues.
 
         Types whose handlers have limits are claimed within them (`claim_limited`),
-        apart from the others, which keep the plain claim and its batches. Of the
-        limited types, one job at a time when `one_limited` (the jobs of a batch
-        start one after another, and a claimed job holds its slot while it waits)
-        or when one has a rate limit (a claim counts as a start).
+        apart from the others, which keep the plain claim and its batches. With
+        `one_per_key` (a batch, whose jobs start one after another while each
+        holds its slot) at most one job per concurrency key; with a rate limit
+        among the types, one limited job (a claim counts as a start).
         """
         limits = self.limits(types)
         if not limits:
@@ -99,7 +99,8 @@ class Claims:
             limits=limits,
             worker_id=self.worker_id,
             lease_seconds=self.lease_seconds,
-            limit=1 if one_limited or rated else limit,
+            limit=1 if rated else limit,
+            one_per_key=one_per_key,
             **self._order,
         )
         plain_types = [t for t in types if t not in limits]
@@ -195,7 +196,7 @@ class Batch:
         if not types:
             return [], time.monotonic()
         began = time.monotonic()
-        return self.claims.of(types, limit, one_limited=True), began
+        return self.claims.of(types, limit, one_per_key=True), began
 
     def claim_ahead(self, jobs: list[Job], stopping: threading.Event) -> None:
         """Start claiming the next batch in the background while `jobs` run.

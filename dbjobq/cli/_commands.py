@@ -48,6 +48,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         priority=priority,
         delay=delay,
         unique_key=args.unique_key,
+        concurrency_key=args.concurrency_key,
         max_retries=None if args.max_retries is None else int(args.max_retries),
     )
     if args.json:
@@ -202,6 +203,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for q in stats.queues:
         if q.paused:
             print(f"paused: queue {safe(q.queue)} (dbjobq resume {safe(q.queue)})")
+    for q in stats.queues:
+        if q.running_keys:
+            busiest = sorted(q.running_keys.items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = ", ".join(f"{safe(key)} {n}" for key, n in busiest[:5])
+            more = f" and {len(busiest) - 5} more" if len(busiest) > 5 else ""
+            print(f"running per concurrency key in queue {safe(q.queue)}: {shown}{more}")
     for q in stats.queues:
         for job_type in q.unhandled_types:
             print(f"warning: no live worker handles {job_type!r} jobs in queue {q.queue!r}")

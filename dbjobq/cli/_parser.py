@@ -130,6 +130,9 @@ def _add_enqueue(commands: _Commands) -> None:
     enqueue.add_argument("--priority", help="higher runs first")
     enqueue.add_argument("--delay", help="wait before running, such as 30s or 2h")
     enqueue.add_argument("--unique-key", help="return the unfinished job holding this key instead")
+    enqueue.add_argument(
+        "--concurrency-key", help="the key its handler's concurrency limit counts it under"
+    )
     enqueue.add_argument("--max-retries", type=int, help="retries after a failed first attempt")
 
 

@@ -79,6 +79,8 @@ def admit(
     first_unfinished: Mapping[str, str],
     rate_used: Mapping[str, int],
     locked_elsewhere: Collection[str] = (),
+    one_per_key: bool = False,
+    taken_keys: Collection[str] = (),
 ) -> list[Keyed]:
     """The candidates to claim, in order: at most `limit`, every limit kept.
 
@@ -92,10 +94,14 @@ def admit(
         rate_used: Starts within the window per rate key.
         locked_elsewhere: Keys (of either kind) another claim is deciding on
             right now: their jobs wait for a later claim.
+        one_per_key: At most one job per concurrency key.
+        taken_keys: Concurrency keys the same claim took already (with
+            `one_per_key`, across the pages a backend reads).
     """
     taken: list[Keyed] = []
     busy = dict(running)
     used = dict(rate_used)
+    once = set(taken_keys)
     for job in candidates:
         if len(taken) >= limit:
             break
@@ -104,6 +110,8 @@ def admit(
             concurrency = limits[job.job.type].concurrency
             assert concurrency is not None
             if key in locked_elsewhere or busy.get(key, 0) >= concurrency.limit:
+                continue
+            if one_per_key and key in once:
                 continue
             if job.ordered and first_unfinished.get(key, job.job.id) != job.job.id:
                 continue
@@ -114,6 +122,7 @@ def admit(
                 continue
         if key is not None:
             busy[key] = busy.get(key, 0) + 1
+            once.add(key)
         if rate is not None:
             used[rate] = used.get(rate, 0) + 1
         taken.append(job)

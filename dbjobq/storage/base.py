@@ -594,6 +594,7 @@ class Storage(abc.ABC):
         limits: LimitMap,
         limit: int = 1,
         newest_first: bool = False,
+        one_per_key: bool = False,
     ) -> list[Job]:
         """`claim`, where the jobs of some types start only within their limits (optional).
 
@@ -615,6 +616,10 @@ class Storage(abc.ABC):
         - (`rate_limit`) fewer than `count` jobs with its rate key
           (`Limits.rate_key`) were claimed in the last `per` seconds; the claim
           records each start it makes (see `recent_starts`).
+
+        With `one_per_key`, this call claims at most one job per concurrency key
+        (a worker that runs its batch one job after another then holds one slot of
+        each key, and leaves the others to other workers).
 
         The check and the claim are one atomic step: racing claimers, in any
         process, never exceed a limit. A job held back is left as it is (but for

@@ -168,6 +168,7 @@ class MemoryStorage(Storage):
         limits: LimitMap,
         limit: int = 1,
         newest_first: bool = False,
+        one_per_key: bool = False,
     ) -> list[Job]:
         with self._lock:
             now = self._now()
@@ -210,6 +211,7 @@ class MemoryStorage(Storage):
                 running=running,
                 first_unfinished={key: job.id for key, job in first.items()},
                 rate_used=used,
+                one_per_key=one_per_key,
             )
             for job in taken:
                 if job.rate_key is not None:

@@ -335,6 +335,7 @@ class SQLAlchemyStorage(SideTables, Storage):
         limits: LimitMap,
         limit: int = 1,
         newest_first: bool = False,
+        one_per_key: bool = False,
     ) -> list[Job]:
         """`claim` under `limits`, in one short transaction that never waits on a lock.
 
@@ -351,7 +352,7 @@ class SQLAlchemyStorage(SideTables, Storage):
             params = self._claim_params(worker_id, lease_seconds)
 
             def run(conn: Connection, params: Mapping[str, Any] = params) -> tuple[list[Job], int]:
-                rows = self._dialect.claim_limited(conn, ready, limits, params)
+                rows = self._dialect.claim_limited(conn, ready, limits, params, one_per_key)
                 return self._dialect.claimed_jobs(conn, rows)
 
             jobs, corrupt = self._run("claim_limited", run, write=True)

@@ -47,10 +47,17 @@ class Claim:
     """The state of one limited claim, over the pages it reads."""
 
     def __init__(
-        self, dialect: Dialect, conn: Connection, ready: Ready, limits: Mapping[str, Limits]
+        self,
+        dialect: Dialect,
+        conn: Connection,
+        ready: Ready,
+        limits: Mapping[str, Limits],
+        one_per_key: bool = False,
     ) -> None:
         self.dialect = dialect
         self.conn = conn
+        self.one_per_key = one_per_key
+        self.taken_keys: set[str] = set()  # concurrency keys this claim admitted
         self.ready = ready
         types = set(ready.types or ())
         self.limits = {
@@ -287,11 +294,14 @@ class Claim:
             first_unfinished=self.heads,
             rate_used=self.started,
             locked_elsewhere=elsewhere,
+            one_per_key=self.one_per_key,
+            taken_keys=self.taken_keys,
         )
         chosen = {id(cand) for cand in taken}
         for cand in taken:
             if cand.concurrency_key is not None:
                 self.running[cand.concurrency_key] += 1
+                self.taken_keys.add(cand.concurrency_key)
             if cand.rate_key is not None:
                 self.started[cand.rate_key] += 1
         for cand in candidates:
@@ -305,6 +315,8 @@ class Claim:
         key = cand.concurrency_key
         assert key is not None
         if not self.locked.get(f"c:{key}") or cand.ordered:
+            return False
+        if self.one_per_key and key in self.taken_keys:
             return False
         concurrency = self.limits[cand.job.type].concurrency
         assert concurrency is not None
@@ -355,9 +367,10 @@ def claim_limited(
     ready: Ready,
     limits: LimitMap,
     params: Mapping[str, Any],
+    one_per_key: bool = False,
 ) -> Rows:
     """One limited claim in `conn`'s transaction: the claimed rows (all columns)."""
-    claim = Claim(dialect, conn, ready, limits)
+    claim = Claim(dialect, conn, ready, limits, one_per_key)
     types = claim.hints()
     if not types:
         return []

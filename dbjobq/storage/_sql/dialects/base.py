@@ -347,10 +347,15 @@ class Dialect:
         return f"{self.schema or ''}.{self.jobs.name}"
 
     def claim_limited(
-        self, conn: Connection, ready: Ready, limits: LimitMap, params: Mapping[str, Any]
+        self,
+        conn: Connection,
+        ready: Ready,
+        limits: LimitMap,
+        params: Mapping[str, Any],
+        one_per_key: bool = False,
     ) -> Rows:
         """Claim under `limits` with `params`; the claimed rows (all columns)."""
-        return limited.claim_limited(self, conn, ready, limits, params)
+        return limited.claim_limited(self, conn, ready, limits, params, one_per_key)
 
     def try_key_locks(
         self, conn: Connection, keys: Sequence[tuple[str, str]]
