@@ -191,12 +191,20 @@ def test_a_worker_runs_a_job_enqueued_from_the_command_line(cli: Cli) -> None:
 
 
 @ON_TWO_BACKENDS
-def test_sigterm_lets_the_running_job_finish_before_exit(cli: Cli) -> None:
+def test_sigterm_lets_the_running_job_finish_before_exit(
+    cli: Cli, sql_config: StorageConfig
+) -> None:
     worker = cli.worker("--poll-interval", "0.1")
     job_id = cli.json(
         "enqueue", "send_email", "--payload", '{"to": "bob@example.com", "seconds": 2}'
     )["id"]
-    wait_until(lambda: status(cli, job_id) == "running", timeout=30)
+    # Watched through a storage object of the test's own: a command takes about a second
+    # to start, and could miss the two seconds the job runs.
+    storage = sql_config.open()
+    try:
+        wait_until(lambda: storage.get(job_id).status.value == "running", timeout=30)
+    finally:
+        storage.close()
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
     assert status(cli, job_id) == "completed"
