@@ -282,21 +282,7 @@ class MemoryStorage(Storage):
             return sorted(at for at in self._starts.get(key, ()) if at > since)
 
     def snooze(self, job_id: str, token: str, *, delay: float) -> bool:
-        with self._lock:
-            job = self._held(job_id, token)
-            if job is None:
-                return False
-            now = self._now()
-            self._set(
-                job,
-                status=JobStatus.PENDING,
-                attempts=job.attempts - 1,
-                started_at=None,
-                run_at=now + timedelta(seconds=delay),
-                updated_at=now,
-                **self._RELEASED,
-            )
-            return True
+        return self._give_back(job_id, token, delay=delay)
 
     def _find(self, job_id: str) -> Job:
         # Not a str (say a number): no job has such an id, on any backend.
@@ -353,16 +339,23 @@ class MemoryStorage(Storage):
             return True
 
     def release(self, job_id: str, token: str) -> bool:
+        return self._give_back(job_id, token, delay=None)
+
+    def _give_back(self, job_id: str, token: str, *, delay: float | None) -> bool:
+        """Pending again, the attempt not counted; due in `delay` seconds if given."""
         with self._lock:
             job = self._held(job_id, token)
             if job is None:
                 return False
+            now = self._now()
+            later = {} if delay is None else {"run_at": now + timedelta(seconds=delay)}
             self._set(
                 job,
                 status=JobStatus.PENDING,
                 attempts=job.attempts - 1,
                 started_at=None,
-                updated_at=self._now(),
+                updated_at=now,
+                **later,
                 **self._RELEASED,
             )
             return True
