@@ -20,14 +20,21 @@ class JobStatus(str, enum.Enum):
 
     ```text
     enqueue ──▶ pending ──claim──▶ running ──▶ completed
-                   ▲                  │  └────▶ failed      (retries spent, or not retryable)
-                   └── retry / rescue ┘
-    pending or running ──cancel──▶ cancelled
+       │           ▲                  │  └────▶ failed      (retries spent, or not retryable)
+       │           └── retry / rescue ┘
+       └─(depends_on)─▶ waiting ──parents completed──▶ pending
+                           └──────a parent failed────▶ cancelled
+    waiting, pending or running ──cancel──▶ cancelled
     failed or cancelled ──JobQueue.retry──▶ pending
     ```
 
     Members compare equal to their string values (`JobStatus.PENDING == "pending"`).
     """
+
+    WAITING = "waiting"
+    """Enqueued with `depends_on`: waits until its parents have completed, then
+    becomes `pending`. Cancelled instead when a parent fails or is cancelled
+    (unless it was enqueued with `on_parent_failure="run"`)."""
 
     PENDING = "pending"
     """Waiting to run; eligible once `run_at` has passed. Entered by enqueue, by a retry
@@ -147,6 +154,8 @@ class JobSpec:
     meta: dict[str, Any] | None = None
     timeout: float | None = None
     concurrency_key: str | None = None
+    depends_on: tuple[str, ...] | list[str] = ()
+    on_parent_failure: str = "cancel"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +180,14 @@ class NewJob:
     timeout: float | None
     concurrency_key: str | None = None
     """The job's concurrency key (see `Job.concurrency_key`), or `None`."""
+    depends_on: tuple[str, ...] = ()
+    """Ids of the jobs it waits for (distinct, in the caller's order); see
+    `Storage.enqueue`."""
+    on_parent_failure: str = "cancel"
+    """`"cancel"`: a parent that ends failed or cancelled cancels the job;
+    `"run"`: the job runs once every parent has finished, however."""
+    group_id: str | None = None
+    """The group the job is a member of (`Storage.enqueue_group`), or `None`."""
     payload_json: str = dataclasses.field(default="", compare=False, repr=False)
     """`payload` as compact JSON text: what SQL backends store, on every insert
     route alike. `JobQueue` serialises each payload once (to check its size) and

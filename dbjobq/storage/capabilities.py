@@ -60,6 +60,11 @@ class Capabilities:
     snooze: bool = False
     """`snooze` puts a running job back to pending without using its attempt.
     Without it a handler's `Snooze` is recorded as a retry that counts."""
+    workflows: bool = False
+    """Jobs with `depends_on`, groups (`enqueue_group`, `get_group`), `parents`,
+    `children`, `settle_waiting` and `list_jobs(correlation_id=...)`. Without it,
+    `JobQueue` refuses `depends_on`, `chain` and `group` with
+    `ConfigurationError`, and `JobContext.parent_results` is empty."""
 
 
 def takes(claim: Callable[..., Any], name: str) -> bool:
@@ -84,8 +89,13 @@ _METHODS = (
     ("pauses", "pause_queue"),
     ("limits", "claim_limited"),
     ("snooze", "snooze"),
+    ("workflows", "enqueue_group"),
 )
 """Each flag that stands for a method of its own, and that method."""
+
+
+_WORKFLOW_METHODS = ("get_group", "parents", "children", "settle_waiting")
+"""What `workflows=True` needs besides `enqueue_group`."""
 
 
 def missing_for(
@@ -107,6 +117,12 @@ def missing_for(
         missing.append("newest_first=True needs claim(..., newest_first: bool = False)")
     if declared.limits and not own("recent_starts"):
         missing.append("limits=True needs a recent_starts() of its own")
+    if declared.workflows:
+        missing.extend(
+            f"workflows=True needs a {name}() of its own"
+            for name in _WORKFLOW_METHODS
+            if not own(name)
+        )
     if declared.claims_ahead and not declared.release:
         missing.append("claims_ahead=True needs release=True (a batch claimed ahead is given back)")
     return missing
@@ -158,6 +174,7 @@ def derived(storage: Any, *, base: type[Any]) -> Capabilities:
         pauses=overrides(cls, base, "pause_queue"),
         limits=overrides(cls, base, "claim_limited") and overrides(cls, base, "recent_starts"),
         snooze=overrides(cls, base, "snooze"),
+        workflows=all(overrides(cls, base, name) for name in ("enqueue_group", *_WORKFLOW_METHODS)),
     )
 
 
