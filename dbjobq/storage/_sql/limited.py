@@ -263,7 +263,14 @@ class Claim:
         return found
 
     def find_heads(self, keys: Sequence[str]) -> None:
-        """The unfinished job enqueued first of each ordered key (`created_at`, `id`)."""
+        """The unfinished job enqueued first of each ordered key (`created_at`, `id`).
+
+        A `waiting` job counts: it holds back the later jobs of its key until it
+        has run (or was cancelled), so an ordered key runs its jobs in enqueue
+        order whether or not some wait for parents. That cannot stall a key for
+        good: a job's parents are enqueued before it, so none of them waits
+        behind it.
+        """
         c = self.dialect.jobs.c
         for at in range(0, len(keys), HEADS_PER_QUERY):
             chunk = keys[at : at + HEADS_PER_QUERY]
