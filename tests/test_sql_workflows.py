@@ -129,7 +129,8 @@ def test_a_waiting_job_holds_its_unique_key_and_can_be_cancelled(
     assert sql_storage.enqueue([make_job(unique_key="once")]) == [child.id]
     assert sql_storage.cancel(child.id)
     assert status(sql_storage, grandchild.id) is JobStatus.CANCELLED
-    assert sql_storage.enqueue([again := make_job(unique_key="once")]) == [again.id]
+    again = make_job(unique_key="once")
+    assert sql_storage.enqueue([again]) == [again.id]
     # Retrying the cancelled child makes it pending: it does not wait again.
     sql_storage.cancel(again.id)
     assert sql_storage.retry(child.id)
@@ -363,7 +364,10 @@ def definitions(storage: SQLAlchemyStorage) -> str:
     name = storage._jobs.name
     with storage.engine.connect() as conn:
         if storage.engine.dialect.name == "postgresql":
-            query = "SELECT string_agg(indexdef, ' ') FROM pg_indexes WHERE schemaname = :s AND indexname IN (:a, :b)"
+            query = (
+                "SELECT string_agg(indexdef, ' ') FROM pg_indexes "
+                "WHERE schemaname = :s AND indexname IN (:a, :b)"
+            )
             params = {"s": storage.schema, "a": f"{name}_unique", "b": f"{name}_key_order"}
         elif storage.engine.dialect.name == "sqlite":
             query = "SELECT group_concat(sql, ' ') FROM sqlite_master WHERE name IN (:a, :b)"
