@@ -100,6 +100,7 @@ class WorkflowMethods:
                 index), a `depends_on` id is unknown, or `jobs` is empty.
             ConfigurationError: If the storage has no `Capabilities.workflows`.
         """
+        self._workflow_storage()
         new_jobs = self._specs(jobs, "chain")
         linked = new_jobs[:1]
         for before, job in itertools.pairwise(new_jobs):
