@@ -26,7 +26,11 @@ from dbjobq import (
 from dbjobq.storage import Capabilities
 from dbjobq.storage.memory import MemoryStorage
 
+from .conftest import StorageConfig
 from .helpers import wait_until
+from .test_cli import Cli, cli
+
+__all__ = ["cli"]  # the command-line fixture, shared with test_cli
 
 
 def _queue_with_steps(queue: JobQueue) -> list[tuple[str, dict[str, Any]]]:
@@ -254,3 +258,21 @@ def test_upkeep_settles_a_child_left_waiting() -> None:
     assert queue.explain(child).codes == ("parents_finished",)
     assert Worker(queue).run_until_empty() == 1
     assert queue.get_job(child).result == {"n": 2, "seen": [1]}
+
+
+@pytest.mark.parametrize("sql_config", ["sqlite"], indirect=True)
+def test_the_command_line_shows_and_makes_workflows(cli: Cli, sql_config: StorageConfig) -> None:
+    queue = JobQueue(sql_config.open())
+    group = queue.group([JobSpec(type="a", meta={"correlation_id": "req-1"})] * 3)
+    parent = cli.json("enqueue", "send_email")["id"]
+    child = cli.json("enqueue", "send_email", "--depends-on", parent, "--on-parent-failure", "run")
+    assert queue.get_job(child["id"]).status is JobStatus.WAITING
+    assert [p.id for p in queue.parents(child["id"])] == [parent]
+    shown = cli.run("job", child["id"])
+    assert "parents" in shown.stdout and f"{parent} (pending)" in shown.stdout, shown.stdout
+    listed = cli.json("jobs", "--correlation-id", "req-1")
+    assert sorted(j["id"] for j in listed) == sorted(group.job_ids)
+    assert cli.json("group", group.id)["counts"] == {"pending": 3}
+    missing = cli.run("group", "no-such-group")
+    assert missing.returncode != 0 and "no group with id 'no-such-group'" in missing.stderr
+    queue.close()
