@@ -9,7 +9,7 @@ from typing import Any, Union
 
 from dbjobq.payload import dumps
 
-__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup"]
+__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup", "claim_order"]
 
 JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]
 """Any strict-JSON value (see `dbjobq.errors.PayloadError` for what strict means)."""
@@ -138,6 +138,20 @@ class Job:
         return max(0, self.max_retries + 1 - self.attempts)
 
 
+def claim_order(jobs: list[Job], newest_first: bool = False) -> list[Job]:
+    """Sort `jobs` in place as a claim takes them, and return the list.
+
+    Priority first (highest), then `run_at` and `id`: ascending (first in, first
+    out), or with `newest_first` descending (last in, first out). Ids are unique,
+    so the order is total.
+    """
+    if newest_first:
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+    else:
+        jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+    return jobs
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class JobSpec:
     """A job to enqueue with `JobQueue.enqueue_many`; fields mirror `JobQueue.enqueue`.
@@ -156,7 +170,7 @@ class JobSpec:
     meta: dict[str, Any] | None = None
     timeout: float | None = None
     concurrency_key: str | None = None
-    depends_on: tuple[str, ...] | list[str] = ()
+    depends_on: tuple[str, ...] | list[str] | None = None
     on_parent_failure: str = "cancel"
 
 

@@ -49,6 +49,7 @@ from dbjobq._contract.pauses import PauseContract
 from dbjobq._contract.periodic import PeriodicContract
 from dbjobq._contract.registry import RegistryContract
 from dbjobq._contract.text import TextContract
+from dbjobq._contract.workflows import WorkflowContract
 from dbjobq.storage.base import Storage
 
 __all__ = ["StorageContract", "make_job"]
@@ -66,6 +67,7 @@ class StorageContract(
     PeriodicContract,
     RegistryContract,
     TextContract,
+    WorkflowContract,
     ConcurrencyContract,
     CapabilitiesContract,
 ):

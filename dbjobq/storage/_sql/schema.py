@@ -25,7 +25,7 @@ SCHEMA_VERSION = 5
 3: + paused_queues. 4: + jobs.concurrency_key with its two indexes, and rate_starts.
 5: + dependencies and groups (workflows), jobs.group_id, jobs.correlation_id,
 jobs.children and jobs.parents with their indexes, and `waiting` among the
-unfinished states of the unique-key and key-order indexes.
+unfinished states of the unique-key index.
 `create_all` adds the new tables; `migrate.add_concurrency_key` and
 `migrate.add_workflows` the columns and indexes, `migrate.waiting_unfinished`
 the index predicates. Index changes that older releases work with keep the
@@ -228,7 +228,10 @@ WAITING: sa.ColumnElement[str] = sa.literal_column("'waiting'")
 PENDING: sa.ColumnElement[str] = sa.literal_column("'pending'")
 RUNNING: sa.ColumnElement[str] = sa.literal_column("'running'")
 UNFINISHED = (WAITING, PENDING, RUNNING)
-"""The states of a job that holds its unique key and its place in an ordered key."""
+"""The states of a job that holds its unique key (and that `cancel` takes)."""
+RUNNABLE = (PENDING, RUNNING)
+"""The states of a job that holds back later jobs of an ordered key: a waiting
+job takes its turn once it is pending."""
 UNFINISHED_SQL = "status IN ('waiting', 'pending', 'running')"
 """`UNFINISHED` as SQL text, for MySQL's computed `active_unique_key`."""
 TO_SETTLE: sa.ColumnElement[int] = sa.literal_column("1")
@@ -264,7 +267,7 @@ WORKFLOW_COLUMNS = ("group_id", "correlation_id", "children", "parents")
 """The jobs columns of layout 5, which an upgrade adds."""
 WORKFLOW_INDEXES = ("jobs_group", "jobs_correlation", "jobs_unsettled")
 """The jobs indexes of layout 5 (after the prefix), which an upgrade creates."""
-WAITING_INDEXES = ("jobs_unique", "jobs_key_order")
+WAITING_INDEXES = ("jobs_unique",)
 """The jobs indexes whose predicate counts `waiting` as unfinished from layout 5."""
 
 
@@ -395,7 +398,7 @@ def _index_keys(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
         return
     keyed = c.concurrency_key.is_not(None)
     running = sa.and_(keyed, c.status == RUNNING)
-    unfinished = sa.and_(keyed, c.status.in_(UNFINISHED))
+    unfinished = sa.and_(keyed, c.status.in_(RUNNABLE))
     sa.Index(
         running_key,
         c.concurrency_key,

@@ -18,7 +18,13 @@ from dbjobq.storage._sql.dialects.base import Dialect, Leases
 from dbjobq.storage._sql.engine import EngineSettings, driver_error
 from dbjobq.storage._sql.notify import PostgresListener, Watcher
 from dbjobq.storage._sql.rows import INSERT_COLUMNS, insert_row
-from dbjobq.storage._sql.schema import PENDING, RUNNING, db_now, db_now_plus
+from dbjobq.storage._sql.schema import (
+    PENDING,
+    RUNNING,
+    WAITING_INDEXES,
+    db_now,
+    db_now_plus,
+)
 
 _TRY_LOCKS = sa.text(
     "SELECT k FROM unnest(CAST(:k_ids AS bigint[])) AS k WHERE pg_try_advisory_xact_lock(k)"
@@ -247,7 +253,8 @@ class PostgreSQLDialect(Dialect):
             "WHERE schemaname = coalesce(:s, current_schema()) AND indexname IN :n"
         ).bindparams(sa.bindparam("n", expanding=True))
         name = self.jobs.name
-        suffixes = ("finished", "unique", "key_order")
+        waiting = tuple(suffix.removeprefix("jobs_") for suffix in WAITING_INDEXES)
+        suffixes = ("finished", *waiting)
         params = {"s": self.schema, "n": [f"{name}_{suffix}" for suffix in suffixes]}
         found = {str(row[0]): str(row[1]) for row in conn.execute(query, params)}
         lock_wait = self.upgrade_lock_wait
