@@ -289,7 +289,7 @@ def insert_dependent(dialect: Dialect, conn: Connection, jobs: Sequence[NewJob])
     statuses = lock_parents(dialect, conn, sorted(external))
     for job_id in external:
         if job_id not in statuses:
-            raise InvalidJobError(f"depends_on names {job_id!r}, which is no stored job")
+            raise InvalidJobError(f"depends_on: no job with id {job_id!r}")
     ids = dialect.store_jobs(conn, jobs)
     fresh = {
         job.id
