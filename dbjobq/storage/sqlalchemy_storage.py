@@ -36,7 +36,7 @@ from dbjobq.storage._sql.schema import (
     seconds,
 )
 from dbjobq.storage._sql.side import SideTables
-from dbjobq.storage._sql.workflow_methods import WorkflowMethods
+from dbjobq.storage._sql.workflow_tables import WorkflowTables
 from dbjobq.storage.base import Capabilities, Storage
 
 __all__ = ["SQLAlchemyStorage"]
@@ -47,7 +47,7 @@ RATE_WINDOW_MAX = 86400.0
 """The longest `RateLimit.per`: `purge` forgets starts older than that."""
 
 
-class SQLAlchemyStorage(SideTables, WorkflowMethods, Storage):
+class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
     """Stores jobs in a table of a SQLite, PostgreSQL or MySQL/MariaDB database.
 
     * **SQLite** (`sqlite:///path/jobs.db`, the embedded default): the file is put in

@@ -120,18 +120,11 @@ def settle(dialect: Dialect, conn: Connection, finished: Iterable[Finished]) -> 
     already, in a transaction of its own). Returns how many jobs it moved.
     """
     jobs, deps = dialect.jobs, dialect.tables.dependencies
-    c, d = jobs.c, deps.c
+    c = jobs.c
     moved = 0
     frontier = dict(finished)
     while frontier:
-        by_status: dict[str, list[str]] = {}
-        for job_id, status in sorted(frontier.items()):
-            by_status.setdefault(status, []).append(job_id)
-        for status, ids in sorted(by_status.items()):
-            for chunk in chunks(ids):
-                conn.execute(
-                    sa.update(deps).where(d.parent_id.in_(chunk)).values(parent_status=status)
-                )
+        modes = _record_outcomes(dialect, conn, frontier)
         parents = sorted(frontier)
         for chunk in chunks(parents):
             conn.execute(
@@ -139,10 +132,7 @@ def settle(dialect: Dialect, conn: Connection, finished: Iterable[Finished]) -> 
                 .where(c.id.in_(chunk), c.children == TO_SETTLE, c.finished_at.is_not(None))
                 .values(children=SETTLED)
             )
-        modes: dict[str, str] = {}
-        for chunk in chunks(parents):
-            stmt = sa.select(d.child_id, d.on_failure).where(d.parent_id.in_(chunk))
-            modes.update((row[0], row[1]) for row in conn.execute(stmt))
+        # Locked after the outcomes are written, read after the lock: see the module.
         waiting: dict[str, Any] = {}  # locked waiting child -> its children flag
         for chunk in chunks(sorted(modes)):
             stmt = (
@@ -158,31 +148,56 @@ def settle(dialect: Dialect, conn: Connection, finished: Iterable[Finished]) -> 
     return moved
 
 
+def _record_outcomes(
+    dialect: Dialect, conn: Connection, frontier: Mapping[str, str]
+) -> dict[str, str]:
+    """Write each parent's outcome on its edges; its children with their `on_failure`."""
+    deps = dialect.tables.dependencies
+    d = deps.c
+    by_status: dict[str, list[str]] = {}
+    for job_id, status in sorted(frontier.items()):
+        by_status.setdefault(status, []).append(job_id)
+    modes: dict[str, str] = {}
+    for status, ids in sorted(by_status.items()):
+        for chunk in chunks(ids):
+            stmt = sa.update(deps).where(d.parent_id.in_(chunk)).values(parent_status=status)
+            if dialect.update_returns:
+                rows = conn.execute(stmt.returning(d.child_id, d.on_failure))
+                modes.update((row[0], row[1]) for row in rows)
+            else:
+                conn.execute(stmt)
+                found = sa.select(d.child_id, d.on_failure).where(d.parent_id.in_(chunk))
+                modes.update((row[0], row[1]) for row in conn.execute(found))
+    return modes
+
+
 def _decide_locked(
     conn: Connection, deps: sa.Table, jobs: sa.Table, ids: Sequence[str], modes: Mapping[str, str]
 ) -> tuple[list[str], dict[str, str]]:
-    """Which locked waiting children become pending, and which cancelled (with why)."""
-    c, d = jobs.c, deps.c
-    opened = deps.alias("open_edge")
+    """Which locked waiting children become pending, and which cancelled (with why).
+
+    One statement per chunk of children, each child decided by index probes: an
+    edge still open, and the first failed or cancelled parent.
+    """
+    c = jobs.c
+    opened, bad = deps.alias("open_edge"), deps.alias("bad_edge")
+    still_open = sa.exists().where(opened.c.child_id == c.id, opened.c.parent_status.is_(None))
+    first_bad = (
+        sa.select(bad.c.parent_id, bad.c.parent_status)
+        .where(bad.c.child_id == c.id, bad.c.parent_status.in_(_BAD))
+        .order_by(bad.c.parent_id)
+        .limit(1)
+    )
+    culprit = first_bad.with_only_columns(bad.c.parent_id).scalar_subquery()
+    culprit_status = first_bad.with_only_columns(bad.c.parent_status).scalar_subquery()
     promote: list[str] = []
     cancel: dict[str, str] = {}
     for chunk in chunks(ids):
-        still_open = sa.exists().where(opened.c.child_id == c.id, opened.c.parent_status.is_(None))
-        blocked = set(conn.execute(sa.select(c.id).where(c.id.in_(chunk), still_open)).scalars())
-        strict = [job_id for job_id in chunk if modes[job_id] != "run"]
-        failures: dict[str, tuple[str, str]] = {}
-        for part in chunks(strict):
-            stmt = (
-                sa.select(d.child_id, d.parent_id, d.parent_status)
-                .where(d.child_id.in_(part), d.parent_status.in_(_BAD))
-                .order_by(d.child_id, d.parent_id)
-            )
-            for child_id, parent_id, status in conn.execute(stmt):
-                failures.setdefault(child_id, (parent_id, status))
-        for job_id in chunk:
-            if job_id in failures:
-                cancel[job_id] = parent_error(*failures[job_id])
-            elif job_id not in blocked:
+        stmt = sa.select(c.id, still_open, culprit, culprit_status).where(c.id.in_(chunk))
+        for job_id, blocked, parent_id, status in conn.execute(stmt):
+            if parent_id is not None and modes[job_id] != "run":
+                cancel[job_id] = parent_error(parent_id, status)
+            elif not blocked:
                 promote.append(job_id)
     return promote, cancel
 

@@ -23,7 +23,7 @@ from dbjobq.storage._sql.schema import db_now
 from dbjobq.storage._sql.side import Runs
 from dbjobq.workflow import GroupStatus
 
-__all__ = ["WorkflowMethods"]
+__all__ = ["WorkflowTables"]
 
 logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
 
@@ -31,7 +31,7 @@ ORPHAN_CHECK_EVERY = 60.0
 """Seconds between two looks of `settle_waiting` for parents deleted by hand."""
 
 
-class WorkflowMethods:
+class WorkflowTables:
     """`enqueue_group`, `get_group`, `parents`, `children` and `settle_waiting`."""
 
     _dialect: Dialect
