@@ -132,6 +132,8 @@ class MemoryStorage(MemoryWorkflows, Storage):
                     # once, like a primary key, even if it has finished since.
                     ids.append(new.id)
                     continue
+                # Unknown parents are refused even for a job its unique key dedupes.
+                parents = self._parents_of(new, alias, added) if new.depends_on else []
                 if new.unique_key is not None and new.unique_key in unique:
                     ids.append(unique[new.unique_key])
                     alias[new.id] = unique[new.unique_key]
@@ -139,8 +141,7 @@ class MemoryStorage(MemoryWorkflows, Storage):
                 ids.append(new.id)
                 run_at = new.run_at or now + timedelta(seconds=new.delay)
                 status, error, finished_at = JobStatus.PENDING, None, None
-                if new.depends_on:
-                    parents = self._parents_of(new, alias, added)
+                if parents:
                     run_anyway = new.on_parent_failure == "run"
 
                     def status_of(job_id: str) -> JobStatus | None:
