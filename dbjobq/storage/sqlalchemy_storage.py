@@ -664,10 +664,7 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
                 return None
             if conn.execute(taken).first() is not None:
                 return False
-            if conn.execute(stmt).rowcount != 1:
-                return False
-            workflows.reopen(self._dialect, conn, job_id)
-            return True
+            return bool(conn.execute(stmt).rowcount == 1)
 
         try:
             done = self._run("retry", run, write=True)

@@ -235,15 +235,6 @@ def _move(
     return moved
 
 
-def reopen(dialect: Dialect, conn: Connection, job_id: str) -> None:
-    """A finished parent made pending again (`retry`): its outcome is unknown once more."""
-    c, d = dialect.jobs.c, dialect.tables.dependencies.c
-    again = sa.update(dialect.jobs).where(c.id == job_id, c.children.is_not(None))
-    if conn.execute(again.values(children=TO_SETTLE)).rowcount:
-        stmt = sa.update(dialect.tables.dependencies).where(d.parent_id == job_id)
-        conn.execute(stmt.values(parent_status=None))
-
-
 def due_parents(dialect: Dialect, conn: Connection, limit: int) -> list[Finished]:
     """Finished parents whose children were not settled yet (locked, skipping locked ones)."""
     c = dialect.jobs.c
@@ -430,6 +421,8 @@ def forget(dialect: Dialect, conn: Connection, rows: Sequence[tuple[str, str | N
         conn.execute(sa.delete(deps).where(d.child_id.in_(chunk)))
         conn.execute(sa.delete(deps).where(d.parent_id.in_(chunk)))
         candidates.update(conn.execute(sa.select(g.id).where(g.callback_id.in_(chunk))).scalars())
+    for chunk in chunks(ids):  # a group whose callback went keeps its members
+        conn.execute(sa.update(groups).where(g.callback_id.in_(chunk)).values(callback_id=None))
     member = sa.select(c.id).where(c.group_id == g.id).exists()
     callback = sa.select(c.id).where(c.id == g.callback_id).exists()
     for chunk in chunks(sorted(candidates)):
