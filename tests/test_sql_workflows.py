@@ -573,3 +573,30 @@ def test_a_group_callback_runs_once_after_the_last_member(
     assert status(storage, callback.id) is JobStatus.COMPLETED
     assert storage.get_group("g").counts == {JobStatus.COMPLETED: 200}
     storage.close()
+
+
+def test_a_child_made_pending_wakes_listeners_in_other_processes(
+    postgres_storage: SQLAlchemyStorage,
+) -> None:
+    """PostgreSQL: the settling transaction NOTIFYs, as an insert does."""
+    parent = make_job()
+    child = make_job(depends_on=(parent.id,))
+    postgres_storage.enqueue([parent, child])
+    (held,) = claim_all(postgres_storage, 1)
+    other = SQLAlchemyStorage(
+        postgres_storage.engine.url,
+        table_prefix=postgres_storage.table_prefix,
+        schema=postgres_storage.schema,
+    )
+    fired = threading.Event()
+    try:
+        other.subscribe(fired.set)
+        # Ready once it hears an insert (the enqueue of a job of another queue).
+        postgres_storage.enqueue([make_job(queue="elsewhere")])
+        assert fired.wait(20), "the listener did not start"
+        fired.clear()
+        assert postgres_storage.complete(held.id, held.lease_token or "", result=None)
+        assert fired.wait(20), "no notification when the child became pending"
+        assert status(postgres_storage, child.id) is JobStatus.PENDING
+    finally:
+        other.close()

@@ -144,6 +144,8 @@ def settle(dialect: Dialect, conn: Connection, finished: Iterable[Finished]) -> 
             waiting.update((row[0], row[1]) for row in conn.execute(stmt))
         promote, cancel = _decide_locked(conn, deps, jobs, sorted(waiting), modes)
         moved += _move(conn, jobs, promote, cancel)
+        if promote:
+            dialect.announce(conn)
         frontier = {job_id: CANCELLED for job_id in cancel if waiting[job_id] == 1}
     return moved
 

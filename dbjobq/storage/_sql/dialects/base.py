@@ -482,6 +482,14 @@ class Dialect:
         """Whether `watcher` can make a watcher here."""
         return False
 
+    def announce(self, conn: Connection) -> None:
+        """Tell other processes' watchers, at commit, that jobs became due without an insert.
+
+        Children made pending by their last parent's outcome. The default does
+        nothing: a watcher that sees every commit (SQLite's) needs nothing more,
+        and where there is no watcher, workers poll.
+        """
+
     def watcher(self) -> Watcher | None:
         """A new watcher of other processes' enqueues, or `None` (polling only)."""
         return None

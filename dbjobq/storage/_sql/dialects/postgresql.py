@@ -301,6 +301,10 @@ class PostgreSQLDialect(Dialect):
         """LISTEN needs psycopg 3's own connection."""
         return self._psycopg
 
+    def announce(self, conn: Connection) -> None:
+        """NOTIFY the channel the insert trigger notifies (delivered at commit)."""
+        conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+
     def watcher(self) -> Watcher | None:
         if not self._psycopg:
             return None
