@@ -385,30 +385,6 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
             what, lambda conn: conn.execute(stmt).rowcount == 1, write=True, single=True
         )
 
-    def _finish_held(
-        self, what: str, job_id: str, token: str, values: Mapping[str, Any], status: str
-    ) -> bool:
-        """Finish a held job as `values` say, and settle its children if it has any.
-
-        One statement where the database commits it alone (PostgreSQL: the
-        children, if any, in a second transaction); elsewhere one transaction.
-        """
-        stmt = sa.update(self._jobs).where(self._held(job_id, token)).values(**values)
-        dialect = self._dialect
-
-        def run(conn: Connection) -> tuple[bool, list[workflows.Finished]]:
-            rows = workflows.finish(dialect, conn, stmt)
-            unsettled = workflows.flagged(rows, status)
-            if unsettled and not dialect.autocommitted(conn):
-                workflows.settle(dialect, conn, unsettled)
-                unsettled = []
-            return bool(rows), unsettled
-
-        done, unsettled = self._run(what, run, write=True, single=True)
-        if unsettled:
-            self._settle_later(unsettled)
-        return done
-
     def heartbeat(self, job_id: str, token: str, *, lease_seconds: float) -> bool:
         expires = db_now_plus(seconds("lease", lease_seconds))
         return self._update_held("heartbeat", job_id, token, {"lease_expires_at": expires})
@@ -449,10 +425,7 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
             rows: list[tuple[str, Any]] = []
             for result, leases in groups.values():
                 rows.extend(self._complete_group(conn, result, leases))
-            unsettled = workflows.flagged(rows, workflows.COMPLETED)
-            if unsettled and not dialect.autocommitted(conn):
-                workflows.settle(dialect, conn, unsettled)
-                unsettled = []
+            unsettled = workflows.settle_finished(dialect, conn, rows, workflows.COMPLETED)
             return {job_id for job_id, _ in rows}, unsettled
 
         single = len(groups) == 1  # one UPDATE
@@ -523,9 +496,7 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
         def run(conn: Connection) -> int:
             retried = conn.execute(to_retry).rowcount
             failed = workflows.finish(dialect, conn, to_fail)
-            unsettled = workflows.flagged(failed, workflows.FAILED)
-            if unsettled:
-                workflows.settle(dialect, conn, unsettled)
+            workflows.settle_finished(dialect, conn, failed, workflows.FAILED)  # in this one
             return int(retried) + len(failed)
 
         return self._run(what, run, write=True)
@@ -634,9 +605,7 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
         def run(conn: Connection) -> bool | None:
             rows = workflows.finish(dialect, conn, stmt)
             if rows:
-                unsettled = workflows.flagged(rows, workflows.CANCELLED)
-                if unsettled:
-                    workflows.settle(dialect, conn, unsettled)
+                workflows.settle_finished(dialect, conn, rows, workflows.CANCELLED)  # in this one
                 return True
             return False if dialect.exists(conn, job_id) else None
 
@@ -700,45 +669,11 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
         old_starts = sa.delete(self._dialect.tables.rate_starts).where(
             r.started_at < db_now_plus(seconds("day", -RATE_WINDOW_MAX))
         )
-        linked = workflows.in_workflow(dialect)
-        free = workflows.kept_for_children(dialect)
-        if limit is None:
-            stmt = sa.delete(self._jobs).where(doomed, ~linked)
-            links = sa.select(c.id, c.group_id).where(doomed, linked, free)
-
-            def run_all(conn: Connection) -> int:
-                conn.execute(old_starts)
-                deleted = int(conn.execute(stmt).rowcount)
-                found = [(row[0], row[1]) for row in conn.execute(links)]
-                return deleted + self._purge_linked(conn, found)
-
-            return self._run("purge", run_all, write=True)
-        # Pick the batch first: MySQL allows no LIMIT inside an IN subquery.
-        batch = (
-            sa.select(c.id, c.group_id, linked)
-            .where(doomed, free)
-            .order_by(c.finished_at, c.id)
-            .limit(limit)
-        )
 
         def run(conn: Connection) -> int:
             conn.execute(old_starts)
-            rows = [(row[0], row[1], row[2]) for row in conn.execute(batch)]
-            plain = [job_id for job_id, _, in_flow in rows if not in_flow]
-            deleted = 0
-            for chunk in workflows.chunks(plain):
-                deleted += conn.execute(sa.delete(self._jobs).where(c.id.in_(chunk))).rowcount
-            flows = [(job_id, group_id) for job_id, group_id, in_flow in rows if in_flow]
-            return deleted + self._purge_linked(conn, flows)
+            if limit is None:
+                return workflows.purge_all(dialect, conn, doomed)
+            return workflows.purge_batch(dialect, conn, doomed, limit)
 
         return self._run("purge", run, write=True)
-
-    def _purge_linked(self, conn: Connection, rows: Sequence[tuple[str, str | None]]) -> int:
-        """Delete jobs in workflows `(id, group_id)`, with their edges and emptied groups."""
-        c = self._jobs.c
-        deleted = 0
-        for chunk in workflows.chunks([job_id for job_id, _ in rows]):
-            deleted += conn.execute(sa.delete(self._jobs).where(c.id.in_(chunk))).rowcount
-        if rows:
-            workflows.forget(self._dialect, conn, rows)
-        return deleted

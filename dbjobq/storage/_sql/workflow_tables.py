@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -32,12 +33,17 @@ ORPHAN_CHECK_EVERY = 60.0
 
 
 class WorkflowTables:
-    """`enqueue_group`, `get_group`, `parents`, `children` and `settle_waiting`."""
+    """`enqueue_group`, `get_group`, `parents`, `children` and `settle_waiting`.
+
+    And the storage's helpers that finish jobs with children: `_finish_held`,
+    `_settle_later`.
+    """
 
     _dialect: Dialect
     _run: Runs
     _reader: JobReader
     _jobs: sa.Table
+    _held: Callable[[str, str], sa.ColumnElement[bool]]
     _orphans_checked: float | None = None
 
     def enqueue_group(
@@ -195,3 +201,23 @@ class WorkflowTables:
                 len(unsettled),
                 error,
             )
+
+    def _finish_held(
+        self, what: str, job_id: str, token: str, values: Mapping[str, Any], status: str
+    ) -> bool:
+        """Finish a held job as `values` say, and settle its children if it has any.
+
+        One statement where the database commits it alone (PostgreSQL: the
+        children, if any, in a second transaction); elsewhere one transaction.
+        """
+        stmt = sa.update(self._jobs).where(self._held(job_id, token)).values(**values)
+        dialect = self._dialect
+
+        def run(conn: Connection) -> tuple[bool, list[workflows.Finished]]:
+            rows = workflows.finish(dialect, conn, stmt)
+            return bool(rows), workflows.settle_finished(dialect, conn, rows, status)
+
+        done, unsettled = self._run(what, run, write=True, single=True)
+        if unsettled:
+            self._settle_later(unsettled)
+        return done

@@ -110,6 +110,22 @@ def flagged(rows: Iterable[tuple[str, Any]], status: str) -> list[Finished]:
     return [(job_id, status) for job_id, children in rows if children == 1]
 
 
+def settle_finished(
+    dialect: Dialect, conn: Connection, rows: Iterable[tuple[str, Any]], status: str
+) -> list[Finished]:
+    """Settle the children of jobs just finished (`rows` from `finish`) in `conn`'s transaction.
+
+    On a connection that commits each statement (PostgreSQL's `single` route),
+    nothing is settled here: the flagged jobs are returned, for a transaction of
+    their own (locks taken by an autocommitted statement would not hold).
+    """
+    unsettled = flagged(rows, status)
+    if unsettled and not dialect.autocommitted(conn):
+        settle(dialect, conn, unsettled)
+        return []
+    return unsettled
+
+
 # -- settling children --------------------------------------------------------------------
 
 
@@ -429,3 +445,45 @@ def forget(dialect: Dialect, conn: Connection, rows: Sequence[tuple[str, str | N
     callback = sa.select(c.id).where(c.id == g.callback_id).exists()
     for chunk in chunks(sorted(candidates)):
         conn.execute(sa.delete(groups).where(g.id.in_(chunk), ~member, ~callback))
+
+
+def purge_all(dialect: Dialect, conn: Connection, doomed: sa.ColumnElement[bool]) -> int:
+    """Delete every `doomed` job that no unfinished job depends on; how many."""
+    c = dialect.jobs.c
+    linked = in_workflow(dialect)
+    deleted = int(conn.execute(sa.delete(dialect.jobs).where(doomed, ~linked)).rowcount)
+    links = sa.select(c.id, c.group_id).where(doomed, linked, kept_for_children(dialect))
+    return deleted + delete_linked(dialect, conn, [(row[0], row[1]) for row in conn.execute(links)])
+
+
+def purge_batch(
+    dialect: Dialect, conn: Connection, doomed: sa.ColumnElement[bool], limit: int
+) -> int:
+    """Delete the `limit` `doomed` jobs that finished first, skipping kept parents."""
+    c = dialect.jobs.c
+    # Picked first: MySQL allows no LIMIT inside an IN subquery.
+    batch = (
+        sa.select(c.id, c.group_id, in_workflow(dialect))
+        .where(doomed, kept_for_children(dialect))
+        .order_by(c.finished_at, c.id)
+        .limit(limit)
+    )
+    rows = [(row[0], row[1], row[2]) for row in conn.execute(batch)]
+    deleted = 0
+    for chunk in chunks([job_id for job_id, _, linked in rows if not linked]):
+        deleted += conn.execute(sa.delete(dialect.jobs).where(c.id.in_(chunk))).rowcount
+    linked_rows = [(job_id, group_id) for job_id, group_id, linked in rows if linked]
+    return deleted + delete_linked(dialect, conn, linked_rows)
+
+
+def delete_linked(
+    dialect: Dialect, conn: Connection, rows: Sequence[tuple[str, str | None]]
+) -> int:
+    """Delete jobs in workflows `(id, group_id)`, with their edges and emptied groups."""
+    c = dialect.jobs.c
+    deleted = 0
+    for chunk in chunks([job_id for job_id, _ in rows]):
+        deleted += conn.execute(sa.delete(dialect.jobs).where(c.id.in_(chunk))).rowcount
+    if rows:
+        forget(dialect, conn, rows)
+    return int(deleted)

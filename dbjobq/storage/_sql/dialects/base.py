@@ -81,9 +81,6 @@ class Dialect:
     connection while the application's transaction is open."""
     update_returns: ClassVar[bool] = True
     """Whether UPDATE ... RETURNING exists (`workflows.finish`)."""
-    settles_after: ClassVar[bool] = False
-    """Whether a job finished by a single autocommitted statement (`single`) has
-    its children settled in a second transaction, rather than in that one."""
 
     @classmethod
     def configure(cls, settings: EngineSettings) -> None:
@@ -418,12 +415,8 @@ class Dialect:
             job_id = row._mapping[c.id]
             logger.error("job %s is corrupt and was failed: %s", job_id, problem)
             stmt = sa.update(self.jobs).where(c.id == job_id).values(**changes.corrupt(problem))
-            unsettled.extend(
-                workflows.flagged(workflows.finish(self, conn, stmt), workflows.FAILED)
-            )
-        if unsettled and not self.autocommitted(conn):
-            workflows.settle(self, conn, unsettled)
-            unsettled = []
+            finished = workflows.finish(self, conn, stmt)
+            unsettled.extend(workflows.settle_finished(self, conn, finished, workflows.FAILED))
         return jobs, len(rows) - len(jobs), unsettled
 
     def autocommitted(self, conn: Connection) -> bool:

@@ -55,7 +55,6 @@ class PostgreSQLDialect(Dialect):
     extra = "postgres"
     module = "psycopg"
     upgrade_lock_wait = 5.0
-    settles_after = True
 
     @classmethod
     def configure(cls, settings: EngineSettings) -> None:
