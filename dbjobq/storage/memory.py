@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dbjobq import _clock
-from dbjobq.errors import ConfigurationError, JobNotFound
+from dbjobq.errors import ConfigurationError, DuplicateJobError, JobNotFound
 from dbjobq.flow import LimitMap, Limits
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.payload import dumps
@@ -22,6 +22,7 @@ from dbjobq.storage.base import LEASE_EXPIRED, WORKER_GONE, Capabilities, Storag
 __all__ = ["MemoryStorage"]
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
+_REPLACEABLE = (JobStatus.PENDING, JobStatus.WAITING)  # what on_conflict="replace" changes
 
 
 def _utcnow() -> datetime:
@@ -65,9 +66,11 @@ class MemoryStorage(Storage):
         pauses=True,
         limits=True,
         snooze=True,
+        unique_rules=True,
     )
     """Gives jobs back, rescues dead workers' jobs, claims newest first, pauses
-    queues, enforces limits and snoozes jobs. It does not notify other processes
+    queues, enforces limits, snoozes jobs and keeps unique keys' windows and
+    conflict rules. It does not notify other processes
     (there are none), join transactions, or claim ahead (a claim is CPU work in
     this process)."""
 
@@ -108,6 +111,7 @@ class MemoryStorage(Storage):
             now = self._now()
             ids: list[str] = []
             added: dict[str, Job] = {}
+            replaced: dict[str, Job] = {}  # stored jobs that "replace" changed
             unique = dict(self._unique)
             # Build everything first and commit at the end: all or nothing.
             for new in jobs:
@@ -116,9 +120,22 @@ class MemoryStorage(Storage):
                     # once, like a primary key, even if it has finished since.
                     ids.append(new.id)
                     continue
-                if new.unique_key is not None and new.unique_key in unique:
-                    ids.append(unique[new.unique_key])
-                    continue
+                key = new.unique_key
+                if key is not None:
+                    holder_id = unique.get(key)
+                    holder = (
+                        self._finished_holder(key, new.unique_for, now)
+                        if holder_id is None
+                        else added.get(holder_id)
+                        or replaced.get(holder_id)
+                        or self._jobs[holder_id]
+                    )
+                    if holder is not None:
+                        changed = self._conflict(new, holder, now)
+                        if changed is not None:
+                            (added if holder.id in added else replaced)[holder.id] = changed
+                        ids.append(holder.id)
+                        continue
                 ids.append(new.id)
                 run_at = new.run_at or now + timedelta(seconds=new.delay)
                 added[new.id] = Job(
@@ -141,8 +158,36 @@ class MemoryStorage(Storage):
                 if new.unique_key is not None:
                     unique[new.unique_key] = new.id
             self._jobs.update(added)
+            self._jobs.update(replaced)
             self._unique = unique
             return ids
+
+    def _finished_holder(self, key: str, within: float | None, now: datetime) -> Job | None:
+        """The latest job with `key` that finished less than `within` seconds ago."""
+        if within is None:
+            return None
+        since = now - timedelta(seconds=within)
+        recent = [
+            job
+            for job in self._jobs.values()
+            if job.unique_key == key and job.finished_at is not None and job.finished_at > since
+        ]
+        return max(recent, key=lambda job: job.finished_at or now, default=None)
+
+    def _conflict(self, new: NewJob, holder: Job, now: datetime) -> Job | None:
+        """Apply `new.on_conflict` against `holder`: the holder as changed, if it is."""
+        if new.on_conflict == "raise":
+            raise DuplicateJobError(holder.unique_key or "", holder.id)
+        if new.on_conflict != "replace" or holder.status not in _REPLACEABLE:
+            return None
+        run_at = new.run_at or now + timedelta(seconds=new.delay)
+        return dataclasses.replace(
+            holder,
+            payload=_copy(new.payload),
+            concurrency_key=new.concurrency_key,
+            run_at=run_at.astimezone(timezone.utc),
+            updated_at=now,
+        )
 
     def claim(
         self,
