@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy
 
-from . import cases, flow_cases, peers
+from . import cases, flow_cases, peers, workflow_cases
 from .cases import Figure
 
 SIZES = {
@@ -37,7 +37,17 @@ SIZES = {
 }
 
 
-CASES = ["enqueue", "drain", "peers", "flow", "processes", "latency", "history", "memory"]
+CASES = [
+    "enqueue",
+    "drain",
+    "peers",
+    "flow",
+    "workflows",
+    "processes",
+    "latency",
+    "history",
+    "memory",
+]
 
 
 def table(figures: list[Figure]) -> str:
@@ -185,6 +195,9 @@ def main() -> int:
                     figures += pgqueuer_figures(figures, work, bulk, single, drain, runs)
             if run("flow"):
                 figures += flow_cases.flow_drains(factory, backend, drain, threads[:2], runs)
+            if run("workflows"):
+                fan_out = 200 if size == "smoke" else 10_000
+                figures += workflow_cases.workflow_figures(factory, backend, fan_out, 4, runs)
             if run("processes"):
                 figures.append(cases.drain_processes(factory, backend, procs_jobs, 2, 8, runs))
             if run("latency"):

@@ -157,7 +157,7 @@ class JobSpec:
     meta: dict[str, Any] | None = None
     timeout: float | None = None
     concurrency_key: str | None = None
-    depends_on: tuple[str, ...] | list[str] = ()
+    depends_on: tuple[str, ...] | list[str] | None = None
     on_parent_failure: str = "cancel"
     unique_for: float | timedelta | None = None
     on_conflict: OnConflict = "return"

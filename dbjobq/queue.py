@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
@@ -14,7 +14,6 @@ from dbjobq._checks import (
     check_seconds,
     check_str,
 )
-from dbjobq._ids import new_job_ids
 from dbjobq._validate import (
     checked_filter,
     checked_handler,
@@ -35,6 +34,7 @@ from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
 from dbjobq.stats import Stats, collect_stats
 from dbjobq.storage.base import Storage
+from dbjobq.workflow import OnParentFailure, WorkflowMethods
 
 __all__ = ["DEFAULT_URL", "Handler", "JobQueue"]
 
@@ -48,7 +48,7 @@ directory."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class JobQueue:
+class JobQueue(WorkflowMethods):
     """Enqueue jobs, register their handlers, and inspect or manage them.
 
     A `JobQueue` is thread-safe; share one per application. Workers (`Worker`) take
@@ -426,6 +426,8 @@ class JobQueue:
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
         concurrency_key: str | None = None,
+        depends_on: Iterable[str] | None = None,
+        on_parent_failure: OnParentFailure = "cancel",
         connection: Any = None,
         unique_for: float | timedelta | None = None,
         on_conflict: OnConflict = "return",
@@ -455,6 +457,13 @@ class JobQueue:
                 job under, instead of the one its key function gives (jobs of
                 several types can share a key this way). Without a `Concurrency`
                 on the handler that runs it, the key limits nothing.
+            depends_on: Ids of jobs this one waits for: it is `waiting` until
+                they have all completed, then `pending` (due at its own `run_at`).
+                They must exist already (or come earlier in the same
+                `enqueue_many`); a finished one counts at once.
+            on_parent_failure: `"cancel"` (the default): a parent that fails for
+                good or is cancelled cancels this job too, and the jobs that wait
+                for it. `"run"`: run once every parent has finished, however.
             connection: Join the application's open transaction instead of using
                 one of the queue's own (SQL backends: a SQLAlchemy `Connection` or
                 ORM `Session` on the same database). The job then exists if and
@@ -481,8 +490,9 @@ class JobQueue:
                 (its id is on the error).
             StorageError: If the storage cannot be reached.
             ConfigurationError: If `connection` is given but the backend cannot
-                join it (see `Storage.enqueue_in_transaction`), or `unique_for` or
-                `on_conflict` is given to a backend without
+                join it (see `Storage.enqueue_in_transaction`), `depends_on` is
+                given to a backend without `Capabilities.workflows`, or
+                `unique_for` or `on_conflict` to one without
                 `Capabilities.unique_rules`.
         """
         return self.insert(
@@ -497,6 +507,8 @@ class JobQueue:
             meta=meta,
             timeout=timeout,
             concurrency_key=concurrency_key,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
             connection=connection,
             unique_for=unique_for,
             on_conflict=on_conflict,
@@ -516,6 +528,8 @@ class JobQueue:
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
         concurrency_key: str | None = None,
+        depends_on: Iterable[str] | None = None,
+        on_parent_failure: OnParentFailure = "cancel",
         connection: Any = None,
         unique_for: float | timedelta | None = None,
         on_conflict: OnConflict = "return",
@@ -546,6 +560,8 @@ class JobQueue:
             meta=meta,
             timeout=timeout,
             concurrency_key=concurrency_key,
+            depends_on=None if depends_on is None else _id_list(depends_on),
+            on_parent_failure=on_parent_failure,
             unique_for=unique_for,
             on_conflict=on_conflict,
         )
@@ -583,18 +599,7 @@ class JobQueue:
         Returns:
             One `Insertion` per job, in order.
         """
-        specs = list(jobs)
-        new_jobs: list[NewJob] = []
-        for index, (spec, job_id) in enumerate(zip(specs, new_job_ids(len(specs)), strict=True)):
-            if not isinstance(spec, JobSpec):
-                raise InvalidJobError(
-                    f"enqueue_many takes JobSpec objects; item {index} is a {type(spec).__name__}"
-                )
-            try:
-                new_jobs.append(self._validate(spec, job_id))
-            except InvalidJobError as error:
-                raise type(error)(f"job {index}: {error}") from None
-        return self._insert(new_jobs, connection)
+        return self._insert(self._specs(jobs, "enqueue_many", allow_empty=True), connection)
 
     def _insert(self, jobs: list[NewJob], connection: Any = None) -> list[Insertion]:
         ids = self._enqueue(jobs, connection)
@@ -603,17 +608,10 @@ class JobQueue:
 
     def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
         def wake() -> None:
-            self.wakeups.enqueued(jobs)
+            self._woken(jobs)
 
-        if not self.storage.capabilities.unique_rules:
-            ruled = next((job for job in jobs if job.has_unique_rules), None)
-            if ruled is not None:
-                asked = "unique_for" if ruled.unique_for is not None else "on_conflict"
-                raise ConfigurationError(
-                    f"{type(self.storage).__name__} keeps unique keys only while their "
-                    f"job is unfinished, returning its id (no Capabilities.unique_rules); "
-                    f"{asked} needs a backend with it"
-                )
+        if any(job.depends_on for job in jobs):
+            self._workflow_storage()
         if connection is not None:
             if not self.storage.capabilities.transactions:
                 raise ConfigurationError(
@@ -626,10 +624,22 @@ class JobQueue:
         wake()
         return ids
 
+    def _woken(self, jobs: Sequence[NewJob]) -> None:
+        """Jobs were stored: wake this process's idle workers that take them."""
+        self.wakeups.enqueued(jobs)
+
     def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
-        return checked_job(
+        job = checked_job(
             spec, self.default_queue, self.max_payload_bytes, job_id, self.registry.concurrency_of
         )
+        if job.has_unique_rules and not self.storage.capabilities.unique_rules:
+            asked = "unique_for" if job.unique_for is not None else "on_conflict"
+            raise ConfigurationError(
+                f"{type(self.storage).__name__} keeps unique keys only while their job is "
+                f"unfinished, returning its id (no Capabilities.unique_rules); {asked} "
+                "needs a backend with it"
+            )
+        return job
 
     # -- inspect and manage -------------------------------------------------------------
 
@@ -668,6 +678,7 @@ class JobQueue:
         type: str | None = None,  # noqa: A002 - the job field's name
         limit: int | None = 100,
         newest_first: bool = False,
+        correlation_id: str | None = None,
     ) -> list[Job]:
         """Return jobs, oldest first, filtered by status, queue and type.
 
@@ -681,6 +692,9 @@ class JobQueue:
             limit: At most this many (`None` for all).
             newest_first: Newest first instead, so that `limit` keeps the latest
                 (the last 20 failures, say).
+            correlation_id: Only jobs whose `meta["correlation_id"]` is this
+                string: a job and what its handlers enqueued with
+                `JobContext.enqueue` (needs `Capabilities.workflows`).
 
         Raises:
             InvalidJobError: If `status` is not a known status, `queue` or `type` is
@@ -689,8 +703,13 @@ class JobQueue:
             StorageError: If the storage cannot be reached.
         """
         state = checked_filter(status, queue, type, limit)
-        order: dict[str, Any] = {"newest_first": True} if newest_first else {}
-        return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit, **order)
+        extra: dict[str, Any] = {"newest_first": True} if newest_first else {}
+        if correlation_id is not None:
+            extra["correlation_id"] = check_str(correlation_id, "correlation_id")
+            storage = self._workflow_storage()
+        else:
+            storage = self._store()
+        return storage.list_jobs(status=state, queue=queue, type=type, limit=limit, **extra)
 
     def get_pending_jobs(self, limit: int | None = None) -> list[Job]:
         """Jobs waiting to run, oldest first: all of them unless `limit` is given."""
@@ -829,3 +848,15 @@ class JobQueue:
             total += deleted
             if deleted < batch_size:
                 return total
+
+
+def _id_list(ids: Iterable[str]) -> list[str]:
+    """`depends_on` as a list; a single id (a `str`) is refused, not split into letters."""
+    if isinstance(ids, str):
+        raise InvalidJobError("depends_on must be a list of job ids, not one string")
+    try:
+        return list(ids)
+    except TypeError:
+        raise InvalidJobError(
+            f"depends_on must be a list of job ids, got {type(ids).__name__}"
+        ) from None

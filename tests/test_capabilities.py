@@ -151,6 +151,7 @@ def test_memory_storage_declares_what_it_offers() -> None:
         pauses=True,
         limits=True,
         snooze=True,
+        workflows=True,
         unique_rules=True,
     )
 
@@ -170,7 +171,8 @@ def test_a_subclass_that_takes_a_method_away_loses_its_flag() -> None:
     class Ahead(MemoryStorage):
         claims_ahead = True
 
-    rest = {"pauses": True, "limits": True, "snooze": True, "unique_rules": True}
+    rest = {"pauses": True, "limits": True, "snooze": True, "workflows": True}
+    rest.update(unique_rules=True)
     assert NoRelease().capabilities == Capabilities(rescue_workers=True, newest_first=True, **rest)
     assert NoRescue().capabilities == Capabilities(release=True, newest_first=True, **rest)
     assert OldClaim().capabilities.newest_first  # **kwargs may take it
@@ -207,6 +209,7 @@ def test_a_subclass_that_adds_an_optional_method_gains_its_flag() -> None:
         pauses=True,
         limits=True,
         snooze=True,
+        workflows=True,
         unique_rules=True,
     )
     assert Joining().capabilities.transactions
