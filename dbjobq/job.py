@@ -9,7 +9,16 @@ from typing import Any, Literal, Union
 
 from dbjobq.payload import dumps
 
-__all__ = ["JSON", "Insertion", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup"]
+__all__ = [
+    "JSON",
+    "Insertion",
+    "Job",
+    "JobSpec",
+    "JobStatus",
+    "NewJob",
+    "PendingGroup",
+    "claim_order",
+]
 
 JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]
 """Any strict-JSON value (see `dbjobq.errors.PayloadError` for what strict means)."""
@@ -137,6 +146,20 @@ class Job:
         if self.max_retries is None:
             return None
         return max(0, self.max_retries + 1 - self.attempts)
+
+
+def claim_order(jobs: list[Job], newest_first: bool = False) -> list[Job]:
+    """Sort `jobs` in place as a claim takes them, and return the list.
+
+    Priority first (highest), then `run_at` and `id`: ascending (first in, first
+    out), or with `newest_first` descending (last in, first out). Ids are unique,
+    so the order is total.
+    """
+    if newest_first:
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+    else:
+        jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+    return jobs
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

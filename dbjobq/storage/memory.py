@@ -14,7 +14,7 @@ from typing import Any
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError, DuplicateJobError, JobNotFound
 from dbjobq.flow import LimitMap, Limits
-from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup, claim_order
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage._graph import PENDING, Graph, MemoryWorkflows
@@ -319,12 +319,7 @@ class MemoryStorage(MemoryWorkflows, Storage):
             and job.queue in wanted
             and (types is None or job.type in types)
         ]
-        # Priority first (highest), then (run_at, id) either way round.
-        if newest_first:
-            due.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
-        else:
-            due.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        return due
+        return claim_order(due, newest_first)
 
     def _claim(self, jobs: Sequence[Job], worker_id: str, lease_seconds: float) -> list[Job]:
         now = self._now()
