@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -349,3 +354,64 @@ def test_the_window_lookup_uses_its_index_on_sqlite(sqlite_storage: SQLAlchemySt
     finally:
         sa.event.remove(sqlite_storage.engine, "before_cursor_execute", capture)
     assert f"{sqlite_storage.table_prefix}{UNIQUE_FINISHED_INDEX}" in details
+
+
+RACER = """
+import json, os, sys, time
+from dbjobq import DuplicateJobError, JobQueue
+from dbjobq.storage import SQLAlchemyStorage
+
+url, prefix, schema, go = sys.argv[1:5]
+queue = JobQueue(SQLAlchemyStorage(url, table_prefix=prefix, schema=schema or None))
+queue.initialize()
+print("ready", flush=True)
+while not os.path.exists(go):  # all processes start their insert together
+    time.sleep(0.001)
+try:
+    got = queue.insert("t", {"pid": os.getpid()}, unique_key="race", unique_for=60,
+                       on_conflict="raise")
+    print(json.dumps({"id": got.id, "inserted": got.inserted}))
+except DuplicateJobError as error:
+    print(json.dumps({"id": error.job_id, "raised": True}))
+queue.close()
+"""
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+def test_processes_racing_with_raise_leave_one_job_and_one_winner(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> None:
+    config: StorageConfig = request.getfixturevalue(f"{backend}_config")
+    storage: SQLAlchemyStorage = request.getfixturevalue(f"{backend}_storage")
+    go = tmp_path / "go"
+    args = [config.url, config.table_prefix, config.schema or "", str(go)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready", proc.stderr
+        go.touch()
+        outcomes = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            outcomes.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    stored = storage.list_jobs()
+    assert len(stored) == 1
+    assert [o["id"] for o in outcomes if o.get("inserted")] == [stored[0].id]
+    assert sum(1 for o in outcomes if o.get("raised")) == 3
+    assert {o["id"] for o in outcomes} == {stored[0].id}
