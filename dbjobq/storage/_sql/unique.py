@@ -61,26 +61,24 @@ def insert_keyed(dialect: Dialect, conn: Connection, job: NewJob) -> str:
             return job.id
         holder = find_holder(dialect, conn, key, job.unique_for)
         if holder is not None:
-            return settle(dialect, conn, job, holder)
+            return meet_holder(dialect, conn, job, holder)
         # Skipped if a concurrent call stored a job with the key meanwhile: the
         # next round finds that job.
         conn.execute(dialect.insert_statement(), [insert_params(job)])
     raise StorageError(f"unique key {key!r} keeps changing hands")
 
 
-def find_holder(
-    dialect: Dialect, conn: Connection, key: str, within: float | None
-) -> tuple[str, str] | None:
-    """The `(id, status)` of the job that holds `key`, or `None`.
+def find_holder(dialect: Dialect, conn: Connection, key: str, within: float | None) -> str | None:
+    """The id of the job that holds `key`, or `None`.
 
     An unfinished job with the key; else, with `within`, the job with the key
     that finished last, if that was less than `within` seconds ago.
     """
     c = dialect.jobs.c
-    row = conn.execute(sa.select(c.id, c.status).where(dialect.unique_holder(key))).first()
-    if row is None and within is not None:
+    found = conn.execute(sa.select(c.id).where(dialect.unique_holder(key))).scalar()
+    if found is None and within is not None:
         recent = (
-            sa.select(c.id, c.status)
+            sa.select(c.id)
             .where(
                 c.unique_key == key,
                 c.finished_at.is_not(None),
@@ -89,13 +87,12 @@ def find_holder(
             .order_by(c.finished_at.desc(), c.id.desc())
             .limit(1)
         )
-        row = conn.execute(recent).first()
-    return None if row is None else (str(row[0]), str(row[1]))
+        found = conn.execute(recent).scalar()
+    return None if found is None else str(found)
 
 
-def settle(dialect: Dialect, conn: Connection, job: NewJob, holder: tuple[str, str]) -> str:
-    """Apply `job.on_conflict` against `holder`; the holder's id."""
-    holder_id, _ = holder
+def meet_holder(dialect: Dialect, conn: Connection, job: NewJob, holder_id: str) -> str:
+    """Apply `job.on_conflict` against the holder; its id."""
     if job.on_conflict == "raise":
         assert job.unique_key is not None
         raise DuplicateJobError(job.unique_key, holder_id)
