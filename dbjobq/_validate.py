@@ -16,7 +16,7 @@ from dbjobq.job import JobSpec, JobStatus, NewJob
 from dbjobq.payload import checked_dumps
 from dbjobq.periodic import Schedule
 from dbjobq.retry import RetryPolicy
-from dbjobq.workflow import ON_PARENT_FAILURE
+from dbjobq.workflow import MAX_PARENTS, ON_PARENT_FAILURE
 
 __all__ = [
     "checked_filter",
@@ -28,10 +28,6 @@ __all__ = [
 
 INT32 = (-(2**31), 2**31 - 1)
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-MAX_PARENTS = 100_000
-"""The most jobs one job may depend on (a group's callback depends on every member)."""
 
 
 def _checked_parents(depends_on: Any) -> tuple[str, ...]:

@@ -740,10 +740,11 @@ class JobQueue(WorkflowMethods):
         return result
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a pending or running job.
+        """Cancel a waiting, pending or running job.
 
         A running job's handler sees `JobContext.cancelled` set at its worker's next
-        heartbeat, and whatever it returns is discarded.
+        heartbeat, and whatever it returns is discarded. The jobs that wait for it
+        (`depends_on`) are cancelled too, unless they run anyway.
 
         Returns:
             `True` if the job was cancelled, `False` if it had already finished.

@@ -15,7 +15,14 @@ from dbjobq.job import Job, JobSpec, JobStatus, NewJob
 if TYPE_CHECKING:
     from dbjobq.storage.base import Storage
 
-__all__ = ["ON_PARENT_FAILURE", "Group", "GroupStatus", "OnParentFailure", "WorkflowMethods"]
+__all__ = [
+    "MAX_PARENTS",
+    "ON_PARENT_FAILURE",
+    "Group",
+    "GroupStatus",
+    "OnParentFailure",
+    "WorkflowMethods",
+]
 
 OnParentFailure = Literal["cancel", "run"]
 """What a job does when a parent ends `failed` or `cancelled`: be cancelled with
@@ -23,6 +30,9 @@ it (`"cancel"`, the default), or run once every parent has finished (`"run"`).""
 
 ON_PARENT_FAILURE: tuple[str, ...] = ("cancel", "run")
 """The values `on_parent_failure` takes."""
+
+MAX_PARENTS = 100_000
+"""The most jobs one job may depend on (a group's callback depends on every member)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,7 +137,8 @@ class WorkflowMethods:
 
         Raises:
             InvalidJobError: If a job has a bad argument (the message names its
-                index; `then` is named as such) or a `depends_on` id is unknown.
+                index; `then` is named as such), a `depends_on` id is unknown, the
+                group has over 100,000 members, or `then` has a `unique_key`.
             ConfigurationError: If the storage has no `Capabilities.workflows`.
         """
         storage = self._workflow_storage()
@@ -136,10 +147,15 @@ class WorkflowMethods:
             dataclasses.replace(job, group_id=group_id)
             for job in self._specs(jobs, "group", allow_empty=True)
         ]
+        if len(members) > MAX_PARENTS:
+            raise InvalidJobError(f"a group has at most {MAX_PARENTS} members, got {len(members)}")
         callback = None
         if then is not None:
             if not isinstance(then, JobSpec):
                 raise InvalidJobError(f"then must be a JobSpec, got {type(then).__name__}")
+            if then.unique_key is not None:
+                # A duplicate would stand for another job, which waits for no member.
+                raise InvalidJobError("then: a group's callback cannot have a unique_key")
             try:
                 job = self._validate(then)
             except InvalidJobError as error:

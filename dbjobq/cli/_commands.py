@@ -234,6 +234,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows.append(
             (
                 q.queue,
+                c["waiting"],
                 c["pending"],
                 c["running"],
                 c["completed"],
@@ -246,6 +247,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     table(
         [
             "QUEUE",
+            "WAITING",
             "PENDING",
             "RUNNING",
             "COMPLETED",
@@ -325,7 +327,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """`dbjobq cancel ID`: cancel a pending or running job."""
+    """`dbjobq cancel ID`: cancel a waiting, pending or running job."""
     done = open_queue(args).cancel(args.id)
     if args.json:
         print_json({"cancelled": done})

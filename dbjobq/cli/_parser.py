@@ -180,7 +180,7 @@ def _add_manage(commands: _Commands) -> None:
     retry.add_argument("--all-failed", action="store_true", help="every failed job")
     retry.add_argument("--queue", help="with --all-failed: only this queue")
 
-    cancel = _command(commands, "cancel", "cancel a pending or running job", cmd_cancel)
+    cancel = _command(commands, "cancel", "cancel a waiting, pending or running job", cmd_cancel)
     cancel.add_argument("id")
 
     pause = _command(commands, "pause", "stop workers claiming from a queue", cmd_pause)

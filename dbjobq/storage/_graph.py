@@ -129,8 +129,9 @@ class Graph:
             if group_id is not None:
                 self.groups[group_id].members.discard(job_id)
         for group_id, group in list(self.groups.items()):
-            callback = group.callback_id
-            if not group.members and (callback is None or not stored(callback)):
+            if group.callback_id is not None and not stored(group.callback_id):
+                group.callback_id = None  # purged: the group no longer has one to show
+            if not group.members and group.callback_id is None:
                 del self.groups[group_id]
 
 
@@ -175,14 +176,13 @@ class MemoryWorkflows:
         self, new: NewJob, alias: Mapping[str, str], added: Mapping[str, Job]
     ) -> list[str]:
         """`new.depends_on` as stored ids, distinct; `InvalidJobError` for an unknown one."""
-        parents: list[str] = []
+        parents: dict[str, None] = {}  # distinct, in order: a callback may have 100,000
         for given in new.depends_on:
             parent_id = alias.get(given, given)
             if parent_id not in added and parent_id not in self._jobs:
                 raise InvalidJobError(f"depends_on: no job with id {given!r}")
-            if parent_id not in parents:
-                parents.append(parent_id)
-        return parents
+            parents[parent_id] = None
+        return list(parents)
 
     def enqueue_group(
         self, group_id: str, members: Sequence[NewJob], callback: NewJob | None
@@ -225,11 +225,13 @@ class MemoryWorkflows:
 
     def settle_waiting(self, *, limit: int = 1000) -> int:
         with self._lock:
-            moved = 0
             waiting = sorted(j.id for j in self._jobs.values() if j.status is JobStatus.WAITING)
+            decided = 0
             for job_id in waiting:
                 job = self._jobs[job_id]
-                if moved >= limit or job.status is not JobStatus.WAITING:
+                if decided >= limit:
+                    break
+                if job.status is not JobStatus.WAITING:
                     continue  # settled meanwhile, by a cancel down the graph
                 verdict, _ = self._graph.verdict(
                     self._graph.parents.get(job_id, ()),
@@ -244,6 +246,9 @@ class MemoryWorkflows:
                     self._write(job, status=JobStatus.PENDING, updated_at=now)
                 else:
                     changes = {"last_error": verdict, "finished_at": now, "updated_at": now}
-                    self._set(job, status=JobStatus.CANCELLED, **changes)
-                moved += 1
-            return moved
+                    self._set(job, status=JobStatus.CANCELLED, **changes)  # and down the graph
+                decided += 1
+            # Every job that left `waiting`, those a cancel took down the graph included.
+            return sum(
+                1 for job_id in waiting if self._jobs[job_id].status is not JobStatus.WAITING
+            )

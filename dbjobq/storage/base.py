@@ -639,8 +639,9 @@ class Storage(abc.ABC):
           `running` with an unexpired lease, whatever their type. The key is the
           job's `concurrency_key`, or if that is `None`, `Limits.concurrency_key`
           of its payload, which the claim stores on the job (claimed or not).
-          With `ordered`, no other unfinished job with that key was enqueued
-          before it (`created_at`, then `id`).
+          With `ordered`, no other pending or running job with that key was
+          enqueued before it (`created_at`, then `id`); a `waiting` job takes its
+          turn once it is pending, so it holds nothing back.
         - (`rate_limit`) fewer than `count` jobs with its rate key
           (`Limits.rate_key`) were claimed in the last `per` seconds; the claim
           records each start it makes (see `recent_starts`).
@@ -709,14 +710,17 @@ class Storage(abc.ABC):
     #   `"parent <id> failed"` or `"parent <id> was cancelled"`, and its own
     #   waiting children in turn, down the graph. A backend that cannot do this in
     #   that transaction leaves it to `settle_waiting`, which workers call often.
+    # * Each parent counts once for a child: when it first finishes. A failed
+    #   parent retried later (`retry`) is not waited for again by a child that
+    #   runs anyway, and does not revive the children it cancelled.
     # * `cancel` takes `waiting` jobs too. `retry` of a cancelled child makes it
-    #   `pending` (it does not wait again); retrying a failed parent does not
-    #   revive its cancelled children.
+    #   `pending` (it does not wait again).
     # * `waiting` counts as unfinished everywhere: a waiting job holds its
     #   unique key, and `count_jobs` and `list_jobs` report it.
     # * `purge` keeps a finished job while a job that depends on it is
     #   unfinished (it does not count towards `limit`), so `parents` and
-    #   `JobContext.parent_results` always find a running job's parents.
+    #   `JobContext.parent_results` find the parents of every job that waits or
+    #   runs (but for a cancelled child retried after its parents were purged).
     # * `list_jobs` takes `correlation_id=`: only jobs whose
     #   `meta["correlation_id"]` is that string (passed only when given).
 
@@ -743,6 +747,8 @@ class Storage(abc.ABC):
 
     def get_group(self, group_id: str) -> GroupStatus:
         """How many members of the group are in each status, and its callback.
+
+        A purged callback leaves `callback_id` `None`.
 
         Raises:
             GroupNotFound: If there is no such group (or it was purged: a group is
@@ -777,7 +783,8 @@ class Storage(abc.ABC):
         change per call.
 
         Returns:
-            How many jobs it moved (to `pending` or `cancelled`).
+            How many jobs left `waiting` (to `pending` or `cancelled`), those that
+            a cancel took with it down the graph included.
         """
         raise NotImplementedError
 

@@ -137,6 +137,8 @@ class MemoryStorage(MemoryWorkflows, Storage):
                     # once, like a primary key, even if it has finished since.
                     ids.append(new.id)
                     continue
+                # Unknown parents are refused even for a job its unique key dedupes.
+                parents = self._parents_of(new, alias, added) if new.depends_on else []
                 key = new.unique_key
                 if key is not None:
                     holder_id = unique.get(key)
@@ -157,8 +159,7 @@ class MemoryStorage(MemoryWorkflows, Storage):
                 ids.append(new.id)
                 run_at = new.run_at or now + timedelta(seconds=new.delay)
                 status, error, finished_at = JobStatus.PENDING, None, None
-                if new.depends_on:
-                    parents = self._parents_of(new, alias, added)
+                if parents:
                     run_anyway = new.on_parent_failure == "run"
 
                     def status_of(job_id: str) -> JobStatus | None:
