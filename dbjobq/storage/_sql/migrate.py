@@ -18,6 +18,7 @@ from dbjobq.storage._sql.schema import (
     KEY_INDEXES,
     SCHEMA_VERSION,
     UNFINISHED_SQL,
+    UNIQUE_FINISHED_INDEX,
     WAITING_INDEXES,
     WORKFLOW_COLUMNS,
     WORKFLOW_INDEXES,
@@ -158,6 +159,20 @@ def waiting_on_mysql(
         ) from error
     finally:
         conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {int(wait or 31536000)}")
+
+
+def add_unique_finished_index(conn: Connection, jobs: sa.Table) -> None:
+    """Layout 5 on jobs tables of layouts 1-4: the `jobs_unique_finished` index.
+
+    It serves `unique_for` lookups (the latest finished job of a key); older
+    releases ignore it. Checked first, so it is created once however many
+    starts run this. Where indexes can be partial it holds only finished jobs
+    with a unique key, usually few.
+    """
+    name = f"{jobs.name}_{UNIQUE_FINISHED_INDEX.removeprefix('jobs_')}"
+    for index in jobs.indexes:
+        if index.name == name:
+            index.create(conn, checkfirst=True)
 
 
 def finished_index(jobs: sa.Table, found: object) -> sa.Index | None:

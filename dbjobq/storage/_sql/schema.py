@@ -23,13 +23,16 @@ SCHEMA_VERSION = 5
 
 1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule).
 3: + paused_queues. 4: + jobs.concurrency_key with its two indexes, and rate_starts.
-5: + dependencies and groups (workflows), jobs.group_id, jobs.correlation_id,
-jobs.children and jobs.parents with their indexes, and `waiting` among the
-unfinished states of the unique-key index.
-`create_all` adds the new tables; `migrate.add_concurrency_key` and
-`migrate.add_workflows` the columns and indexes, `migrate.waiting_unfinished`
-the index predicates. Index changes that older releases work with keep the
-version (see `migrate.finished_index` and `migrate.rebuild_index_online`).
+5: + the `jobs_unique_finished` index (`unique_for` lookups); the dependencies
+and groups tables (workflows), jobs.group_id, jobs.correlation_id, jobs.children
+and jobs.parents with their indexes, and `waiting` among the unfinished states of
+the unique-key index.
+`create_all` adds the new tables; `migrate.add_concurrency_key` the column and
+indexes of layout 4, `migrate.add_unique_finished_index` and
+`migrate.add_workflows` those of layout 5, `migrate.waiting_indexes` and
+`migrate.waiting_on_mysql` the unique-key rule. Index changes that older
+releases work with keep the version (see `migrate.finished_index` and
+`migrate.rebuild_index_online`).
 """
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
@@ -270,6 +273,9 @@ WORKFLOW_INDEXES = ("jobs_group", "jobs_correlation", "jobs_unsettled")
 WAITING_INDEXES = ("jobs_unique",)
 """The jobs indexes whose predicate counts `waiting` as unfinished from layout 5."""
 
+UNIQUE_FINISHED_INDEX = "jobs_unique_finished"
+"""The jobs index of layout 5 (after the prefix), which an upgrade creates."""
+
 
 def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = True) -> Tables:
     """Define the tables and their indexes.
@@ -369,6 +375,7 @@ def _index_jobs(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
             sqlite_where=unfinished,
         )
     _index_keys(jobs, prefix, partial_indexes)
+    _index_unique_finished(jobs, prefix, partial_indexes)
     _index_workflows(jobs, prefix, partial_indexes)
     sa.Index(f"{prefix}jobs_status", c.status, c.queue, c.id)
     # For purging and "finished within": only finished jobs have a finished_at, so
@@ -475,6 +482,28 @@ def _workflow_tables(metadata: sa.MetaData, prefix: str) -> tuple[sa.Table, sa.T
     )
     sa.Index(f"{prefix}groups_callback", groups.c.callback_id)
     return dependencies, groups
+
+
+def _index_unique_finished(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
+    """The index of `unique_for`: the latest finished job of a unique key.
+
+    Where indexes can be partial, it holds only finished jobs with a key, so
+    enqueues and claims leave it alone; both planners see that `unique_key = :k
+    AND finished_at > :since` implies its predicate.
+    """
+    c = jobs.c
+    name = f"{prefix}{UNIQUE_FINISHED_INDEX}"
+    if not partial_indexes:
+        sa.Index(name, c.unique_key, c.finished_at)
+        return
+    finished = sa.and_(c.unique_key.is_not(None), c.finished_at.is_not(None))
+    sa.Index(
+        name,
+        c.unique_key,
+        c.finished_at,
+        postgresql_where=finished,
+        sqlite_where=finished,
+    )
 
 
 def _other_tables(metadata: sa.MetaData, prefix: str, jobs: sa.Table) -> Tables:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.flow import LimitMap
 from dbjobq.job import Job, NewJob
-from dbjobq.storage._sql import changes, limited, migrate, workflows
+from dbjobq.storage._sql import changes, limited, migrate, unique, workflows
 from dbjobq.storage._sql.changes import LeaseChange
 from dbjobq.storage._sql.engine import EngineSettings, retrying
 from dbjobq.storage._sql.notify import Watcher
@@ -241,7 +241,13 @@ class Dialect:
         return self.store_jobs(conn, jobs)
 
     def store_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> list[str]:
-        """Insert `jobs` as `pending`, whatever their parents; the id stored for each."""
+        """Insert `jobs` as `pending`, whatever their parents; the id stored for each.
+
+        A call with unique rules (`NewJob.has_unique_rules`) takes the route of
+        `unique.insert_in_order`.
+        """
+        if any(job.has_unique_rules for job in jobs):
+            return unique.insert_in_order(self, conn, jobs)
         inserted: set[str] = set()
         for keyed, run in self.insert_runs(jobs):
             if not run:
@@ -447,6 +453,7 @@ class Dialect:
                 migrate.add_concurrency_key(conn, self.jobs, self.schema)
             if found is not None and found < 5:
                 migrate.add_workflows(conn, self.jobs, self.schema)
+                migrate.add_unique_finished_index(conn, self.jobs)
             migrate.check_version(conn, version, self.insert_ignoring(version))
 
     def schema_lock(self, conn: Connection) -> contextlib.AbstractContextManager[object]:
