@@ -99,6 +99,20 @@ def test_a_parent_deduplicated_by_its_key_stands_for_the_holder(
     assert status(sql_storage, child.id) is JobStatus.PENDING
 
 
+def test_a_parent_deduplicated_within_its_window_is_the_finished_holder(
+    sql_storage: SQLAlchemyStorage,
+) -> None:
+    holder = make_job(unique_key="daily")
+    sql_storage.enqueue([holder])
+    (held,) = claim_all(sql_storage, 1)
+    sql_storage.complete(held.id, held.lease_token or "", result="done")
+    again = make_job(unique_key="daily", unique_for=3600.0)
+    child = make_job(depends_on=(again.id,))
+    assert sql_storage.enqueue([again, child]) == [holder.id, child.id]
+    assert status(sql_storage, child.id) is JobStatus.PENDING  # the holder completed
+    assert [j.result for j in sql_storage.parents(child.id)] == ["done"]
+
+
 def test_parents_that_finished_already_decide_at_enqueue(sql_storage: SQLAlchemyStorage) -> None:
     good, bad = make_job(), make_job()
     sql_storage.enqueue([good, bad])
