@@ -22,6 +22,9 @@ from dbjobq._validate import (
     checked_schedule,
     finished_statuses,
 )
+from dbjobq._waiting import Waits
+from dbjobq._waiting import wait as _wait
+from dbjobq._waiting import wait_async as _wait_async
 from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError
@@ -107,6 +110,8 @@ class JobQueue:
         """The hooks registered with `on`; workers run them."""
         self.wakeups = Wakeups(storage)
         """The idle-worker signalling of this queue's workers in this process."""
+        self.waits = Waits.of(storage)
+        """The jobs waited on (`wait`) in this process, shared by the queues on `storage`."""
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -638,7 +643,85 @@ class JobQueue:
             JobNotFound: If there is no such job.
             StorageError: If the storage cannot be reached.
         """
-        return self._store().cancel(check_str(job_id, "job id"))
+        cancelled = self._store().cancel(check_str(job_id, "job id"))
+        if cancelled:
+            self.waits.finished(job_id)
+        return cancelled
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | timedelta | None = None,
+        *,
+        poll_interval: float | None = None,
+    ) -> Job:
+        """Block until the job is finished (`completed`, `failed` or `cancelled`).
+
+        A job finished in this process (by a worker, or through `cancel`) wakes the
+        wait at once; one finished by another process does so through the storage's
+        signal where it has one (`Capabilities.notify_finished`: SQLite files and
+        PostgreSQL), else at the next poll. Polls back off from 50 ms to 1 s (5 s
+        where the storage signals), so an idle wait costs at most a few reads a
+        second. A job that is retried is not finished: the wait goes on.
+
+        ```python
+        job_id = queue.enqueue("resize", {"image": 42})
+        job = queue.wait(job_id, timeout=30)
+        if job.status is JobStatus.COMPLETED:
+            print(job.result)
+        ```
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds (or a `timedelta`) to wait at most; `None` waits as
+                long as it takes, `0` looks once.
+            poll_interval: Seconds between the polls that back up the wake-ups,
+                fixed, instead of the back-off.
+
+        Returns:
+            The finished job, as `get_job` returns it (`result`, `last_error`).
+
+        Raises:
+            TimeoutError: If the job is not finished when `timeout` passes.
+            InvalidJobError: If `job_id` is not a `str`, or `timeout` or
+                `poll_interval` is not a number of seconds (negative, NaN, ...).
+            JobNotFound: If there is no such job (or it was purged meanwhile).
+            StorageError: If the storage cannot be reached.
+        """
+        limit, poll = self._wait_args(job_id, timeout, poll_interval)
+        return _wait(self._store(), self.waits, job_id, limit, poll)
+
+    async def wait_async(
+        self,
+        job_id: str,
+        timeout: float | timedelta | None = None,
+        *,
+        poll_interval: float | None = None,
+    ) -> Job:
+        """`wait`, for `asyncio`: the event loop runs other tasks meanwhile.
+
+        The reads of the job run in the loop's default executor, so the loop is
+        never blocked on the storage. Arguments, return value and errors are those
+        of `wait`; cancelling the awaiting task ends the wait.
+
+        ```python
+        async def result_of(job_id: str) -> dict:
+            job = await queue.wait_async(job_id, timeout=10)
+            return {"status": job.status.value, "result": job.result}
+        ```
+        """
+        limit, poll = self._wait_args(job_id, timeout, poll_interval)
+        return await _wait_async(self._store(), self.waits, job_id, limit, poll)
+
+    def _wait_args(
+        self, job_id: Any, timeout: Any, poll_interval: Any
+    ) -> tuple[float | None, float | None]:
+        check_str(job_id, "job id")
+        limit = None if timeout is None else check_seconds(timeout, "timeout")
+        poll = None
+        if poll_interval is not None:
+            poll = check_seconds(poll_interval, "poll_interval", allow_zero=False)
+        return limit, poll
 
     def retry(self, job_id: str) -> bool:
         """Run a failed or cancelled job again: back to pending, due now, attempts reset.

@@ -293,6 +293,10 @@ class Worker:
         return self._hooks.on(event, hook)
 
     def _emit(self, name: str, job: Job | None = None, **fields: Any) -> None:
+        if job is not None and (
+            name == "job:completed" or (name == "job:failed" and not fields.get("will_retry"))
+        ):
+            self.queue.waits.finished(job.id)  # the outcome is written: wake its waiters
         hooks = self.queue.hooks
         if self._hooks or hooks:
             event = Event(name=name, worker_id=self.id, job=job, **fields)

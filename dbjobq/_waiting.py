@@ -1,0 +1,182 @@
+"""Waiting for jobs to finish: `JobQueue.wait` and `JobQueue.wait_async`.
+
+A waiter reads its job, and reads it again whenever something says the job may
+have finished:
+
+* in this process, a worker that recorded the outcome or a `JobQueue.cancel`
+  (`Waits.finished`), for every queue object on the same storage object;
+* from other processes, the storage's `subscribe_finished` (SQLite's
+  `data_version`, PostgreSQL's NOTIFY), where `Capabilities.notify_finished` says
+  it has one;
+* and in any case a poll that backs off from 50 ms to a cap (1 s without a
+  storage signal, 5 s with one): a lost wake-up only delays the answer.
+
+A wake-up carries no data; it only makes the waiter read its job once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+
+from dbjobq.job import Job
+from dbjobq.storage.base import Storage
+
+__all__ = ["FIRST_POLL", "POLL_CAP", "POLL_CAP_SIGNALLED", "Waits"]
+
+FIRST_POLL = 0.05
+"""Seconds before the first poll; each poll that finds the job unfinished doubles it."""
+POLL_CAP = 1.0
+"""The longest interval between polls where only this process can wake a waiter."""
+POLL_CAP_SIGNALLED = 5.0
+"""The longest interval between polls where the storage reports other processes' finishes."""
+
+_registries: weakref.WeakKeyDictionary[Storage, Waits] = weakref.WeakKeyDictionary()
+_registries_lock = threading.Lock()
+
+
+class Waits:
+    """The jobs waited on in this process, for one storage object.
+
+    Shared by every `JobQueue` on that storage object (`Waits.of`), so that a job
+    finished through one queue object wakes a waiter on another.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[Callable[[], None]]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @classmethod
+    def of(cls, storage: Storage) -> Waits:
+        """The registry of `storage`, made on first use."""
+        with _registries_lock:
+            try:
+                waits = _registries.get(storage)
+            except TypeError:  # a storage that cannot be weakly referenced: its own
+                return cls(storage)
+            if waits is None:
+                waits = _registries[storage] = cls(storage)
+            return waits
+
+    def __bool__(self) -> bool:
+        return bool(self._waiters)
+
+    @contextlib.contextmanager
+    def watching(self, job_id: str, wake: Callable[[], None]) -> Iterator[None]:
+        """Call `wake` whenever `job_id` may have finished, until the block ends."""
+        with self._lock:
+            self._waiters.setdefault(job_id, set()).add(wake)
+            if self._unsubscribe is None and self._storage.capabilities.notify_finished:
+                self._unsubscribe = self._storage.subscribe_finished(self.finished_anywhere)
+        try:
+            yield
+        finally:
+            with self._lock:
+                wakes = self._waiters.get(job_id)
+                if wakes is not None:
+                    wakes.discard(wake)
+                    if not wakes:
+                        del self._waiters[job_id]
+                if not self._waiters and self._unsubscribe is not None:
+                    self._unsubscribe()
+                    self._unsubscribe = None
+
+    def signalled(self) -> bool:
+        """Whether the storage reports jobs finished by other processes."""
+        return self._storage.capabilities.notify_finished
+
+    def finished(self, job_id: str) -> None:
+        """This process finished (or cancelled) `job_id`: wake its waiters."""
+        if not self._waiters:  # the common case: nobody waits, no lock taken
+            return
+        with self._lock:
+            wakes = list(self._waiters.get(job_id, ()))
+        for wake in wakes:
+            wake()
+
+    def finished_anywhere(self) -> None:
+        """Some job may have finished in another process: every waiter reads again."""
+        with self._lock:
+            wakes = [wake for wakes in self._waiters.values() for wake in wakes]
+        for wake in wakes:
+            wake()
+
+
+class _Backoff:
+    """The intervals between polls: doubling from `FIRST_POLL` up to a cap, or fixed."""
+
+    def __init__(self, fixed: float | None, signalled: bool) -> None:
+        self._fixed = fixed
+        self._cap = POLL_CAP_SIGNALLED if signalled else POLL_CAP
+        self._next = FIRST_POLL if fixed is None else fixed
+
+    def next(self) -> float:
+        delay = self._next
+        if self._fixed is None:
+            self._next = min(self._next * 2, self._cap)
+        return delay
+
+
+def _timed_out(job_id: str, timeout: float) -> TimeoutError:
+    return TimeoutError(f"job {job_id} did not finish within {timeout:g} seconds")
+
+
+def wait(
+    storage: Storage, waits: Waits, job_id: str, timeout: float | None, poll: float | None
+) -> Job:
+    """Block until the job is finished and return it (see `JobQueue.wait`)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    woken = threading.Event()
+    backoff = _Backoff(poll, waits.signalled())
+    with waits.watching(job_id, woken.set):
+        while True:
+            woken.clear()  # before the read: a wake-up during it is kept
+            job = storage.get(job_id)
+            if job.status.is_finished:
+                return job
+            delay = backoff.next()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _timed_out(job_id, timeout or 0.0)
+                delay = min(delay, left)
+            woken.wait(delay)
+
+
+async def wait_async(
+    storage: Storage, waits: Waits, job_id: str, timeout: float | None, poll: float | None
+) -> Job:
+    """Await the job's end without blocking the event loop (see `JobQueue.wait_async`).
+
+    Reads run in the loop's default executor; wake-ups come back to the loop
+    through `call_soon_threadsafe`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    woken = asyncio.Event()
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+            loop.call_soon_threadsafe(woken.set)
+
+    backoff = _Backoff(poll, waits.signalled())
+    with waits.watching(job_id, wake):
+        while True:
+            woken.clear()
+            job = await loop.run_in_executor(None, storage.get, job_id)
+            if job.status.is_finished:
+                return job
+            delay = backoff.next()
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise _timed_out(job_id, timeout or 0.0)
+                delay = min(delay, left)
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(woken.wait(), delay)
