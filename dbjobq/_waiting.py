@@ -47,7 +47,8 @@ class Waits:
     """
 
     def __init__(self, storage: Storage) -> None:
-        self._storage = storage
+        # Weakly: the registry is the value of its storage in a WeakKeyDictionary.
+        self._storage = weakref.ref(storage)
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Callable[[], None]]] = {}
         self._unsubscribe: Callable[[], None] | None = None
@@ -72,8 +73,9 @@ class Waits:
         """Call `wake` whenever `job_id` may have finished, until the block ends."""
         with self._lock:
             self._waiters.setdefault(job_id, set()).add(wake)
-            if self._unsubscribe is None and self._storage.capabilities.notify_finished:
-                self._unsubscribe = self._storage.subscribe_finished(self.finished_anywhere)
+            storage = self._storage()
+            if self._unsubscribe is None and storage is not None and self.signalled():
+                self._unsubscribe = storage.subscribe_finished(self.finished_anywhere)
         try:
             yield
         finally:
@@ -89,7 +91,8 @@ class Waits:
 
     def signalled(self) -> bool:
         """Whether the storage reports jobs finished by other processes."""
-        return self._storage.capabilities.notify_finished
+        storage = self._storage()
+        return storage is not None and storage.capabilities.notify_finished
 
     def finished(self, job_id: str) -> None:
         """This process finished (or cancelled) `job_id`: wake its waiters."""
@@ -155,20 +158,26 @@ async def wait_async(
     """Await the job's end without blocking the event loop (see `JobQueue.wait_async`).
 
     Reads run in the loop's default executor; wake-ups come back to the loop
-    through `call_soon_threadsafe`.
+    through `call_soon_threadsafe`. Each pause between reads is a future that a
+    wake-up or a timer resolves and the task awaits directly (no `asyncio.wait_for`,
+    which in Python 3.11 can swallow a cancellation that meets a wake-up).
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    woken = asyncio.Event()
+    pause: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not pause.done():
+            pause.set_result(None)
 
     def wake() -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
-            loop.call_soon_threadsafe(woken.set)
+            loop.call_soon_threadsafe(resolve)
 
     backoff = _Backoff(poll, waits.signalled())
     with waits.watching(job_id, wake):
         while True:
-            woken.clear()
+            pause = loop.create_future()  # before the read: a wake-up during it is kept
             job = await loop.run_in_executor(None, storage.get, job_id)
             if job.status.is_finished:
                 return job
@@ -178,5 +187,8 @@ async def wait_async(
                 if left <= 0:
                     raise _timed_out(job_id, timeout or 0.0)
                 delay = min(delay, left)
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(woken.wait(), delay)
+            timer = loop.call_later(delay, resolve)
+            try:
+                await pause
+            finally:
+                timer.cancel()

@@ -42,6 +42,7 @@ def test_every_benchmark_case_runs_and_prints_its_row() -> None:
             "drain, 1 worker thread, an idle limited type handled too",
             "drain, 4 worker threads, 100 keys x Concurrency(1)",
             "pickup latency p50, other process",
+            "wait() wake-up, other process, p99",
             "drain with 1,000 finished jobs in the table",
             "bulk enqueue with 1,000 finished jobs in the table",
             "peak RSS, worker process draining 1,000 jobs",

@@ -8,10 +8,12 @@ wake-up, and a missing one fails the test instead of making it slow.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from dbjobq import InvalidJobError, Job, JobContext, JobNotFound, JobQueue, JobStatus, Worker
+from dbjobq.storage import MemoryStorage
 
 from .conftest import StorageConfig
 
@@ -201,19 +204,36 @@ def test_wait_async_times_out_and_reports_unknown_jobs(queue: JobQueue) -> None:
 
 
 def test_cancelling_the_awaiting_task_ends_the_wait(queue: JobQueue) -> None:
+    """Again and again, so that a cancel meets the waiter at every point of its loop."""
     job_id = queue.enqueue("x")
 
-    async def main() -> None:
-        task = asyncio.create_task(queue.wait_async(job_id))
-        while not queue.waits:
-            await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    async def main(rounds: int) -> None:
+        for n in range(rounds):
+            task = asyncio.create_task(queue.wait_async(job_id))
+            while not queue.waits:
+                await asyncio.sleep(0)
+            for _ in range(n % 5):  # let it get a little further each round
+                await asyncio.sleep(0.001)
+            queue.waits.finished_anywhere()  # a wake-up that meets the cancel...
+            for _ in range(n % 4):  # ...a few steps of the loop later
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, TIMEOUT)  # a lost cancel: TimeoutError
+            assert not queue.waits
 
-    asyncio.run(main())
-    assert not queue.waits
+    asyncio.run(main(30))
     assert queue.get_job(job_id).status is JobStatus.PENDING
+
+
+def test_the_waits_of_a_storage_do_not_keep_it_alive() -> None:
+    storage = MemoryStorage()
+    with pytest.raises(TimeoutError):
+        JobQueue(storage).wait(JobQueue(storage).enqueue("x"), timeout=0.01)
+    ref = weakref.ref(storage)
+    del storage
+    gc.collect()
+    assert ref() is None
 
 
 # -- another process ---------------------------------------------------------------------
