@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dbjobq.job import Job
 from dbjobq.storage.base import Storage
 
-__all__ = ["FIRST_POLL", "POLL_CAP", "POLL_CAP_SIGNALLED", "Waits"]
+__all__ = ["FIRST_POLL", "LINGER", "POLL_CAP", "POLL_CAP_SIGNALLED", "Waits"]
 
 FIRST_POLL = 0.05
 """Seconds before the first poll; each poll that finds the job unfinished doubles it."""
@@ -34,6 +34,9 @@ POLL_CAP = 1.0
 """The longest interval between polls where only this process can wake a waiter."""
 POLL_CAP_SIGNALLED = 5.0
 """The longest interval between polls where the storage reports other processes' finishes."""
+LINGER = 10.0
+"""Seconds the storage subscription outlives the last waiter, so that waits in a row
+(one per web request, say) share one watcher and its connection."""
 
 _registries: weakref.WeakKeyDictionary[Storage, Waits] = weakref.WeakKeyDictionary()
 _registries_lock = threading.Lock()
@@ -52,6 +55,8 @@ class Waits:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Callable[[], None]]] = {}
         self._unsubscribe: Callable[[], None] | None = None
+        self._idle_since = 0.0  # when the last waiter left (monotonic)
+        self._reaper: threading.Timer | None = None  # ends the subscription after LINGER
 
     @classmethod
     def of(cls, storage: Storage) -> Waits:
@@ -86,8 +91,27 @@ class Waits:
                     if not wakes:
                         del self._waiters[job_id]
                 if not self._waiters and self._unsubscribe is not None:
-                    self._unsubscribe()
-                    self._unsubscribe = None
+                    self._idle_since = time.monotonic()
+                    if self._reaper is None:
+                        self._reap_in(LINGER)
+
+    def _reap_in(self, seconds: float) -> None:
+        self._reaper = threading.Timer(seconds, self._reap)
+        self._reaper.daemon = True
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        """End the storage subscription if no waiter came back within `LINGER`."""
+        with self._lock:
+            self._reaper = None
+            if self._waiters or self._unsubscribe is None:
+                return  # in use again: the next last waiter to leave starts a reaper
+            left = self._idle_since + LINGER - time.monotonic()
+            if left > 0:
+                self._reap_in(left)
+                return
+            self._unsubscribe()
+            self._unsubscribe = None
 
     def signalled(self) -> bool:
         """Whether the storage reports jobs finished by other processes."""

@@ -21,10 +21,21 @@ from typing import Any
 
 import pytest
 
-from dbjobq import InvalidJobError, Job, JobContext, JobNotFound, JobQueue, JobStatus, Worker
-from dbjobq.storage import MemoryStorage
+from dbjobq import (
+    InvalidJobError,
+    Job,
+    JobContext,
+    JobNotFound,
+    JobQueue,
+    JobStatus,
+    Worker,
+    _waiting,
+)
+from dbjobq.storage import MemoryStorage, SQLAlchemyStorage
+from dbjobq.storage._sql.notify import FINISHED
 
 from .conftest import StorageConfig
+from .helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_POLL = 30.0  # seconds: longer than TIMEOUT, so no poll can end a wait
@@ -315,3 +326,29 @@ class Reads:
 @pytest.fixture
 def reads(queue: JobQueue, monkeypatch: pytest.MonkeyPatch) -> Reads:
     return Reads(queue, monkeypatch)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_waits_in_a_row_share_one_subscription_that_ends_after_a_while(
+    storage: SQLAlchemyStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage's watcher (and its connection) outlives a wait by `LINGER` seconds."""
+    monkeypatch.setattr(_waiting, "LINGER", 0.5)
+    queue = JobQueue(storage)
+    subscribed: list[Any] = []
+    original = storage.subscribe_finished
+
+    def subscribe_finished(callback: Any) -> Any:
+        subscribed.append(callback)
+        return original(callback)
+
+    monkeypatch.setattr(storage, "subscribe_finished", subscribe_finished)
+    for _ in range(3):
+        job_id = queue.enqueue("x")
+        queue.cancel(job_id)
+        assert queue.wait(job_id).status is JobStatus.CANCELLED
+    assert len(subscribed) == 1
+    watcher = storage._watcher
+    assert watcher is not None
+    assert watcher.wants(FINISHED)
+    wait_until(lambda: not watcher.wants(FINISHED), what="the subscription to end")
