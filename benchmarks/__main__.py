@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlalchemy
 
-from . import cases, flow_cases, peers, wait_cases
+from . import cases, flow_cases, peers, wait_cases, workflow_cases
 from .cases import Figure
 
 SIZES = {
@@ -39,7 +39,15 @@ SIZES = {
 
 
 CASES = [
-    *("enqueue", "drain", "peers", "flow", "processes", "latency", "wait", "history"),
+    "enqueue",
+    "drain",
+    "peers",
+    "flow",
+    "workflows",
+    "processes",
+    "latency",
+    "wait",
+    "history",
     "memory",
 ]
 
@@ -189,6 +197,9 @@ def main() -> int:
                     figures += pgqueuer_figures(figures, work, bulk, single, drain, runs)
             if run("flow"):
                 figures += flow_cases.flow_drains(factory, backend, drain, threads[:2], runs)
+            if run("workflows"):
+                fan_out = 200 if size == "smoke" else 10_000
+                figures += workflow_cases.workflow_figures(factory, backend, fan_out, 4, runs)
             if run("processes"):
                 figures.append(cases.drain_processes(factory, backend, procs_jobs, 2, 8, runs))
             if run("latency"):

@@ -20,6 +20,8 @@ from dbjobq.context import CancelReason, JobContext
 from dbjobq.errors import (
     ConfigurationError,
     DBJobQError,
+    DuplicateJobError,
+    GroupNotFound,
     InvalidJobError,
     JobError,
     JobInterrupted,
@@ -38,6 +40,7 @@ from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
 from dbjobq.stats import QueueStats, Stats
 from dbjobq.worker import Worker
+from dbjobq.workflow import Group, GroupStatus
 
 __version__ = "0.1.0"
 
@@ -46,7 +49,11 @@ __all__ = [
     "Concurrency",
     "ConfigurationError",
     "DBJobQError",
+    "DuplicateJobError",
     "Event",
+    "Group",
+    "GroupNotFound",
+    "GroupStatus",
     "Handler",
     "InvalidJobError",
     "Job",

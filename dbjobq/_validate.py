@@ -16,6 +16,7 @@ from dbjobq.job import JobSpec, JobStatus, NewJob
 from dbjobq.payload import checked_dumps
 from dbjobq.periodic import Schedule
 from dbjobq.retry import RetryPolicy
+from dbjobq.workflow import MAX_PARENTS, ON_PARENT_FAILURE
 
 __all__ = [
     "checked_filter",
@@ -27,6 +28,22 @@ __all__ = [
 
 INT32 = (-(2**31), 2**31 - 1)
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _checked_parents(depends_on: Any) -> tuple[str, ...]:
+    """`depends_on` as distinct job ids, in the order given."""
+    if depends_on is None:
+        return ()
+    if isinstance(depends_on, str) or not isinstance(depends_on, (list, tuple)):
+        raise InvalidJobError(
+            f"depends_on must be a list of job ids, got {type(depends_on).__name__}"
+        )
+    if len(depends_on) > MAX_PARENTS:
+        raise InvalidJobError(f"depends_on holds {len(depends_on)} ids; at most {MAX_PARENTS}")
+    for parent in depends_on:
+        if not isinstance(parent, str) or not parent:
+            raise InvalidJobError(f"depends_on must hold job ids (strings), got {parent!r}")
+    return tuple(dict.fromkeys(depends_on))
 
 
 def checked_job(
@@ -76,6 +93,12 @@ def checked_job(
         concurrency_key = check_name(concurrency_key, "concurrency_key", KEY_MAX)
     elif concurrency_of is not None and (limit := concurrency_of(job_type)) is not None:
         concurrency_key = limit.key_of(job_type, payload)
+    depends_on = _checked_parents(spec.depends_on)
+    if spec.on_parent_failure not in ON_PARENT_FAILURE:
+        raise InvalidJobError(
+            f"on_parent_failure must be one of {', '.join(map(repr, ON_PARENT_FAILURE))}, "
+            f"got {spec.on_parent_failure!r}"
+        )
     return NewJob(
         id=new_job_id() if job_id is None else job_id,
         type=job_type,
@@ -89,6 +112,8 @@ def checked_job(
         meta=meta,
         timeout=timeout,
         concurrency_key=concurrency_key,
+        depends_on=depends_on,
+        on_parent_failure=spec.on_parent_failure,
         payload_json=payload_json,
         meta_json=meta_json,
     )

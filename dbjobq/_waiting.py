@@ -128,7 +128,9 @@ class Waits:
             wake()
 
     def finished_anywhere(self) -> None:
-        """Some job may have finished in another process: every waiter reads again."""
+        """Some jobs may have finished (elsewhere, or down a workflow): every waiter reads again."""
+        if not self._waiters:
+            return
         with self._lock:
             wakes = [wake for wakes in self._waiters.values() for wake in wakes]
         for wake in wakes:

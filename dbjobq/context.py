@@ -6,7 +6,8 @@ import enum
 import logging
 import math
 import threading
-from collections.abc import Callable, MutableMapping
+import types
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from dbjobq.errors import InvalidJobError, JobInterrupted, StorageError
@@ -93,6 +94,7 @@ class JobContext:
         self._lost_reason = lost_reason
         # Fills in the max_retries and timeout the job runs with (its handler's).
         self._effective = effective
+        self._parent_results: Mapping[str, Any] | None = None
 
     @property
     def job(self) -> Job:
@@ -185,6 +187,57 @@ class JobContext:
     def attempt(self) -> int:
         """Which attempt this is, starting at 1."""
         return self._claimed.attempts
+
+    @property
+    def parent_results(self) -> Mapping[str, Any]:
+        """The results of the jobs this one depends on: a read-only mapping id -> result.
+
+        For a job enqueued with `depends_on` (a step of `JobQueue.chain`, a
+        group's callback): every parent's `Job.result` (`None` for a parent that
+        returned nothing, or that failed or was cancelled, if the job was
+        enqueued with `on_parent_failure="run"`). Empty for a job without
+        parents. Read from storage on first use, then kept.
+        """
+        if self._parent_results is None:
+            storage = self.queue.storage
+            parents = storage.parents(self._claimed.id) if storage.capabilities.workflows else []
+            self._parent_results = types.MappingProxyType({p.id: p.result for p in parents})
+        return self._parent_results
+
+    def enqueue(
+        self,
+        type: str,  # noqa: A002 - the job field's name
+        payload: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Enqueue a follow-up job that records this one as its parent.
+
+        As `JobQueue.enqueue` (any of its keyword arguments), on this job's queue
+        object, with two entries added to `meta` unless given there:
+        `parent_id` (this job's id) and `correlation_id` (this job's
+        `meta["correlation_id"]`, or its id if it has none). So every job a
+        tree of handlers enqueues shares one correlation id, and
+        `JobQueue.list_jobs(correlation_id=...)` lists them. The new job does not
+        wait for this one (use `depends_on` for that).
+
+        Returns:
+            The new job's id (see `JobQueue.enqueue`).
+
+        Raises:
+            InvalidJobError: As `JobQueue.enqueue`; also if `meta` is not a dict.
+        """
+        meta = options.pop("meta", None)
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise InvalidJobError(f"meta must be a dict (a JSON object), got {meta!r}")
+        job = self._claimed
+        meta = {
+            "parent_id": job.id,
+            "correlation_id": job.meta.get("correlation_id", job.id),
+            **meta,
+        }
+        return self.queue.enqueue(type, payload, meta=meta, **options)
 
     def progress(self, value: float, message: str | None = None) -> None:
         """Store the job's progress (for example a percentage) and an optional message.

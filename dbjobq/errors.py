@@ -5,7 +5,9 @@ DBJobQError                     root: `except DBJobQError` catches everything be
 ├── ConfigurationError          bad URL, missing driver, bad option (also ValueError)
 ├── InvalidJobError             bad enqueue argument (also ValueError and TypeError)
 │   └── PayloadError            payload or result is not strict JSON, too big or too deep
+├── DuplicateJobError           `on_conflict="raise"` met a job holding the unique key
 ├── JobNotFound                 no job with that id (also LookupError)
+├── GroupNotFound               no group with that id (also LookupError)
 ├── StorageError                the database failed; the driver error is on __cause__
 ├── JobInterrupted              raised in a handler by `ctx.raise_if_cancelled()`
 └── JobError                    raise from a handler to fail the attempt on purpose
@@ -24,6 +26,8 @@ from datetime import timedelta
 __all__ = [
     "ConfigurationError",
     "DBJobQError",
+    "DuplicateJobError",
+    "GroupNotFound",
     "InvalidJobError",
     "JobError",
     "JobInterrupted",
@@ -74,6 +78,27 @@ class JobNotFound(DBJobQError, LookupError):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class GroupNotFound(DBJobQError, LookupError):
+    """No group has the given id (`JobQueue.get_group`)."""
+
+    def __init__(self, group_id: str) -> None:
+        super().__init__(f"no group with id {group_id!r}")
+        self.group_id = group_id
+
+
+class DuplicateJobError(DBJobQError):
+    """An enqueue with `on_conflict="raise"` met a job that holds its unique key.
+
+    Nothing of the call was written. `job_id` is the id of the job that holds the
+    key, `unique_key` the key.
+    """
+
+    def __init__(self, unique_key: str, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} already holds unique key {unique_key!r}")
+        self.unique_key = unique_key
         self.job_id = job_id
 
 

@@ -24,6 +24,15 @@ Running jobs:
   over `STALE_AFTER` seconds (or has none): it is likely gone, and the job goes back
   to pending once its lease expires.
 
+Waiting jobs (enqueued with `depends_on`):
+
+- `waiting_for_parents`: `waiting_for` (the first ten ids of the parents that have
+  not finished, with `unfinished`, how many there are) and `parents` (how many it
+  has).
+- `parents_finished`: every parent has finished, but the job has not been settled
+  yet (a crash between the two): the next `Storage.settle_waiting` of any worker
+  makes it pending or cancels it.
+
 Pending jobs:
 
 - `scheduled`: not due yet: `run_at`, `due_in` (seconds), `attempts`, `error` (of the
@@ -153,6 +162,8 @@ def explain(storage: Storage, registry: HandlerRegistry, job_id: str) -> Explana
         reasons = [_finished(job)]
     elif status is JobStatus.RUNNING:
         reasons = _running(storage, job, now)
+    elif status is JobStatus.WAITING:
+        reasons = [_waiting(storage, job)]
     else:
         reasons = _pending(storage, registry, job, now)
     return Explanation(job.id, job.type, job.queue, status, tuple(reasons), now)
@@ -212,6 +223,26 @@ def _running(storage: Storage, job: Job, now: datetime) -> list[Reason]:
             )
         )
     return reasons
+
+
+def _waiting(storage: Storage, job: Job) -> Reason:
+    parents = storage.parents(job.id) if storage.capabilities.workflows else []
+    open_ = [p for p in parents if not JobStatus(p.status).is_finished]
+    detail = {
+        "waiting_for": [p.id for p in open_[:10]],
+        "unfinished": len(open_),
+        "parents": len(parents),
+    }
+    if not open_:
+        text = (
+            f"all {len(parents)} parent(s) have finished: the next settling of waiting "
+            "jobs (by any worker, every few seconds) makes it pending or cancels it"
+        )
+        return Reason("parents_finished", text, detail)
+    shown = ", ".join(f"{p.id} ({JobStatus(p.status).value})" for p in open_[:3])
+    more = f" and {len(open_) - 3} more" if len(open_) > 3 else ""
+    text = f"waiting for {len(open_)} of {len(parents)} parent(s) to finish: {shown}{more}"
+    return Reason("waiting_for_parents", text, detail)
 
 
 def _worker(storage: Storage, worker_id: str | None) -> WorkerInfo | None:

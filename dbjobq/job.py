@@ -9,7 +9,7 @@ from typing import Any, Union
 
 from dbjobq.payload import dumps
 
-__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup"]
+__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup", "claim_order"]
 
 JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]
 """Any strict-JSON value (see `dbjobq.errors.PayloadError` for what strict means)."""
@@ -20,14 +20,21 @@ class JobStatus(str, enum.Enum):
 
     ```text
     enqueue ──▶ pending ──claim──▶ running ──▶ completed
-                   ▲                  │  └────▶ failed      (retries spent, or not retryable)
-                   └── retry / rescue ┘
-    pending or running ──cancel──▶ cancelled
+       │           ▲                  │  └────▶ failed      (retries spent, or not retryable)
+       │           └── retry / rescue ┘
+       └─(depends_on)─▶ waiting ──parents completed──▶ pending
+                           └──────a parent failed────▶ cancelled
+    waiting, pending or running ──cancel──▶ cancelled
     failed or cancelled ──JobQueue.retry──▶ pending
     ```
 
     Members compare equal to their string values (`JobStatus.PENDING == "pending"`).
     """
+
+    WAITING = "waiting"
+    """Enqueued with `depends_on`: waits until its parents have completed, then
+    becomes `pending`. Cancelled instead when a parent fails or is cancelled
+    (unless it was enqueued with `on_parent_failure="run"`)."""
 
     PENDING = "pending"
     """Waiting to run; eligible once `run_at` has passed. Entered by enqueue, by a retry
@@ -129,6 +136,20 @@ class Job:
         return max(0, self.max_retries + 1 - self.attempts)
 
 
+def claim_order(jobs: list[Job], newest_first: bool = False) -> list[Job]:
+    """Sort `jobs` in place as a claim takes them, and return the list.
+
+    Priority first (highest), then `run_at` and `id`: ascending (first in, first
+    out), or with `newest_first` descending (last in, first out). Ids are unique,
+    so the order is total.
+    """
+    if newest_first:
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
+    else:
+        jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+    return jobs
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class JobSpec:
     """A job to enqueue with `JobQueue.enqueue_many`; fields mirror `JobQueue.enqueue`.
@@ -147,6 +168,8 @@ class JobSpec:
     meta: dict[str, Any] | None = None
     timeout: float | None = None
     concurrency_key: str | None = None
+    depends_on: tuple[str, ...] | list[str] | None = None
+    on_parent_failure: str = "cancel"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +194,14 @@ class NewJob:
     timeout: float | None
     concurrency_key: str | None = None
     """The job's concurrency key (see `Job.concurrency_key`), or `None`."""
+    depends_on: tuple[str, ...] = ()
+    """Ids of the jobs it waits for (distinct, in the caller's order); see
+    `Storage.enqueue`."""
+    on_parent_failure: str = "cancel"
+    """`"cancel"`: a parent that ends failed or cancelled cancels the job;
+    `"run"`: the job runs once every parent has finished, however."""
+    group_id: str | None = None
+    """The group the job is a member of (`Storage.enqueue_group`), or `None`."""
     payload_json: str = dataclasses.field(default="", compare=False, repr=False)
     """`payload` as compact JSON text: what SQL backends store, on every insert
     route alike. `JobQueue` serialises each payload once (to check its size) and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
@@ -14,7 +14,6 @@ from dbjobq._checks import (
     check_seconds,
     check_str,
 )
-from dbjobq._ids import new_job_ids
 from dbjobq._validate import (
     checked_filter,
     checked_handler,
@@ -38,6 +37,7 @@ from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
 from dbjobq.stats import Stats, collect_stats
 from dbjobq.storage.base import Storage
+from dbjobq.workflow import OnParentFailure, WorkflowMethods
 
 __all__ = ["DEFAULT_URL", "Handler", "JobQueue"]
 
@@ -51,7 +51,7 @@ directory."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class JobQueue:
+class JobQueue(WorkflowMethods):
     """Enqueue jobs, register their handlers, and inspect or manage them.
 
     A `JobQueue` is thread-safe; share one per application. Workers (`Worker`) take
@@ -431,6 +431,8 @@ class JobQueue:
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
         concurrency_key: str | None = None,
+        depends_on: Iterable[str] | None = None,
+        on_parent_failure: OnParentFailure = "cancel",
         connection: Any = None,
     ) -> str:
         """Add a job and return its id.
@@ -458,6 +460,13 @@ class JobQueue:
                 job under, instead of the one its key function gives (jobs of
                 several types can share a key this way). Without a `Concurrency`
                 on the handler that runs it, the key limits nothing.
+            depends_on: Ids of jobs this one waits for: it is `waiting` until
+                they have all completed, then `pending` (due at its own `run_at`).
+                They must exist already (or come earlier in the same
+                `enqueue_many`); a finished one counts at once.
+            on_parent_failure: `"cancel"` (the default): a parent that fails for
+                good or is cancelled cancels this job too, and the jobs that wait
+                for it. `"run"`: run once every parent has finished, however.
             connection: Join the application's open transaction instead of using
                 one of the queue's own (SQL backends: a SQLAlchemy `Connection` or
                 ORM `Session` on the same database). The job then exists if and
@@ -472,7 +481,8 @@ class JobQueue:
                 too large.
             StorageError: If the storage cannot be reached.
             ConfigurationError: If `connection` is given but the backend cannot
-                join it (see `Storage.enqueue_in_transaction`).
+                join it (see `Storage.enqueue_in_transaction`), or `depends_on` is
+                given to a backend without `Capabilities.workflows`.
         """
         spec = JobSpec(
             type=type,
@@ -486,6 +496,8 @@ class JobQueue:
             meta=meta,
             timeout=timeout,
             concurrency_key=concurrency_key,
+            depends_on=None if depends_on is None else _id_list(depends_on),
+            on_parent_failure=on_parent_failure,
         )
         return self._enqueue([self._validate(spec)], connection)[0]
 
@@ -506,23 +518,14 @@ class JobQueue:
             PayloadError: If a payload or `meta` is not strict JSON.
             StorageError: If the storage cannot be reached.
         """
-        specs = list(jobs)
-        new_jobs: list[NewJob] = []
-        for index, (spec, job_id) in enumerate(zip(specs, new_job_ids(len(specs)), strict=True)):
-            if not isinstance(spec, JobSpec):
-                raise InvalidJobError(
-                    f"enqueue_many takes JobSpec objects; item {index} is a {type(spec).__name__}"
-                )
-            try:
-                new_jobs.append(self._validate(spec, job_id))
-            except InvalidJobError as error:
-                raise type(error)(f"job {index}: {error}") from None
-        return self._enqueue(new_jobs, connection)
+        return self._enqueue(self._specs(jobs, "enqueue_many", allow_empty=True), connection)
 
     def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
         def wake() -> None:
-            self.wakeups.enqueued(jobs)
+            self._woken(jobs)
 
+        if any(job.depends_on for job in jobs):
+            self._workflow_storage()
         if connection is not None:
             if not self.storage.capabilities.transactions:
                 raise ConfigurationError(
@@ -534,6 +537,10 @@ class JobQueue:
         ids = self._store().enqueue(jobs)
         wake()
         return ids
+
+    def _woken(self, jobs: Sequence[NewJob]) -> None:
+        """Jobs were stored: wake this process's idle workers that take them."""
+        self.wakeups.enqueued(jobs)
 
     def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
         return checked_job(
@@ -577,6 +584,7 @@ class JobQueue:
         type: str | None = None,  # noqa: A002 - the job field's name
         limit: int | None = 100,
         newest_first: bool = False,
+        correlation_id: str | None = None,
     ) -> list[Job]:
         """Return jobs, oldest first, filtered by status, queue and type.
 
@@ -590,6 +598,9 @@ class JobQueue:
             limit: At most this many (`None` for all).
             newest_first: Newest first instead, so that `limit` keeps the latest
                 (the last 20 failures, say).
+            correlation_id: Only jobs whose `meta["correlation_id"]` is this
+                string: a job and what its handlers enqueued with
+                `JobContext.enqueue` (needs `Capabilities.workflows`).
 
         Raises:
             InvalidJobError: If `status` is not a known status, `queue` or `type` is
@@ -598,8 +609,13 @@ class JobQueue:
             StorageError: If the storage cannot be reached.
         """
         state = checked_filter(status, queue, type, limit)
-        order: dict[str, Any] = {"newest_first": True} if newest_first else {}
-        return self._store().list_jobs(status=state, queue=queue, type=type, limit=limit, **order)
+        extra: dict[str, Any] = {"newest_first": True} if newest_first else {}
+        if correlation_id is not None:
+            extra["correlation_id"] = check_str(correlation_id, "correlation_id")
+            storage = self._workflow_storage()
+        else:
+            storage = self._store()
+        return storage.list_jobs(status=state, queue=queue, type=type, limit=limit, **extra)
 
     def get_pending_jobs(self, limit: int | None = None) -> list[Job]:
         """Jobs waiting to run, oldest first: all of them unless `limit` is given."""
@@ -630,10 +646,11 @@ class JobQueue:
         return result
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a pending or running job.
+        """Cancel a waiting, pending or running job.
 
         A running job's handler sees `JobContext.cancelled` set at its worker's next
-        heartbeat, and whatever it returns is discarded.
+        heartbeat, and whatever it returns is discarded. The jobs that wait for it
+        (`depends_on`) are cancelled too, unless they run anyway.
 
         Returns:
             `True` if the job was cancelled, `False` if it had already finished.
@@ -644,8 +661,8 @@ class JobQueue:
             StorageError: If the storage cannot be reached.
         """
         cancelled = self._store().cancel(check_str(job_id, "job id"))
-        if cancelled:
-            self.waits.finished(job_id)
+        if cancelled:  # the jobs that wait for it may be cancelled with it: wake every waiter
+            self.waits.finished_anywhere()
         return cancelled
 
     def wait(
@@ -816,3 +833,15 @@ class JobQueue:
             total += deleted
             if deleted < batch_size:
                 return total
+
+
+def _id_list(ids: Iterable[str]) -> list[str]:
+    """`depends_on` as a list; a single id (a `str`) is refused, not split into letters."""
+    if isinstance(ids, str):
+        raise InvalidJobError("depends_on must be a list of job ids, not one string")
+    try:
+        return list(ids)
+    except TypeError:
+        raise InvalidJobError(
+            f"depends_on must be a list of job ids, got {type(ids).__name__}"
+        ) from None

@@ -51,6 +51,7 @@ from dbjobq._contract.periodic import PeriodicContract
 from dbjobq._contract.registry import RegistryContract
 from dbjobq._contract.text import TextContract
 from dbjobq._contract.waiting import WaitContract
+from dbjobq._contract.workflows import WorkflowContract
 from dbjobq.storage.base import Storage
 
 __all__ = ["StorageContract", "make_job"]
@@ -68,6 +69,7 @@ class StorageContract(
     PeriodicContract,
     RegistryContract,
     TextContract,
+    WorkflowContract,
     ConcurrencyContract,
     CapabilitiesContract,
     WaitContract,

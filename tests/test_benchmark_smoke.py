@@ -41,6 +41,8 @@ def test_every_benchmark_case_runs_and_prints_its_row() -> None:
             "drain, 2 processes x 8 threads",
             "drain, 1 worker thread, an idle limited type handled too",
             "drain, 4 worker threads, 100 keys x Concurrency(1)",
+            "enqueue a group of 200 + callback (one call)",
+            "fan-out: 200 members, then their callback, 4 worker threads",
             "pickup latency p50, other process",
             "wait() wake-up, other process, p99",
             "drain with 1,000 finished jobs in the table",

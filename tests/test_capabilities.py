@@ -145,7 +145,13 @@ def test_an_old_backend_gets_its_capabilities_worked_out() -> None:
 def test_memory_storage_declares_what_it_offers() -> None:
     assert "capabilities" in vars(MemoryStorage)
     assert MemoryStorage().capabilities == Capabilities(
-        release=True, rescue_workers=True, newest_first=True, pauses=True, limits=True, snooze=True
+        release=True,
+        rescue_workers=True,
+        newest_first=True,
+        pauses=True,
+        limits=True,
+        snooze=True,
+        workflows=True,
     )
 
 
@@ -165,10 +171,15 @@ def test_a_subclass_that_takes_a_method_away_loses_its_flag() -> None:
         claims_ahead = True
 
     assert NoRelease().capabilities == Capabilities(
-        rescue_workers=True, newest_first=True, pauses=True, limits=True, snooze=True
+        rescue_workers=True,
+        newest_first=True,
+        pauses=True,
+        limits=True,
+        snooze=True,
+        workflows=True,
     )
     assert NoRescue().capabilities == Capabilities(
-        release=True, newest_first=True, pauses=True, limits=True, snooze=True
+        release=True, newest_first=True, pauses=True, limits=True, snooze=True, workflows=True
     )
     assert OldClaim().capabilities.newest_first  # **kwargs may take it
     assert Ahead().capabilities.claims_ahead
@@ -204,6 +215,7 @@ def test_a_subclass_that_adds_an_optional_method_gains_its_flag() -> None:
         pauses=True,
         limits=True,
         snooze=True,
+        workflows=True,
     )
     assert Joining().capabilities.transactions
     assert not Joining().capabilities.notify

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -23,7 +21,7 @@ import pytest
 from dbjobq import Job, JobQueue, JobSpec, JobStatus
 
 from .conftest import StorageConfig
-from .helpers import wait_until
+from .helpers import Processes, wait_until
 
 pytestmark = pytest.mark.slow  # on SQLite (a file), PostgreSQL and MySQL/MariaDB: sql_config
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,66 +30,9 @@ KEYS = 10
 JOBS = 300
 
 
-class Processes:
-    """Starts flow worker processes and makes sure none outlives the test."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(
-        self, config: StorageConfig, ledgers: list[Path], **options: object
-    ) -> list[subprocess.Popen[str]]:
-        """One process per ledger, started side by side; returns once all are ready."""
-        started = []
-        for ledger in ledgers:
-            cmd = [sys.executable, "-m", "tests.proc_flow_worker", "--url", config.url]
-            cmd += ["--prefix", config.table_prefix, "--ledger", str(ledger)]
-            if config.schema:
-                cmd += ["--schema", config.schema]
-            for key, value in options.items():
-                cmd += [f"--{key}", str(value)]
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            self.procs.append(proc)
-            started.append(proc)
-        for proc in started:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            assert line.strip() == "ready", (
-                f"worker process failed to start: {line}{proc.stderr.read() if proc.stderr else ''}"
-            )
-        return started
-
-    def stop(self, procs: Iterable[subprocess.Popen[str]]) -> str:
-        """SIGTERM, then each must exit cleanly, with nothing logged at ERROR level.
-
-        Returns:
-            What they wrote to stderr (warnings), for the messages of failed checks.
-        """
-        procs = list(procs)
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        logged = []
-        for proc in procs:
-            _, stderr = proc.communicate(timeout=60)
-            assert proc.returncode == 0, stderr
-            logged.append(f"{proc.pid}: {stderr}")
-        return "\n".join(logged)
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-
-
 @pytest.fixture
 def processes() -> Iterator[Processes]:
-    procs = Processes()
+    procs = Processes("tests.proc_flow_worker")
     try:
         yield procs
     finally:

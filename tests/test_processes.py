@@ -100,6 +100,7 @@ def test_three_processes_of_two_workers_share_one_database(
     assert Counter(job_id for job_id, _ in runs) == Counter(ids)  # each job ran exactly once
     assert len({pid for _, pid in runs}) == 3  # and all three processes took part
     assert queue.counts()["default"] == {
+        "waiting": 0,
         "pending": 0,
         "running": 0,
         "completed": 1000,

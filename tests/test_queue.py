@@ -229,8 +229,22 @@ def test_counts_show_every_status_per_queue(queue: JobQueue) -> None:
     queue.enqueue("t")
     queue.cancel(queue.enqueue("t", queue="other"))
     assert queue.counts() == {
-        "default": {"pending": 1, "running": 0, "completed": 0, "failed": 0, "cancelled": 0},
-        "other": {"pending": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 1},
+        "default": {
+            "waiting": 0,
+            "pending": 1,
+            "running": 0,
+            "completed": 0,
+            "failed": 0,
+            "cancelled": 0,
+        },
+        "other": {
+            "waiting": 0,
+            "pending": 0,
+            "running": 0,
+            "completed": 0,
+            "failed": 0,
+            "cancelled": 1,
+        },
     }
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from dbjobq.job import JobStatus
 from dbjobq.storage import MemoryStorage, SQLAlchemyStorage, Storage
 from dbjobq.testing import StorageContract
 
@@ -18,6 +20,16 @@ class TestMemoryStorage(StorageContract):
     @pytest.fixture
     def storage(self, memory_storage: MemoryStorage) -> Storage:
         return memory_storage
+
+    def complete_unsettled(self, storage: Storage, job_id: str, result: Any) -> None:
+        assert isinstance(storage, MemoryStorage)
+        job = storage.get(job_id)
+        storage._write(job, status=JobStatus.COMPLETED, result=result, finished_at=job.created_at)
+
+    def fail_unsettled(self, storage: Storage, job_id: str) -> None:
+        assert isinstance(storage, MemoryStorage)
+        job = storage.get(job_id)
+        storage._write(job, status=JobStatus.FAILED, last_error="x", finished_at=job.created_at)
 
 
 def _second(storage: SQLAlchemyStorage) -> Iterator[Storage]:

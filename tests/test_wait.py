@@ -117,6 +117,38 @@ def test_a_waiter_on_another_queue_object_is_woken_too(queue: JobQueue, reads: R
     assert waiting.job().status is JobStatus.CANCELLED
 
 
+def test_cancelling_a_parent_wakes_the_waiters_of_its_cancelled_children(
+    queue: JobQueue, reads: Reads
+) -> None:
+    _needs_workflows(queue)
+    parent = queue.enqueue("nobody-handles-this")
+    child = queue.enqueue("nobody-handles-this", depends_on=[parent])
+    grandchild = queue.enqueue("nobody-handles-this", depends_on=[child])
+    waiting = Waiting(queue, grandchild)
+    reads.waiting()
+    assert queue.cancel(parent)
+    job = waiting.job()
+    assert job.status is JobStatus.CANCELLED
+    assert job.last_error is not None
+
+
+def test_a_parent_failing_in_a_worker_wakes_the_waiters_of_its_children(
+    queue: JobQueue, worker: Worker, reads: Reads
+) -> None:
+    _needs_workflows(queue)
+    parent = queue.enqueue("boom", delay=0.2)
+    child = queue.enqueue("add", {"a": 1, "b": 1}, depends_on=[parent])
+    waiting = Waiting(queue, child)
+    reads.waiting()
+    assert waiting.job().status is JobStatus.CANCELLED
+    assert queue.get_job(parent).status is JobStatus.FAILED
+
+
+def _needs_workflows(queue: JobQueue) -> None:
+    if not queue.storage.capabilities.workflows:
+        pytest.skip("the backend has no workflows (Capabilities.workflows)")
+
+
 def test_wait_for_an_unknown_job_raises_at_once(queue: JobQueue) -> None:
     with pytest.raises(JobNotFound):
         queue.wait("01900000-0000-7000-8000-000000000000", poll_interval=NO_POLL)

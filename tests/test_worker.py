@@ -556,6 +556,7 @@ def test_eight_workers_drain_two_thousand_jobs_exactly_once(queue: JobQueue) -> 
             w.stop()
     assert Counter(seen) == Counter(ids)  # every job ran, and exactly once
     assert queue.counts()["default"] == {
+        "waiting": 0,
         "pending": 0,
         "running": 0,
         "completed": 2000,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from dbjobq._work.runner import Attempt
 from dbjobq.errors import StorageError
 from dbjobq.flow import LimitMap
-from dbjobq.job import Job
+from dbjobq.job import Job, claim_order
 from dbjobq.storage.base import Storage
 
 __all__ = ["AHEAD_FROM", "BATCH_SECONDS", "Batch", "Claims"]
@@ -107,12 +107,7 @@ class Claims:
         rest = limit - len(limited)
         if not plain_types or rest < 1:
             return limited
-        jobs = limited + self._plain(plain_types, rest)
-        if self._order:  # newest first within a priority
-            jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
-        else:
-            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        return jobs
+        return claim_order(limited + self._plain(plain_types, rest), bool(self._order))
 
     def _plain(self, types: Collection[str], limit: int) -> list[Job]:
         return self.storage.claim(

@@ -196,7 +196,11 @@ class Upkeep:
         self._last_rescue = -math.inf
 
     def rescue_if_due(self) -> None:
-        """Rescue jobs whose leases expired, every `rescue_interval` seconds."""
+        """Rescue jobs whose leases expired, every `rescue_interval` seconds.
+
+        And settle waiting jobs that their parents' outcomes decide already (the
+        safety net of workflows: see `Storage.settle_waiting`).
+        """
         now = time.monotonic()
         if now - self._last_rescue < self.rescue_interval:
             return
@@ -208,6 +212,14 @@ class Upkeep:
             logger.warning(
                 "worker %s rescued %d job(s) with expired leases", self.worker_id, rescued
             )
+        if self.storage.capabilities.workflows:
+            settled = self.storage.settle_waiting()
+            if settled:
+                logger.info(
+                    "worker %s settled %d waiting job(s) whose parents had finished",
+                    self.worker_id,
+                    settled,
+                )
 
     def rescue_orphans(self, begun_before: Collection[str]) -> None:
         """Rescue the jobs of this host's workers whose process is gone."""

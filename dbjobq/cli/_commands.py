@@ -50,12 +50,24 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         unique_key=args.unique_key,
         concurrency_key=args.concurrency_key,
         max_retries=None if args.max_retries is None else int(args.max_retries),
+        depends_on=_ids(args.depends_on),
+        on_parent_failure=args.on_parent_failure,
     )
     if args.json:
         print_json({"id": job_id})
     else:
         print(job_id)
     return 0
+
+
+def _ids(text: str | None) -> list[str] | None:
+    """`--depends-on a,b`: the ids, or `None` when not given."""
+    if text is None:
+        return None
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise UsageError("--depends-on needs at least one job id")
+    return ids
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -66,7 +78,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         newest_first = args.status in ("completed", "failed", "cancelled")
     queue = open_queue(args)
     jobs = queue.list_jobs(
-        args.status, queue=args.queue, type=args.type, limit=limit, newest_first=newest_first
+        args.status,
+        queue=args.queue,
+        type=args.type,
+        limit=limit,
+        newest_first=newest_first,
+        correlation_id=args.correlation_id,
     )
     if args.json:
         print_json(jobs)
@@ -141,6 +158,13 @@ def _print_job(job: Job, queue: JobQueue) -> None:
         fields.append(("limits", _limits(handler)))
     if job.progress is not None:
         fields.append(("progress", f"{job.progress:g} {job.progress_message or ''}".rstrip()))
+    if queue.storage.capabilities.workflows:
+        for name, related in (
+            ("parents", queue.parents(job.id)),
+            ("children", queue.children(job.id)),
+        ):
+            if related:
+                fields.append((name, _related(related)))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name.ljust(width)}  {safe(value)}")
@@ -151,6 +175,39 @@ def _print_job(job: Job, queue: JobQueue) -> None:
         print(f"{'result'.ljust(width)}  {safe(json.dumps(job.result, ensure_ascii=False))}")
     if job.last_error:
         print(f"\nlast error:\n{safe(job.last_error, lines=True)}")
+
+
+def _related(jobs: list[Job]) -> str:
+    """Parents or children in one line: the first few ids with their status."""
+    shown = ", ".join(f"{j.id} ({j.status.value})" for j in jobs[:5])
+    return shown + (f" and {len(jobs) - 5} more" if len(jobs) > 5 else "")
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    """`dbjobq group ID`: a group's members per status, and its callback."""
+    queue = open_queue(args)
+    group = queue.get_group(args.id)
+    callback = None if group.callback_id is None else queue.get_job(group.callback_id)
+    if args.json:
+        print_json(
+            {
+                "id": group.id,
+                "created_at": group.created_at,
+                "total": group.total,
+                "counts": {status.value: n for status, n in group.counts.items()},
+                "finished": group.finished,
+                "callback": None
+                if callback is None
+                else {"id": callback.id, "status": callback.status.value},
+            }
+        )
+        return 0
+    counts = ", ".join(f"{n} {status.value}" for status, n in sorted(group.counts.items()))
+    print(f"group {group.id} (created {when(group.created_at)}): {group.total} member(s)")
+    print(f"  {counts or 'no members'}")
+    if callback is not None:
+        print(f"  then {callback.id} ({callback.type}): {callback.status.value}")
+    return 0
 
 
 def _limits(handler: Handler) -> str:
@@ -177,6 +234,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows.append(
             (
                 q.queue,
+                c["waiting"],
                 c["pending"],
                 c["running"],
                 c["completed"],
@@ -189,6 +247,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     table(
         [
             "QUEUE",
+            "WAITING",
             "PENDING",
             "RUNNING",
             "COMPLETED",
@@ -268,7 +327,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """`dbjobq cancel ID`: cancel a pending or running job."""
+    """`dbjobq cancel ID`: cancel a waiting, pending or running job."""
     done = open_queue(args).cancel(args.id)
     if args.json:
         print_json({"cancelled": done})

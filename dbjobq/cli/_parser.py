@@ -11,6 +11,7 @@ from dbjobq.cli._commands import (
     cmd_cancel,
     cmd_demo,
     cmd_enqueue,
+    cmd_group,
     cmd_init,
     cmd_job,
     cmd_jobs,
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "job", "show one job in full: payload, result, progress, error", cmd_job
     )
     job.add_argument("id")
+    group = _command(commands, "group", "a group's members per status, and its callback", cmd_group)
+    group.add_argument("id")
     explain = _command(
         commands,
         "explain",
@@ -134,6 +137,15 @@ def _add_enqueue(commands: _Commands) -> None:
         "--concurrency-key", help="the key its handler's concurrency limit counts it under"
     )
     enqueue.add_argument("--max-retries", type=int, help="retries after a failed first attempt")
+    enqueue.add_argument(
+        "--depends-on", help="comma-separated ids of jobs to wait for (it is waiting until then)"
+    )
+    enqueue.add_argument(
+        "--on-parent-failure",
+        choices=["cancel", "run"],
+        default="cancel",
+        help="when a parent fails: cancel this job too (default) or run it anyway",
+    )
 
 
 def _add_jobs(commands: _Commands) -> None:
@@ -143,6 +155,7 @@ def _add_jobs(commands: _Commands) -> None:
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs.add_argument("--queue")
     jobs.add_argument("--type")
+    jobs.add_argument("--correlation-id", help="jobs with this meta correlation_id (a job tree)")
     jobs.add_argument("--limit", help="at most this many (default 20)")
     order = jobs.add_mutually_exclusive_group()
     order.add_argument(
@@ -167,7 +180,7 @@ def _add_manage(commands: _Commands) -> None:
     retry.add_argument("--all-failed", action="store_true", help="every failed job")
     retry.add_argument("--queue", help="with --all-failed: only this queue")
 
-    cancel = _command(commands, "cancel", "cancel a pending or running job", cmd_cancel)
+    cancel = _command(commands, "cancel", "cancel a waiting, pending or running job", cmd_cancel)
     cancel.add_argument("id")
 
     pause = _command(commands, "pause", "stop workers claiming from a queue", cmd_pause)

@@ -56,6 +56,7 @@ from dbjobq.flow import LimitMap
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
 from dbjobq.registry import WorkerInfo
 from dbjobq.storage.capabilities import Capabilities, declared_for, derived
+from dbjobq.workflow import GroupStatus
 
 __all__ = ["Capabilities", "Storage"]
 
@@ -123,6 +124,9 @@ class Storage(abc.ABC):
         Jobs of one call become due in the order given: each job's `run_at` (for
         equal `run_at` or `delay`) is equal to or later than the previous one's,
         and ties are broken by id, so they are claimed in that order.
+
+        Jobs with `depends_on` are only given to a backend with
+        `Capabilities.workflows`; see "Workflows" below for their rules.
 
         Args:
             jobs: Validated jobs with their ids already assigned.
@@ -630,8 +634,9 @@ class Storage(abc.ABC):
           `running` with an unexpired lease, whatever their type. The key is the
           job's `concurrency_key`, or if that is `None`, `Limits.concurrency_key`
           of its payload, which the claim stores on the job (claimed or not).
-          With `ordered`, no other unfinished job with that key was enqueued
-          before it (`created_at`, then `id`).
+          With `ordered`, no other pending or running job with that key was
+          enqueued before it (`created_at`, then `id`); a `waiting` job takes its
+          turn once it is pending, so it holds nothing back.
         - (`rate_limit`) fewer than `count` jobs with its rate key
           (`Limits.rate_key`) were claimed in the last `per` seconds; the claim
           records each start it makes (see `recent_starts`).
@@ -677,6 +682,106 @@ class Storage(abc.ABC):
         raise NotImplementedError
 
     # -- pausing queues (optional) ---------------------------------------------------------
+
+    # -- workflows (optional) --------------------------------------------------------------
+    #
+    # Rules for a backend with `Capabilities(workflows=True)`, on top of `enqueue`'s:
+    #
+    # * Each id in `NewJob.depends_on` names a stored job or an earlier job of the
+    #   same call (one that a unique key deduplicated stands for the job that
+    #   holds the key). Any other id raises `InvalidJobError` naming it, and
+    #   nothing of the call is stored. So parents always exist before their
+    #   children, and no cycle can form.
+    # * A job with parents is stored `waiting`, unless its parents decide it
+    #   already: `pending` if every parent has completed (with
+    #   `on_parent_failure="run"`: has finished); `cancelled` (as below) if one is
+    #   failed or cancelled and `on_parent_failure` is `"cancel"`.
+    # * In the same transaction as a parent's outcome (`complete`, `fail` without
+    #   retry, `cancel`, a rescue or a corrupt row that fails it), its `waiting`
+    #   children are settled: a child whose parents have all completed (with
+    #   "run": all finished) becomes `pending`, due at its own `run_at`; with
+    #   "cancel", a child of a parent that ended `failed` or `cancelled` becomes
+    #   `cancelled` at once, `finished_at = now`, `last_error` =
+    #   `"parent <id> failed"` or `"parent <id> was cancelled"`, and its own
+    #   waiting children in turn, down the graph. A backend that cannot do this in
+    #   that transaction leaves it to `settle_waiting`, which workers call often.
+    # * Each parent counts once for a child: when it first finishes. A failed
+    #   parent retried later (`retry`) is not waited for again by a child that
+    #   runs anyway, and does not revive the children it cancelled.
+    # * `cancel` takes `waiting` jobs too. `retry` of a cancelled child makes it
+    #   `pending` (it does not wait again).
+    # * `waiting` counts as unfinished everywhere: a waiting job holds its
+    #   unique key, and `count_jobs` and `list_jobs` report it.
+    # * `purge` keeps a finished job while a job that depends on it is
+    #   unfinished (it does not count towards `limit`), so `parents` and
+    #   `JobContext.parent_results` find the parents of every job that waits or
+    #   runs (but for a cancelled child retried after its parents were purged).
+    # * `list_jobs` takes `correlation_id=`: only jobs whose
+    #   `meta["correlation_id"]` is that string (passed only when given).
+
+    def enqueue_group(
+        self, group_id: str, members: Sequence[NewJob], callback: NewJob | None
+    ) -> list[str]:
+        """Store a group: its members and the job that runs after them, in one transaction.
+
+        Members are stored as `enqueue` stores jobs, with `Job.group_id =
+        group_id` (a member deduplicated by its unique key is the job holding the
+        key, which is not made a member). `callback`, if given, depends on every
+        member (its `depends_on` lists their ids, as `JobQueue` builds it) and
+        follows the workflow rules; it is recorded as the group's callback. Part
+        of `Capabilities.workflows`; the default raises `NotImplementedError`.
+
+        Returns:
+            The members' ids as `enqueue` returns them, then the callback's id if
+            there is one.
+
+        Raises:
+            InvalidJobError: If a `depends_on` id is unknown (nothing is stored).
+        """
+        raise NotImplementedError
+
+    def get_group(self, group_id: str) -> GroupStatus:
+        """How many members of the group are in each status, and its callback.
+
+        A purged callback leaves `callback_id` `None`.
+
+        Raises:
+            GroupNotFound: If there is no such group (or it was purged: a group is
+                forgotten with the last of its jobs).
+        """
+        raise NotImplementedError
+
+    def parents(self, job_id: str) -> list[Job]:
+        """The stored jobs that `job_id` depends on, by id (`[]` for none).
+
+        Raises:
+            JobNotFound: If there is no such job.
+        """
+        raise NotImplementedError
+
+    def children(self, job_id: str) -> list[Job]:
+        """The stored jobs that depend on `job_id`, by id (`[]` for none).
+
+        Raises:
+            JobNotFound: If there is no such job.
+        """
+        raise NotImplementedError
+
+    def settle_waiting(self, *, limit: int = 1000) -> int:
+        """Settle `waiting` jobs whose parents decide them already (see the rules above).
+
+        The safety net: a job whose last parent's outcome was recorded without
+        settling its children (a backend that does it in a second step, a crash
+        in between) is settled here, as that outcome would have. A parent that
+        is no longer stored counts as completed. Workers call it every few
+        seconds; it does nothing when nothing is due, and at most `limit` jobs
+        change per call.
+
+        Returns:
+            How many jobs left `waiting` (to `pending` or `cancelled`), those that
+            a cancel took with it down the graph included.
+        """
+        raise NotImplementedError
 
     def pause_queue(self, queue: str) -> bool:
         """Stop claims from `queue` until `resume_queue`, for every worker on the store.

@@ -63,6 +63,11 @@ class Capabilities:
     notify_finished: bool = False
     """`subscribe_finished` reports jobs finished by other processes, so
     `JobQueue.wait` returns in milliseconds rather than at its next poll."""
+    workflows: bool = False
+    """Jobs with `depends_on`, groups (`enqueue_group`, `get_group`), `parents`,
+    `children`, `settle_waiting` and `list_jobs(correlation_id=...)`. Without it,
+    `JobQueue` refuses `depends_on`, `chain` and `group` with
+    `ConfigurationError`, and `JobContext.parent_results` is empty."""
 
 
 def takes(claim: Callable[..., Any], name: str) -> bool:
@@ -88,8 +93,13 @@ _METHODS = (
     ("limits", "claim_limited"),
     ("snooze", "snooze"),
     ("notify_finished", "subscribe_finished"),
+    ("workflows", "enqueue_group"),
 )
 """Each flag that stands for a method of its own, and that method."""
+
+
+_WORKFLOW_METHODS = ("get_group", "parents", "children", "settle_waiting")
+"""What `workflows=True` needs besides `enqueue_group`."""
 
 
 def missing_for(
@@ -111,6 +121,12 @@ def missing_for(
         missing.append("newest_first=True needs claim(..., newest_first: bool = False)")
     if declared.limits and not own("recent_starts"):
         missing.append("limits=True needs a recent_starts() of its own")
+    if declared.workflows:
+        missing.extend(
+            f"workflows=True needs a {name}() of its own"
+            for name in _WORKFLOW_METHODS
+            if not own(name)
+        )
     if declared.claims_ahead and not declared.release:
         missing.append("claims_ahead=True needs release=True (a batch claimed ahead is given back)")
     return missing
@@ -163,6 +179,7 @@ def derived(storage: Any, *, base: type[Any]) -> Capabilities:
         limits=overrides(cls, base, "claim_limited") and overrides(cls, base, "recent_starts"),
         snooze=overrides(cls, base, "snooze"),
         notify_finished=overrides(cls, base, "subscribe_finished"),
+        workflows=all(overrides(cls, base, name) for name in ("enqueue_group", *_WORKFLOW_METHODS)),
     )
 
 

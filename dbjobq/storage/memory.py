@@ -13,15 +13,19 @@ from typing import Any
 from dbjobq import _clock
 from dbjobq.errors import ConfigurationError, JobNotFound
 from dbjobq.flow import LimitMap, Limits
-from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup, claim_order
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
+from dbjobq.storage._graph import PENDING, Graph, MemoryWorkflows
 from dbjobq.storage.admission import Candidate, admit, keyed
 from dbjobq.storage.base import LEASE_EXPIRED, WORKER_GONE, Capabilities, Storage
 
 __all__ = ["MemoryStorage"]
 
-_UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
+_UNFINISHED = (JobStatus.WAITING, JobStatus.PENDING, JobStatus.RUNNING)
+_RUNNABLE = (JobStatus.PENDING, JobStatus.RUNNING)
+"""What holds back later jobs of an ordered key: a waiting job takes its turn
+once it is pending."""
 
 
 def _utcnow() -> datetime:
@@ -38,7 +42,7 @@ def _copy(value: Any) -> Any:
     return None if value is None else json.loads(dumps(value))
 
 
-class MemoryStorage(Storage):
+class MemoryStorage(MemoryWorkflows, Storage):
     """Keeps jobs in this process's memory: for tests, examples and eager use.
 
     Thread-safe (one lock around every operation) and complete: it passes the same
@@ -65,9 +69,10 @@ class MemoryStorage(Storage):
         pauses=True,
         limits=True,
         snooze=True,
+        workflows=True,
     )
     """Gives jobs back, rescues dead workers' jobs, claims newest first, pauses
-    queues, enforces limits and snoozes jobs. It does not notify other processes
+    queues, enforces limits, snoozes jobs and runs workflows. It does not notify other processes
     (there are none), join transactions, or claim ahead (a claim is CPU work in
     this process)."""
 
@@ -80,6 +85,7 @@ class MemoryStorage(Storage):
         self._workers: dict[str, WorkerInfo] = {}
         self._paused: set[str] = set()
         self._starts: dict[str, list[datetime]] = {}  # rate key -> starts in its window
+        self._graph = Graph()
 
     def __repr__(self) -> str:
         return f"MemoryStorage(jobs={len(self._jobs)})"
@@ -96,6 +102,14 @@ class MemoryStorage(Storage):
         )
 
     def _set(self, job: Job, **changes: Any) -> Job:
+        """Store `job` with `changes`; a job that finishes by it settles its children."""
+        new = self._write(job, **changes)
+        if new.status.is_finished and not job.status.is_finished:
+            self._graph.settled(job.id)
+            self._settle_children(new)
+        return new
+
+    def _write(self, job: Job, **changes: Any) -> Job:
         new = dataclasses.replace(job, **changes)
         self._jobs[job.id] = new
         key = new.unique_key
@@ -109,6 +123,8 @@ class MemoryStorage(Storage):
             ids: list[str] = []
             added: dict[str, Job] = {}
             unique = dict(self._unique)
+            alias: dict[str, str] = {}  # a job of this call -> the job stored for it
+            edges: list[tuple[str, list[str], bool, set[str]]] = []
             # Build everything first and commit at the end: all or nothing.
             for new in jobs:
                 if new.id in self._jobs or new.id in added:
@@ -116,32 +132,53 @@ class MemoryStorage(Storage):
                     # once, like a primary key, even if it has finished since.
                     ids.append(new.id)
                     continue
+                # Unknown parents are refused even for a job its unique key dedupes.
+                parents = self._parents_of(new, alias, added) if new.depends_on else []
                 if new.unique_key is not None and new.unique_key in unique:
                     ids.append(unique[new.unique_key])
+                    alias[new.id] = unique[new.unique_key]
                     continue
                 ids.append(new.id)
                 run_at = new.run_at or now + timedelta(seconds=new.delay)
+                status, error, finished_at = JobStatus.PENDING, None, None
+                if parents:
+                    run_anyway = new.on_parent_failure == "run"
+
+                    def status_of(job_id: str) -> JobStatus | None:
+                        parent = added.get(job_id) or self._jobs.get(job_id)
+                        return None if parent is None else parent.status
+
+                    verdict, still_open = self._graph.verdict(parents, run_anyway, status_of)
+                    if verdict is None:
+                        status = JobStatus.WAITING
+                    elif verdict != PENDING:
+                        status, error, finished_at = JobStatus.CANCELLED, verdict, now
+                    edges.append((new.id, parents, run_anyway, still_open))
                 added[new.id] = Job(
                     id=new.id,
                     type=new.type,
                     payload=_copy(new.payload),
                     queue=new.queue,
                     priority=new.priority,
-                    status=JobStatus.PENDING,
+                    status=status,
                     attempts=0,
                     max_retries=new.max_retries,
                     run_at=run_at.astimezone(timezone.utc),
                     created_at=now,
                     updated_at=now,
+                    finished_at=finished_at,
                     timeout=new.timeout,
+                    last_error=error,
                     unique_key=new.unique_key,
                     meta=_copy(new.meta),
                     concurrency_key=new.concurrency_key,
                 )
-                if new.unique_key is not None:
+                if new.unique_key is not None and not status.is_finished:
                     unique[new.unique_key] = new.id
             self._jobs.update(added)
             self._unique = unique
+            for child, parents, run_anyway, still_open in edges:
+                self._graph.add(child, parents, run_anyway, still_open)
             return ids
 
     def claim(
@@ -185,7 +222,7 @@ class MemoryStorage(Storage):
             running: dict[str, int] = {}
             first: dict[str, Job] = {}
             for stored in list(self._jobs.values()):
-                if stored.status not in _UNFINISHED:
+                if stored.status not in _RUNNABLE:
                     continue
                 key = stored.concurrency_key
                 if key is None and ordered:
@@ -232,12 +269,7 @@ class MemoryStorage(Storage):
             and job.queue in wanted
             and (types is None or job.type in types)
         ]
-        # Priority first (highest), then (run_at, id) either way round.
-        if newest_first:
-            due.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
-        else:
-            due.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-        return due
+        return claim_order(due, newest_first)
 
     def _claim(self, jobs: Sequence[Job], worker_id: str, lease_seconds: float) -> list[Job]:
         now = self._now()
@@ -449,6 +481,7 @@ class MemoryStorage(Storage):
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
         newest_first: bool = False,
+        correlation_id: str | None = None,
     ) -> list[Job]:
         with self._lock:
             found = sorted(
@@ -458,6 +491,7 @@ class MemoryStorage(Storage):
                     if (status is None or job.status == status)
                     and (queue is None or job.queue == queue)
                     and (type is None or job.type == type)
+                    and (correlation_id is None or job.meta.get("correlation_id") == correlation_id)
                 ),
                 key=lambda j: j.id,
                 reverse=newest_first,
@@ -516,6 +550,7 @@ class MemoryStorage(Storage):
                     return False
                 self._unique[job.unique_key] = job.id
             now = self._now()
+            self._graph.settled(job.id)  # a retried child does not wait again
             self._set(
                 job,
                 status=JobStatus.PENDING,
@@ -542,12 +577,18 @@ class MemoryStorage(Storage):
                     and job.status.is_finished
                     and job.finished_at is not None
                     and job.finished_at < cutoff
+                    and not self._graph.keeps(job.id, self._unfinished)
                 ),
                 key=lambda j: (j.finished_at, j.id),
             )[:limit]
             for job in doomed:
                 del self._jobs[job.id]
+            self._graph.forget((job.id for job in doomed), self._jobs.__contains__)
             return len(doomed)
+
+    def _unfinished(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and not job.status.is_finished
 
     def enqueue_tick(self, schedule: str, tick: datetime, job: NewJob) -> bool:
         with self._lock:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from dbjobq._urls import mask_url
 from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
 from dbjobq.flow import LimitMap
-from dbjobq.job import Job, JobStatus, NewJob, PendingGroup
+from dbjobq.job import Job, JobStatus, NewJob, PendingGroup, claim_order
 from dbjobq.payload import dumps
 from dbjobq.storage._sql import changes
 from dbjobq.storage._sql.dialects import connect
@@ -43,16 +43,6 @@ logger = logging.getLogger(__name__)
 
 RATE_WINDOW_MAX = 86400.0
 """The longest `RateLimit.per`: `purge` forgets starts older than that."""
-
-
-def claim_order(jobs: list[Job], newest_first: bool) -> list[Job]:
-    """`jobs` sorted as a claim returns them."""
-    # Priority first (highest), then (run_at, id) either way round: ids are unique.
-    if newest_first:
-        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id), reverse=True)
-    else:
-        jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-    return jobs
 
 
 class SQLAlchemyStorage(SideTables, Storage):
