@@ -33,7 +33,7 @@ from dbjobq.errors import (
 )
 from dbjobq.events import Event
 from dbjobq.flow import Concurrency, RateLimit, Snooze
-from dbjobq.job import Job, JobSpec, JobStatus
+from dbjobq.job import Insertion, Job, JobSpec, JobStatus
 from dbjobq.periodic import Schedule
 from dbjobq.queue import Handler, JobQueue
 from dbjobq.registry import WorkerInfo
@@ -55,6 +55,7 @@ __all__ = [
     "GroupNotFound",
     "GroupStatus",
     "Handler",
+    "Insertion",
     "InvalidJobError",
     "Job",
     "JobContext",

@@ -99,6 +99,7 @@ def checked_job(
             f"on_parent_failure must be one of {', '.join(map(repr, ON_PARENT_FAILURE))}, "
             f"got {spec.on_parent_failure!r}"
         )
+    unique_for, on_conflict = _checked_unique_rules(spec, unique_key)
     return NewJob(
         id=new_job_id() if job_id is None else job_id,
         type=job_type,
@@ -116,7 +117,27 @@ def checked_job(
         on_parent_failure=spec.on_parent_failure,
         payload_json=payload_json,
         meta_json=meta_json,
+        unique_for=unique_for,
+        on_conflict=on_conflict,
     )
+
+
+ON_CONFLICT = ("return", "raise", "replace")
+
+
+def _checked_unique_rules(spec: JobSpec, unique_key: str | None) -> tuple[float | None, str]:
+    """`unique_for` in seconds (or `None`) and `on_conflict`, both needing a key."""
+    unique_for, on_conflict = spec.unique_for, spec.on_conflict
+    if not isinstance(on_conflict, str) or on_conflict not in ON_CONFLICT:
+        raise InvalidJobError(
+            f"on_conflict must be one of {', '.join(map(repr, ON_CONFLICT))}, got {on_conflict!r}"
+        )
+    if unique_for is not None:
+        unique_for = check_seconds(unique_for, "unique_for", allow_zero=False)
+    if unique_key is None and (unique_for is not None or on_conflict != "return"):
+        given = "unique_for" if unique_for is not None else f"on_conflict={on_conflict!r}"
+        raise InvalidJobError(f"{given} needs a unique_key")
+    return unique_for, on_conflict
 
 
 def _checked_run_at(run_at: object) -> datetime:

@@ -22,11 +22,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
+from dbjobq._checks import check_seconds, check_str
 from dbjobq.job import Job
 from dbjobq.storage.base import Storage
 
-__all__ = ["FIRST_POLL", "LINGER", "POLL_CAP", "POLL_CAP_SIGNALLED", "Waits"]
+__all__ = ["FIRST_POLL", "LINGER", "POLL_CAP", "POLL_CAP_SIGNALLED", "WaitMethods", "Waits"]
 
 FIRST_POLL = 0.05
 """Seconds before the first poll; each poll that finds the job unfinished doubles it."""
@@ -156,7 +159,7 @@ def _timed_out(job_id: str, timeout: float) -> TimeoutError:
     return TimeoutError(f"job {job_id} did not finish within {timeout:g} seconds")
 
 
-def wait(
+def block_until_finished(
     storage: Storage, waits: Waits, job_id: str, timeout: float | None, poll: float | None
 ) -> Job:
     """Block until the job is finished and return it (see `JobQueue.wait`)."""
@@ -178,7 +181,7 @@ def wait(
             woken.wait(delay)
 
 
-async def wait_async(
+async def await_finished(
     storage: Storage, waits: Waits, job_id: str, timeout: float | None, poll: float | None
 ) -> Job:
     """Await the job's end without blocking the event loop (see `JobQueue.wait_async`).
@@ -218,3 +221,87 @@ async def wait_async(
                 await pause
             finally:
                 timer.cancel()
+
+
+class WaitMethods:
+    """How `JobQueue` waits for jobs (its `wait` and `wait_async`, documented there)."""
+
+    if TYPE_CHECKING:
+        waits: Waits
+
+        def _store(self) -> Storage: ...
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | timedelta | None = None,
+        *,
+        poll_interval: float | None = None,
+    ) -> Job:
+        """Block until the job is finished (`completed`, `failed` or `cancelled`).
+
+        A job finished in this process (by a worker, or through `cancel`) wakes the
+        wait at once; one finished by another process does so through the storage's
+        signal where it has one (`Capabilities.notify_finished`: SQLite files and
+        PostgreSQL), else at the next poll. Polls back off from 50 ms to 1 s (5 s
+        where the storage signals), so an idle wait costs at most a few reads a
+        second. A job that is retried is not finished: the wait goes on.
+
+        ```python
+        job_id = queue.enqueue("resize", {"image": 42})
+        job = queue.wait(job_id, timeout=30)
+        if job.status is JobStatus.COMPLETED:
+            print(job.result)
+        ```
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds (or a `timedelta`) to wait at most; `None` waits as
+                long as it takes, `0` looks once.
+            poll_interval: Seconds between the polls that back up the wake-ups,
+                fixed, instead of the back-off.
+
+        Returns:
+            The finished job, as `get_job` returns it (`result`, `last_error`).
+
+        Raises:
+            TimeoutError: If the job is not finished when `timeout` passes.
+            InvalidJobError: If `job_id` is not a `str`, or `timeout` or
+                `poll_interval` is not a number of seconds (negative, NaN, ...).
+            JobNotFound: If there is no such job (or it was purged meanwhile).
+            StorageError: If the storage cannot be reached.
+        """
+        limit, poll = self._wait_args(job_id, timeout, poll_interval)
+        return block_until_finished(self._store(), self.waits, job_id, limit, poll)
+
+    async def wait_async(
+        self,
+        job_id: str,
+        timeout: float | timedelta | None = None,
+        *,
+        poll_interval: float | None = None,
+    ) -> Job:
+        """`wait`, for `asyncio`: the event loop runs other tasks meanwhile.
+
+        The reads of the job run in the loop's default executor, so the loop is
+        never blocked on the storage. Arguments, return value and errors are those
+        of `wait`; cancelling the awaiting task ends the wait.
+
+        ```python
+        async def result_of(job_id: str) -> dict:
+            job = await queue.wait_async(job_id, timeout=10)
+            return {"status": job.status.value, "result": job.result}
+        ```
+        """
+        limit, poll = self._wait_args(job_id, timeout, poll_interval)
+        return await await_finished(self._store(), self.waits, job_id, limit, poll)
+
+    def _wait_args(
+        self, job_id: Any, timeout: Any, poll_interval: Any
+    ) -> tuple[float | None, float | None]:
+        check_str(job_id, "job id")
+        limit = None if timeout is None else check_seconds(timeout, "timeout")
+        poll = None
+        if poll_interval is not None:
+            poll = check_seconds(poll_interval, "poll_interval", allow_zero=False)
+        return limit, poll

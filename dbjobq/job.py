@@ -5,14 +5,26 @@ from __future__ import annotations
 import dataclasses
 import enum
 from datetime import datetime, timedelta
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from dbjobq.payload import dumps
 
-__all__ = ["JSON", "Job", "JobSpec", "JobStatus", "NewJob", "PendingGroup", "claim_order"]
+__all__ = [
+    "JSON",
+    "Insertion",
+    "Job",
+    "JobSpec",
+    "JobStatus",
+    "NewJob",
+    "PendingGroup",
+    "claim_order",
+]
 
 JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]
 """Any strict-JSON value (see `dbjobq.errors.PayloadError` for what strict means)."""
+
+OnConflict = Literal["return", "raise", "replace"]
+"""What an enqueue does when its unique key is held (see `JobQueue.enqueue`)."""
 
 
 class JobStatus(str, enum.Enum):
@@ -170,6 +182,8 @@ class JobSpec:
     concurrency_key: str | None = None
     depends_on: tuple[str, ...] | list[str] | None = None
     on_parent_failure: str = "cancel"
+    unique_for: float | timedelta | None = None
+    on_conflict: OnConflict = "return"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,12 +222,38 @@ class NewJob:
     passes the text; when it is left out, it is made from `payload`."""
     meta_json: str = dataclasses.field(default="", compare=False, repr=False)
     """`meta` as compact JSON text, like `payload_json`."""
+    unique_for: float | None = None
+    """Seconds after a job with `unique_key` finished during which the key still
+    dedupes (see `Storage.enqueue`); `None`: only while that job is unfinished."""
+    on_conflict: str = "return"
+    """What a job that meets the holder of its `unique_key` does: `"return"` the
+    holder's id, `"raise"` `DuplicateJobError`, or `"replace"` a pending or waiting
+    holder's payload and `run_at` (see `Storage.enqueue`)."""
+
+    @property
+    def has_unique_rules(self) -> bool:
+        """Whether the job asks for more than "return the unfinished holder's id"."""
+        return self.unique_for is not None or self.on_conflict != "return"
 
     def __post_init__(self) -> None:
         if not self.payload_json:
             object.__setattr__(self, "payload_json", dumps(self.payload))
         if not self.meta_json:
             object.__setattr__(self, "meta_json", dumps(self.meta))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Insertion:
+    """What `JobQueue.insert` did: the job's id, and whether it is a new job.
+
+    `inserted` is `False` when the unique key was held (the id is the holder's),
+    whatever `on_conflict` then did to that job.
+    """
+
+    id: str
+    """The new job's id, or that of the job holding the unique key."""
+    inserted: bool
+    """Whether a new job was stored."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

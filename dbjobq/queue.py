@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from dbjobq._checks import (
@@ -14,16 +14,14 @@ from dbjobq._checks import (
     check_seconds,
     check_str,
 )
+from dbjobq._enqueue import EnqueueMethods
 from dbjobq._validate import (
     checked_filter,
     checked_handler,
-    checked_job,
     checked_schedule,
     finished_statuses,
 )
-from dbjobq._waiting import Waits
-from dbjobq._waiting import wait as _wait
-from dbjobq._waiting import wait_async as _wait_async
+from dbjobq._waiting import WaitMethods, Waits
 from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError
@@ -31,13 +29,13 @@ from dbjobq.events import H, Hooks
 from dbjobq.explain import Explanation, explain
 from dbjobq.flow import Concurrency, RateLimit
 from dbjobq.handlers import Handler, HandlerRegistry
-from dbjobq.job import Job, JobSpec, JobStatus, NewJob
+from dbjobq.job import Job, JobSpec, JobStatus
 from dbjobq.periodic import Schedule
 from dbjobq.registry import WorkerInfo
 from dbjobq.retry import RetryPolicy
 from dbjobq.stats import Stats, collect_stats
 from dbjobq.storage.base import Storage
-from dbjobq.workflow import OnParentFailure, WorkflowMethods
+from dbjobq.workflow import WorkflowMethods
 
 __all__ = ["DEFAULT_URL", "Handler", "JobQueue"]
 
@@ -51,7 +49,7 @@ directory."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class JobQueue(WorkflowMethods):
+class JobQueue(EnqueueMethods, WorkflowMethods, WaitMethods):
     """Enqueue jobs, register their handlers, and inspect or manage them.
 
     A `JobQueue` is thread-safe; share one per application. Workers (`Worker`) take
@@ -415,138 +413,6 @@ class JobQueue(WorkflowMethods):
         """
         return collect_stats(self._store())
 
-    # -- enqueue ----------------------------------------------------------------------
-
-    def enqueue(
-        self,
-        type: str,  # noqa: A002 - the job field's name
-        payload: dict[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        delay: float | timedelta | None = None,
-        max_retries: int | None = None,
-        unique_key: str | None = None,
-        meta: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        concurrency_key: str | None = None,
-        depends_on: Iterable[str] | None = None,
-        on_parent_failure: OnParentFailure = "cancel",
-        connection: Any = None,
-    ) -> str:
-        """Add a job and return its id.
-
-        Everything is validated before anything is written; on error nothing is
-        stored. The type need not have a handler in this process.
-
-        Args:
-            type: The job type; selects the handler.
-            payload: A JSON object given to the handler (`{}` when `None`).
-            queue: Queue name; defaults to the queue's `default_queue`.
-            priority: Higher runs first (a 32-bit int, default 0).
-            run_at: Do not run before this aware datetime.
-            delay: Or: do not run for this many seconds (number or `timedelta`).
-            max_retries: Retries after a failed first attempt. `None` (the
-                default) stores no number: the job gets the handler's
-                `max_retries` (else the queue's) when it runs, so it does not
-                matter which queue object enqueued it.
-            unique_key: While an unfinished job holds this key, return that job's
-                id instead of adding a new job.
-            meta: Free-form JSON object stored with the job.
-            timeout: Seconds an attempt may run before failing with
-                `JobTimeoutError`; `None`: the handler's `timeout` when it runs.
-            concurrency_key: The key the handler's `Concurrency` limit counts the
-                job under, instead of the one its key function gives (jobs of
-                several types can share a key this way). Without a `Concurrency`
-                on the handler that runs it, the key limits nothing.
-            depends_on: Ids of jobs this one waits for: it is `waiting` until
-                they have all completed, then `pending` (due at its own `run_at`).
-                They must exist already (or come earlier in the same
-                `enqueue_many`); a finished one counts at once.
-            on_parent_failure: `"cancel"` (the default): a parent that fails for
-                good or is cancelled cancels this job too, and the jobs that wait
-                for it. `"run"`: run once every parent has finished, however.
-            connection: Join the application's open transaction instead of using
-                one of the queue's own (SQL backends: a SQLAlchemy `Connection` or
-                ORM `Session` on the same database). The job then exists if and
-                only if that transaction commits; workers are woken after the commit.
-
-        Returns:
-            The new job's id, or the id of the unfinished job holding `unique_key`.
-
-        Raises:
-            InvalidJobError: If an argument has the wrong type or value.
-            PayloadError: If `payload` or `meta` is not a strict-JSON object or is
-                too large.
-            StorageError: If the storage cannot be reached.
-            ConfigurationError: If `connection` is given but the backend cannot
-                join it (see `Storage.enqueue_in_transaction`), or `depends_on` is
-                given to a backend without `Capabilities.workflows`.
-        """
-        spec = JobSpec(
-            type=type,
-            payload=payload,
-            queue=queue,
-            priority=priority,
-            run_at=run_at,
-            delay=delay,
-            max_retries=max_retries,
-            unique_key=unique_key,
-            meta=meta,
-            timeout=timeout,
-            concurrency_key=concurrency_key,
-            depends_on=None if depends_on is None else _id_list(depends_on),
-            on_parent_failure=on_parent_failure,
-        )
-        return self._enqueue([self._validate(spec)], connection)[0]
-
-    def enqueue_many(self, jobs: Iterable[JobSpec], *, connection: Any = None) -> list[str]:
-        """Add many jobs in one transaction (one round trip on SQL backends).
-
-        All jobs are validated first; if any is invalid, none is written.
-
-        Args:
-            jobs: The jobs to add.
-            connection: Join the application's open transaction (see `enqueue`).
-
-        Returns:
-            Their ids, in order (see `enqueue` for `unique_key`).
-
-        Raises:
-            InvalidJobError: If a job has a bad argument; the message names its index.
-            PayloadError: If a payload or `meta` is not strict JSON.
-            StorageError: If the storage cannot be reached.
-        """
-        return self._enqueue(self._specs(jobs, "enqueue_many", allow_empty=True), connection)
-
-    def _enqueue(self, jobs: list[NewJob], connection: Any = None) -> list[str]:
-        def wake() -> None:
-            self._woken(jobs)
-
-        if any(job.depends_on for job in jobs):
-            self._workflow_storage()
-        if connection is not None:
-            if not self.storage.capabilities.transactions:
-                raise ConfigurationError(
-                    f"{type(self.storage).__name__} cannot join an application's transaction"
-                )
-            return self.storage.enqueue_in_transaction(connection, jobs, on_commit=wake)
-        if not jobs:
-            return []
-        ids = self._store().enqueue(jobs)
-        wake()
-        return ids
-
-    def _woken(self, jobs: Sequence[NewJob]) -> None:
-        """Jobs were stored: wake this process's idle workers that take them."""
-        self.wakeups.enqueued(jobs)
-
-    def _validate(self, spec: JobSpec, job_id: str | None = None) -> NewJob:
-        return checked_job(
-            spec, self.default_queue, self.max_payload_bytes, job_id, self.registry.concurrency_of
-        )
-
     # -- inspect and manage -------------------------------------------------------------
 
     def get_job(self, job_id: str) -> Job:
@@ -665,81 +531,6 @@ class JobQueue(WorkflowMethods):
             self.waits.finished_anywhere()
         return cancelled
 
-    def wait(
-        self,
-        job_id: str,
-        timeout: float | timedelta | None = None,
-        *,
-        poll_interval: float | None = None,
-    ) -> Job:
-        """Block until the job is finished (`completed`, `failed` or `cancelled`).
-
-        A job finished in this process (by a worker, or through `cancel`) wakes the
-        wait at once; one finished by another process does so through the storage's
-        signal where it has one (`Capabilities.notify_finished`: SQLite files and
-        PostgreSQL), else at the next poll. Polls back off from 50 ms to 1 s (5 s
-        where the storage signals), so an idle wait costs at most a few reads a
-        second. A job that is retried is not finished: the wait goes on.
-
-        ```python
-        job_id = queue.enqueue("resize", {"image": 42})
-        job = queue.wait(job_id, timeout=30)
-        if job.status is JobStatus.COMPLETED:
-            print(job.result)
-        ```
-
-        Args:
-            job_id: The job's id.
-            timeout: Seconds (or a `timedelta`) to wait at most; `None` waits as
-                long as it takes, `0` looks once.
-            poll_interval: Seconds between the polls that back up the wake-ups,
-                fixed, instead of the back-off.
-
-        Returns:
-            The finished job, as `get_job` returns it (`result`, `last_error`).
-
-        Raises:
-            TimeoutError: If the job is not finished when `timeout` passes.
-            InvalidJobError: If `job_id` is not a `str`, or `timeout` or
-                `poll_interval` is not a number of seconds (negative, NaN, ...).
-            JobNotFound: If there is no such job (or it was purged meanwhile).
-            StorageError: If the storage cannot be reached.
-        """
-        limit, poll = self._wait_args(job_id, timeout, poll_interval)
-        return _wait(self._store(), self.waits, job_id, limit, poll)
-
-    async def wait_async(
-        self,
-        job_id: str,
-        timeout: float | timedelta | None = None,
-        *,
-        poll_interval: float | None = None,
-    ) -> Job:
-        """`wait`, for `asyncio`: the event loop runs other tasks meanwhile.
-
-        The reads of the job run in the loop's default executor, so the loop is
-        never blocked on the storage. Arguments, return value and errors are those
-        of `wait`; cancelling the awaiting task ends the wait.
-
-        ```python
-        async def result_of(job_id: str) -> dict:
-            job = await queue.wait_async(job_id, timeout=10)
-            return {"status": job.status.value, "result": job.result}
-        ```
-        """
-        limit, poll = self._wait_args(job_id, timeout, poll_interval)
-        return await _wait_async(self._store(), self.waits, job_id, limit, poll)
-
-    def _wait_args(
-        self, job_id: Any, timeout: Any, poll_interval: Any
-    ) -> tuple[float | None, float | None]:
-        check_str(job_id, "job id")
-        limit = None if timeout is None else check_seconds(timeout, "timeout")
-        poll = None
-        if poll_interval is not None:
-            poll = check_seconds(poll_interval, "poll_interval", allow_zero=False)
-        return limit, poll
-
     def retry(self, job_id: str) -> bool:
         """Run a failed or cancelled job again: back to pending, due now, attempts reset.
 
@@ -833,15 +624,3 @@ class JobQueue(WorkflowMethods):
             total += deleted
             if deleted < batch_size:
                 return total
-
-
-def _id_list(ids: Iterable[str]) -> list[str]:
-    """`depends_on` as a list; a single id (a `str`) is refused, not split into letters."""
-    if isinstance(ids, str):
-        raise InvalidJobError("depends_on must be a list of job ids, not one string")
-    try:
-        return list(ids)
-    except TypeError:
-        raise InvalidJobError(
-            f"depends_on must be a list of job ids, got {type(ids).__name__}"
-        ) from None

@@ -22,8 +22,8 @@ claim the same job, override `other_storage` to open a second object on the stor
 that `storage` uses.
 
 The tests are grouped by topic (enqueue, claim, finishing, leases, pauses, limits,
-snooze, inspection, periodic, registry, text, concurrency, capabilities,
-waiting);
+snooze, inspection, periodic, registry, text, unique rules, concurrency,
+capabilities, waiting);
 `StorageContract` combines them all. Tests of an optional feature are skipped, with the reason, when
 `storage.capabilities` says the backend does without it, and never otherwise.
 
@@ -50,6 +50,7 @@ from dbjobq._contract.pauses import PauseContract
 from dbjobq._contract.periodic import PeriodicContract
 from dbjobq._contract.registry import RegistryContract
 from dbjobq._contract.text import TextContract
+from dbjobq._contract.unique import UniqueRulesContract
 from dbjobq._contract.waiting import WaitContract
 from dbjobq._contract.workflows import WorkflowContract
 from dbjobq.storage.base import Storage
@@ -70,6 +71,7 @@ class StorageContract(
     RegistryContract,
     TextContract,
     WorkflowContract,
+    UniqueRulesContract,
     ConcurrencyContract,
     CapabilitiesContract,
     WaitContract,

@@ -152,6 +152,7 @@ def test_memory_storage_declares_what_it_offers() -> None:
         limits=True,
         snooze=True,
         workflows=True,
+        unique_rules=True,
     )
 
 
@@ -170,17 +171,10 @@ def test_a_subclass_that_takes_a_method_away_loses_its_flag() -> None:
     class Ahead(MemoryStorage):
         claims_ahead = True
 
-    assert NoRelease().capabilities == Capabilities(
-        rescue_workers=True,
-        newest_first=True,
-        pauses=True,
-        limits=True,
-        snooze=True,
-        workflows=True,
-    )
-    assert NoRescue().capabilities == Capabilities(
-        release=True, newest_first=True, pauses=True, limits=True, snooze=True, workflows=True
-    )
+    rest = {"pauses": True, "limits": True, "snooze": True, "workflows": True}
+    rest.update(unique_rules=True)
+    assert NoRelease().capabilities == Capabilities(rescue_workers=True, newest_first=True, **rest)
+    assert NoRescue().capabilities == Capabilities(release=True, newest_first=True, **rest)
     assert OldClaim().capabilities.newest_first  # **kwargs may take it
     assert Ahead().capabilities.claims_ahead
     queue = JobQueue(NoRelease())
@@ -216,6 +210,7 @@ def test_a_subclass_that_adds_an_optional_method_gains_its_flag() -> None:
         limits=True,
         snooze=True,
         workflows=True,
+        unique_rules=True,
     )
     assert Joining().capabilities.transactions
     assert not Joining().capabilities.notify

@@ -112,9 +112,29 @@ class Storage(abc.ABC):
         are the current time. `max_retries` and `timeout` may be `None` (the
         handler's value applies when the job runs): they are read back as `None`.
 
-        A job with a `unique_key` is not stored when an unfinished (`pending` or
-        `running`) job with the same key exists: that job's id is returned in its
-        place. The same applies between jobs of one batch: the first one wins.
+        A job with a `unique_key` is not stored when an unfinished (`waiting`,
+        `pending` or `running`) job with the same key exists: that job's id is
+        returned in its place. The same applies between jobs of one batch: the
+        first one wins.
+
+        A backend with `Capabilities.unique_rules` also honours two fields of a
+        job with a `unique_key` (`JobQueue` sends them to no other backend):
+
+        * `unique_for`: when no unfinished job holds the key, a job with the key
+          that finished (`completed`, `failed` or `cancelled`) less than
+          `unique_for` seconds before now holds it (the latest finished, if
+          several did).
+        * `on_conflict`, what a job met by a holder does: `"return"` the holder's
+          id, as above; `"raise"` `DuplicateJobError(unique_key, holder_id)` and
+          store nothing of the call (the whole batch is rolled back); `"replace"`
+          the holder's `payload`, `concurrency_key` (with the job's, `None` too)
+          and `run_at` (as for a new job: `run_at`, else now plus `delay`), with
+          `updated_at = now`, if the holder is `pending` or `waiting`; a running
+          or finished holder is left as it is. The holder's id is returned
+          either way.
+
+        Concurrent enqueues of one key, in any process, still leave one holder:
+        each sees the others' committed jobs, and only one of them inserts.
 
         A job whose id is already stored is not stored again and its id is returned:
         a call retried after a lost commit acknowledgement must not duplicate jobs.
@@ -133,7 +153,11 @@ class Storage(abc.ABC):
 
         Returns:
             One id per input job, in order: the given id (stored now or before), or
-            the id of the existing unfinished job that holds the same `unique_key`.
+            the id of the existing job that holds the same `unique_key`.
+
+        Raises:
+            DuplicateJobError: If a job with `on_conflict="raise"` met a holder
+                (nothing of the call is stored).
         """
 
     @abc.abstractmethod

@@ -68,6 +68,13 @@ class Capabilities:
     `children`, `settle_waiting` and `list_jobs(correlation_id=...)`. Without it,
     `JobQueue` refuses `depends_on`, `chain` and `group` with
     `ConfigurationError`, and `JobContext.parent_results` is empty."""
+    unique_rules: bool = False
+    """`enqueue` honours `NewJob.unique_for` (the key also dedupes against a job
+    that finished less than that many seconds ago) and `NewJob.on_conflict`
+    (`"raise"` and `"replace"`), as `Storage.enqueue` describes, on every insert
+    route and in `enqueue_in_transaction`. No method of its own: `enqueue` does
+    it. Without it, `JobQueue` refuses `unique_for` and an `on_conflict` other
+    than `"return"` with `ConfigurationError` (nothing is written)."""
 
 
 def takes(claim: Callable[..., Any], name: str) -> bool:

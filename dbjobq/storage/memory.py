@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import threading
 import uuid
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dbjobq import _clock
-from dbjobq.errors import ConfigurationError, JobNotFound
+from dbjobq.errors import ConfigurationError, DuplicateJobError, JobNotFound
 from dbjobq.flow import LimitMap, Limits
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup, claim_order
 from dbjobq.payload import dumps
@@ -26,6 +27,7 @@ _UNFINISHED = (JobStatus.WAITING, JobStatus.PENDING, JobStatus.RUNNING)
 _RUNNABLE = (JobStatus.PENDING, JobStatus.RUNNING)
 """What holds back later jobs of an ordered key: a waiting job takes its turn
 once it is pending."""
+_REPLACEABLE = (JobStatus.PENDING, JobStatus.WAITING)  # what on_conflict="replace" changes
 
 
 def _utcnow() -> datetime:
@@ -70,9 +72,11 @@ class MemoryStorage(MemoryWorkflows, Storage):
         limits=True,
         snooze=True,
         workflows=True,
+        unique_rules=True,
     )
     """Gives jobs back, rescues dead workers' jobs, claims newest first, pauses
-    queues, enforces limits, snoozes jobs and runs workflows. It does not notify other processes
+    queues, enforces limits, snoozes jobs, runs workflows and keeps unique keys'
+    windows and conflict rules. It does not notify other processes
     (there are none), join transactions, or claim ahead (a claim is CPU work in
     this process)."""
 
@@ -122,6 +126,7 @@ class MemoryStorage(MemoryWorkflows, Storage):
             now = self._now()
             ids: list[str] = []
             added: dict[str, Job] = {}
+            replaced: dict[str, Job] = {}  # stored jobs that "replace" changed
             unique = dict(self._unique)
             alias: dict[str, str] = {}  # a job of this call -> the job stored for it
             edges: list[tuple[str, list[str], bool, set[str]]] = []
@@ -134,10 +139,23 @@ class MemoryStorage(MemoryWorkflows, Storage):
                     continue
                 # Unknown parents are refused even for a job its unique key dedupes.
                 parents = self._parents_of(new, alias, added) if new.depends_on else []
-                if new.unique_key is not None and new.unique_key in unique:
-                    ids.append(unique[new.unique_key])
-                    alias[new.id] = unique[new.unique_key]
-                    continue
+                key = new.unique_key
+                if key is not None:
+                    holder_id = unique.get(key)
+                    holder = (
+                        self._finished_holder(key, new.unique_for, now, added)
+                        if holder_id is None
+                        else added.get(holder_id)
+                        or replaced.get(holder_id)
+                        or self._jobs[holder_id]
+                    )
+                    if holder is not None:
+                        changed = self._conflict(new, holder, now)
+                        if changed is not None:
+                            (added if holder.id in added else replaced)[holder.id] = changed
+                        ids.append(holder.id)
+                        alias[new.id] = holder.id
+                        continue
                 ids.append(new.id)
                 run_at = new.run_at or now + timedelta(seconds=new.delay)
                 status, error, finished_at = JobStatus.PENDING, None, None
@@ -176,10 +194,43 @@ class MemoryStorage(MemoryWorkflows, Storage):
                 if new.unique_key is not None and not status.is_finished:
                     unique[new.unique_key] = new.id
             self._jobs.update(added)
+            self._jobs.update(replaced)
             self._unique = unique
             for child, parents, run_anyway, still_open in edges:
                 self._graph.add(child, parents, run_anyway, still_open)
             return ids
+
+    def _finished_holder(
+        self, key: str, within: float | None, now: datetime, added: Mapping[str, Job]
+    ) -> Job | None:
+        """The latest job with `key` that finished less than `within` seconds ago.
+
+        Jobs of this call count (one cancelled at once by its parent, say).
+        """
+        if within is None:
+            return None
+        since = now - timedelta(seconds=within)
+        recent = [
+            job
+            for job in itertools.chain(self._jobs.values(), added.values())
+            if job.unique_key == key and job.finished_at is not None and job.finished_at > since
+        ]
+        return max(recent, key=lambda job: job.finished_at or now, default=None)
+
+    def _conflict(self, new: NewJob, holder: Job, now: datetime) -> Job | None:
+        """Apply `new.on_conflict` against `holder`: the holder as changed, if it is."""
+        if new.on_conflict == "raise":
+            raise DuplicateJobError(holder.unique_key or "", holder.id)
+        if new.on_conflict != "replace" or holder.status not in _REPLACEABLE:
+            return None
+        run_at = new.run_at or now + timedelta(seconds=new.delay)
+        return dataclasses.replace(
+            holder,
+            payload=_copy(new.payload),
+            concurrency_key=new.concurrency_key,
+            run_at=run_at.astimezone(timezone.utc),
+            updated_at=now,
+        )
 
     def claim(
         self,

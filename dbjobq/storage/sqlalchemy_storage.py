@@ -174,6 +174,7 @@ class SQLAlchemyStorage(SideTables, Storage):
             limits=True,
             snooze=True,
             notify_finished=self.listen and self._dialect.can_notify,
+            unique_rules=True,
         )
 
     # -- set-up -------------------------------------------------------------------
@@ -266,6 +267,9 @@ class SQLAlchemyStorage(SideTables, Storage):
             ConfigurationError: If `connection` is not a SQLAlchemy connection or
                 session in a transaction on this storage's kind of database.
             StorageError: If the insert fails; roll the transaction back.
+            DuplicateJobError: If a job with `on_conflict="raise"` met a holder:
+                the call's jobs are rolled back to a savepoint, and the
+                application's transaction can go on.
         """
         connection = self._dialect.joined(connection)
         if not self._initialized:
@@ -281,7 +285,13 @@ class SQLAlchemyStorage(SideTables, Storage):
         if not jobs:
             return []
         try:
-            ids = self._dialect.insert_jobs(connection, jobs)
+            if any(job.on_conflict == "raise" for job in jobs):
+                # DuplicateJobError must leave nothing of the call in the
+                # application's transaction, which goes on.
+                with connection.begin_nested():
+                    ids = self._dialect.insert_jobs(connection, jobs)
+            else:
+                ids = self._dialect.insert_jobs(connection, jobs)
         except exc.SQLAlchemyError as error:
             raise StorageError(f"enqueue failed: {error}") from error
         if on_commit is not None:

@@ -14,7 +14,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 
 from dbjobq.errors import ConfigurationError
-from dbjobq.storage._sql.schema import KEY_INDEXES, SCHEMA_VERSION
+from dbjobq.storage._sql.schema import KEY_INDEXES, SCHEMA_VERSION, UNIQUE_FINISHED_INDEX
 
 logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
 
@@ -66,6 +66,20 @@ def add_concurrency_key(conn: Connection, jobs: sa.Table, schema: str | None) ->
     names = {f"{jobs.name}_{suffix.removeprefix('jobs_')}" for suffix in KEY_INDEXES}
     for index in jobs.indexes:
         if index.name in names:
+            index.create(conn, checkfirst=True)
+
+
+def add_unique_finished_index(conn: Connection, jobs: sa.Table) -> None:
+    """Layout 5 on jobs tables of layouts 1-4: the `jobs_unique_finished` index.
+
+    It serves `unique_for` lookups (the latest finished job of a key); older
+    releases ignore it. Checked first, so it is created once however many
+    starts run this. Where indexes can be partial it holds only finished jobs
+    with a unique key, usually few.
+    """
+    name = f"{jobs.name}_{UNIQUE_FINISHED_INDEX.removeprefix('jobs_')}"
+    for index in jobs.indexes:
+        if index.name == name:
             index.create(conn, checkfirst=True)
 
 

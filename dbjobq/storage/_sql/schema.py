@@ -18,13 +18,15 @@ from sqlalchemy.sql.functions import FunctionElement
 from dbjobq.errors import ConfigurationError
 from dbjobq.payload import dumps
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the table layout below; stored in the `<prefix>schema` table.
 
 1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule).
 3: + paused_queues. 4: + jobs.concurrency_key with its two indexes, and rate_starts.
+5: + the `jobs_unique_finished` index (`unique_for` lookups).
 `create_all` adds the new tables; `migrate.add_concurrency_key` the column and
-indexes. Index changes that older releases work with keep the version (see
+indexes of layout 4, `migrate.add_unique_finished_index` the index of layout 5.
+Index changes that older releases work with keep the version (see
 `migrate.finished_index` and `migrate.rebuild_index_online`).
 """
 
@@ -244,6 +246,9 @@ class Tables(NamedTuple):
 KEY_INDEXES = ("jobs_running_key", "jobs_key_order")
 """The jobs indexes of layout 4 (after the prefix), which an upgrade creates."""
 
+UNIQUE_FINISHED_INDEX = "jobs_unique_finished"
+"""The jobs index of layout 5 (after the prefix), which an upgrade creates."""
+
 
 def build_tables(metadata: sa.MetaData, prefix: str, *, partial_indexes: bool = True) -> Tables:
     """Define the tables and their indexes.
@@ -337,6 +342,7 @@ def _index_jobs(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
             sqlite_where=unfinished,
         )
     _index_keys(jobs, prefix, partial_indexes)
+    _index_unique_finished(jobs, prefix, partial_indexes)
     sa.Index(f"{prefix}jobs_status", c.status, c.queue, c.id)
     # For purging and "finished within": only finished jobs have a finished_at, so
     # (where partial indexes exist) enqueues and claims leave this index alone.
@@ -380,6 +386,28 @@ def _index_keys(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
         c.id,
         postgresql_where=unfinished,
         sqlite_where=unfinished,
+    )
+
+
+def _index_unique_finished(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
+    """The index of `unique_for`: the latest finished job of a unique key.
+
+    Where indexes can be partial, it holds only finished jobs with a key, so
+    enqueues and claims leave it alone; both planners see that `unique_key = :k
+    AND finished_at > :since` implies its predicate.
+    """
+    c = jobs.c
+    name = f"{prefix}{UNIQUE_FINISHED_INDEX}"
+    if not partial_indexes:
+        sa.Index(name, c.unique_key, c.finished_at)
+        return
+    finished = sa.and_(c.unique_key.is_not(None), c.finished_at.is_not(None))
+    sa.Index(
+        name,
+        c.unique_key,
+        c.finished_at,
+        postgresql_where=finished,
+        sqlite_where=finished,
     )
 
 

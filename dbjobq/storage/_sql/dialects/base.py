@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.flow import LimitMap
 from dbjobq.job import Job, NewJob
-from dbjobq.storage._sql import changes, limited, migrate
+from dbjobq.storage._sql import changes, limited, migrate, unique
 from dbjobq.storage._sql.changes import LeaseChange
 from dbjobq.storage._sql.engine import EngineSettings, retrying
 from dbjobq.storage._sql.notify import Watcher
@@ -232,8 +232,11 @@ class Dialect:
         """Insert `jobs` in `conn`'s transaction; the id stored for each.
 
         That is its own id, or for a job whose unique key an unfinished job holds,
-        that job's id.
+        that job's id. A call with unique rules (`NewJob.has_unique_rules`) takes
+        the route of `unique.insert_in_order`.
         """
+        if any(job.has_unique_rules for job in jobs):
+            return unique.insert_in_order(self, conn, jobs)
         inserted: set[str] = set()
         for keyed, run in self.insert_runs(jobs):
             if not run:
@@ -425,6 +428,8 @@ class Dialect:
             found = migrate.found_version(conn, version)
             if found is not None and found < 4:
                 migrate.add_concurrency_key(conn, self.jobs, self.schema)
+            if found is not None and found < 5:
+                migrate.add_unique_finished_index(conn, self.jobs)
             migrate.check_version(conn, version, self.insert_ignoring(version))
 
     def schema_lock(self, conn: Connection) -> contextlib.AbstractContextManager[object]:
