@@ -4,6 +4,7 @@
     python -m benchmarks --quick         # smaller counts
     python -m benchmarks --smoke         # tiny: only checks that every case runs
     python -m benchmarks --only drain --only flow   # only these cases
+    python -m benchmarks --only wait     # wait() wake-up latency from another process
 
 Every dbjobq figure is printed next to a baseline measured in the same run on the
 same database: the same work done with plain SQL through the driver.
@@ -26,7 +27,7 @@ from typing import Any
 
 import sqlalchemy
 
-from . import cases, flow_cases, peers, workflow_cases
+from . import cases, flow_cases, peers, wait_cases, workflow_cases
 from .cases import Figure
 
 SIZES = {
@@ -45,6 +46,7 @@ CASES = [
     "workflows",
     "processes",
     "latency",
+    "wait",
     "history",
     "memory",
 ]
@@ -203,6 +205,9 @@ def main() -> int:
             if run("latency"):
                 with fresh(backend) as store:
                     figures += cases.pickup_latency(store, samples)
+            if run("wait"):
+                with fresh(backend) as store:
+                    figures += wait_cases.wake_latency(store, samples)
             if run("history"):
                 figures += cases.history_scaling(factory, backend, drain, history, runs)
             if run("memory"):

@@ -21,6 +21,7 @@ from dbjobq._validate import (
     checked_schedule,
     finished_statuses,
 )
+from dbjobq._waiting import WaitMethods, Waits
 from dbjobq._wakeups import Wakeups
 from dbjobq.context import JobContext
 from dbjobq.errors import ConfigurationError, InvalidJobError
@@ -48,7 +49,7 @@ directory."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class JobQueue(EnqueueMethods, WorkflowMethods):
+class JobQueue(EnqueueMethods, WorkflowMethods, WaitMethods):
     """Enqueue jobs, register their handlers, and inspect or manage them.
 
     A `JobQueue` is thread-safe; share one per application. Workers (`Worker`) take
@@ -107,6 +108,8 @@ class JobQueue(EnqueueMethods, WorkflowMethods):
         """The hooks registered with `on`; workers run them."""
         self.wakeups = Wakeups(storage)
         """The idle-worker signalling of this queue's workers in this process."""
+        self.waits = Waits.of(storage)
+        """The jobs waited on (`wait`) in this process, shared by the queues on `storage`."""
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -523,7 +526,10 @@ class JobQueue(EnqueueMethods, WorkflowMethods):
             JobNotFound: If there is no such job.
             StorageError: If the storage cannot be reached.
         """
-        return self._store().cancel(check_str(job_id, "job id"))
+        cancelled = self._store().cancel(check_str(job_id, "job id"))
+        if cancelled:  # the jobs that wait for it may be cancelled with it: wake every waiter
+            self.waits.finished_anywhere()
+        return cancelled
 
     def retry(self, job_id: str) -> bool:
         """Run a failed or cancelled job again: back to pending, due now, attempts reset.

@@ -23,7 +23,7 @@ that `storage` uses.
 
 The tests are grouped by topic (enqueue, claim, finishing, leases, pauses, limits,
 snooze, inspection, periodic, registry, text, unique rules, concurrency,
-capabilities);
+capabilities, waiting);
 `StorageContract` combines them all. Tests of an optional feature are skipped, with the reason, when
 `storage.capabilities` says the backend does without it, and never otherwise.
 
@@ -51,6 +51,7 @@ from dbjobq._contract.periodic import PeriodicContract
 from dbjobq._contract.registry import RegistryContract
 from dbjobq._contract.text import TextContract
 from dbjobq._contract.unique import UniqueRulesContract
+from dbjobq._contract.waiting import WaitContract
 from dbjobq._contract.workflows import WorkflowContract
 from dbjobq.storage.base import Storage
 
@@ -73,6 +74,7 @@ class StorageContract(
     UniqueRulesContract,
     ConcurrencyContract,
     CapabilitiesContract,
+    WaitContract,
 ):
     """The behaviour every `Storage` backend must show. Provide a `storage` fixture."""
 

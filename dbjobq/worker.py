@@ -293,6 +293,11 @@ class Worker:
         return self._hooks.on(event, hook)
 
     def _emit(self, name: str, job: Job | None = None, **fields: Any) -> None:
+        if job is not None and name == "job:completed":
+            self.queue.waits.finished(job.id)  # the outcome is written: wake its waiters
+        elif job is not None and name == "job:failed" and not fields.get("will_retry"):
+            # Its waiting children may have been cancelled with it: wake every waiter.
+            self.queue.waits.finished_anywhere()
         hooks = self.queue.hooks
         if self._hooks or hooks:
             event = Event(name=name, worker_id=self.id, job=job, **fields)

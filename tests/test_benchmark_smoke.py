@@ -44,6 +44,7 @@ def test_every_benchmark_case_runs_and_prints_its_row() -> None:
             "enqueue a group of 200 + callback (one call)",
             "fan-out: 200 members, then their callback, 4 worker threads",
             "pickup latency p50, other process",
+            "wait() wake-up, other process, p99",
             "drain with 1,000 finished jobs in the table",
             "bulk enqueue with 1,000 finished jobs in the table",
             "peak RSS, worker process draining 1,000 jobs",

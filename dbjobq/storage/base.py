@@ -15,7 +15,8 @@ The contract has three parts:
   `initialize`, `close` and `schema_exists` work out of the box, built on the
   required methods. Each default is correct; override it to make it faster, or
   (where its docstring says the default takes two steps) fully atomic.
-* **Optional capabilities**: `release`, `subscribe`, `enqueue_in_transaction`,
+* **Optional capabilities**: `release`, `subscribe`, `subscribe_finished`,
+  `enqueue_in_transaction`,
   `claim(newest_first=True)`, claiming ahead. A backend says which it has in
   `Storage.capabilities` (a `Capabilities`), and callers look there and nowhere
   else before they use one.
@@ -581,6 +582,24 @@ class Storage(abc.ABC):
             A function that ends the subscription; `None` if the backend cannot
             tell (this default, or a store that cannot notify after all): workers
             then rely on polling.
+        """
+        return None
+
+    def subscribe_finished(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` when a job may have finished in another process (optional).
+
+        The wake-up hook of `JobQueue.wait`: a waiter re-reads its job (`get`) when
+        called, so a job finished elsewhere is seen in milliseconds rather than at
+        the waiter's next poll. "Finished" is any move into `completed`, `failed` or
+        `cancelled`. As with `subscribe`, `callback` may be called from any thread,
+        spuriously, or not at all, and must be cheap and must not raise; jobs
+        finished in the same process wake their waiters without this.
+
+        A backend that implements it declares `Capabilities(notify_finished=True)`.
+
+        Returns:
+            A function that ends the subscription; `None` if the backend cannot
+            tell (this default): waiters then rely on polling.
         """
         return None
 

@@ -60,6 +60,9 @@ class Capabilities:
     snooze: bool = False
     """`snooze` puts a running job back to pending without using its attempt.
     Without it a handler's `Snooze` is recorded as a retry that counts."""
+    notify_finished: bool = False
+    """`subscribe_finished` reports jobs finished by other processes, so
+    `JobQueue.wait` returns in milliseconds rather than at its next poll."""
     workflows: bool = False
     """Jobs with `depends_on`, groups (`enqueue_group`, `get_group`), `parents`,
     `children`, `settle_waiting` and `list_jobs(correlation_id=...)`. Without it,
@@ -96,6 +99,7 @@ _METHODS = (
     ("pauses", "pause_queue"),
     ("limits", "claim_limited"),
     ("snooze", "snooze"),
+    ("notify_finished", "subscribe_finished"),
     ("workflows", "enqueue_group"),
 )
 """Each flag that stands for a method of its own, and that method."""
@@ -181,6 +185,7 @@ def derived(storage: Any, *, base: type[Any]) -> Capabilities:
         pauses=overrides(cls, base, "pause_queue"),
         limits=overrides(cls, base, "claim_limited") and overrides(cls, base, "recent_starts"),
         snooze=overrides(cls, base, "snooze"),
+        notify_finished=overrides(cls, base, "subscribe_finished"),
         workflows=all(overrides(cls, base, name) for name in ("enqueue_group", *_WORKFLOW_METHODS)),
     )
 

@@ -23,7 +23,7 @@ from dbjobq.storage._sql.dialects import connect
 from dbjobq.storage._sql.dialects.base import Ready
 from dbjobq.storage._sql.engine import check_busy_timeout, check_engine_options
 from dbjobq.storage._sql.leases import answers, first_leases
-from dbjobq.storage._sql.notify import Watcher
+from dbjobq.storage._sql.notify import ENQUEUED, FINISHED, Watcher
 from dbjobq.storage._sql.rows import STATUS, findable
 from dbjobq.storage._sql.schema import (
     CORRELATION_LENGTH,
@@ -183,6 +183,7 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
             limits=True,
             snooze=True,
             workflows=True,
+            notify_finished=self.listen and self._dialect.can_notify,
             unique_rules=True,
         )
 
@@ -232,6 +233,18 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
         Returns `None` (polling only) on MySQL/MariaDB, for in-memory SQLite, with
         `listen=False`, and on PostgreSQL through a driver other than psycopg 3.
         """
+        return self._subscribe(callback, ENQUEUED)
+
+    def subscribe_finished(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` when a job may have finished, in this process or another.
+
+        PostgreSQL: a trigger NOTIFYs once per transaction that finishes jobs.
+        SQLite: every commit of another connection (`data_version`) calls it.
+        Returns `None` (polling only) where `subscribe` does.
+        """
+        return self._subscribe(callback, FINISHED)
+
+    def _subscribe(self, callback: Callable[[], None], kind: str) -> Callable[[], None] | None:
         if not self.listen:
             return None
         with self._watcher_lock:
@@ -239,7 +252,7 @@ class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
                 self._watcher = self._dialect.watcher()
             if self._watcher is None:
                 return None
-            return self._watcher.subscribe(callback)
+            return self._watcher.subscribe(callback, kind)
 
     # -- the Storage interface -------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Wake-ups from other processes: PostgreSQL LISTEN/NOTIFY, SQLite's data_version.
 
 A `Watcher` is one daemon thread per storage object. It runs while something is
-subscribed, and calls every subscriber when jobs may have been enqueued by another
-process. A missed or spurious wake-up costs nothing but a poll: workers keep polling
-as the safety net.
+subscribed, and calls the subscribers of a kind of change when it may have happened
+in another process: `ENQUEUED` (idle workers) or `FINISHED` (`JobQueue.wait`). A
+missed or spurious wake-up costs nothing but a poll: workers and waiters keep
+polling as the safety net.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 logger = logging.getLogger("dbjobq.storage")
@@ -24,9 +25,15 @@ _REPEAT_EVERY = 60.0  # seconds between repeated warnings while the trouble last
 _exiting = threading.Event()  # the interpreter is shutting down: go quiet and stop
 atexit.register(_exiting.set)
 
+ENQUEUED = "enqueued"
+"""Jobs may have been enqueued (or become due): what idle workers subscribe to."""
+FINISHED = "finished"
+"""Jobs may have finished: what waiters subscribe to."""
+KINDS = frozenset({ENQUEUED, FINISHED})
+
 
 class Watcher:
-    """Calls subscribers when `wait_for_change` reports a change.
+    """Calls subscribers when `wait_for_change` reports a change of their kind.
 
     Subclasses open a connection (`connect`), block until something may have
     changed or a timeout passes (`wait_for_change`), and close it (`disconnect`).
@@ -36,7 +43,7 @@ class Watcher:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: dict[int, Callable[[], None]] = {}
+        self._subscribers: dict[int, tuple[str, Callable[[], None]]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -44,12 +51,12 @@ class Watcher:
         self._troubled_since: float | None = None  # when watching last stopped working
         self._warned_at = -_REPEAT_EVERY
 
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call `callback` on every change until the returned function is called."""
+    def subscribe(self, callback: Callable[[], None], kind: str = ENQUEUED) -> Callable[[], None]:
+        """Call `callback` on every change of `kind` until the returned function is called."""
         with self._lock:
             key = self._next
             self._next += 1
-            self._subscribers[key] = callback
+            self._subscribers[key] = (kind, callback)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
                 self._thread.start()
@@ -81,9 +88,14 @@ class Watcher:
             self._thread = None  # a later subscriber starts a new thread
             return False
 
-    def _fire(self) -> None:
+    def wants(self, kind: str) -> bool:
+        """Whether anything is subscribed to changes of `kind`."""
         with self._lock:
-            callbacks = list(self._subscribers.values())
+            return any(k == kind for k, _ in self._subscribers.values())
+
+    def _fire(self, kinds: Collection[str] = KINDS) -> None:
+        with self._lock:
+            callbacks = [cb for kind, cb in self._subscribers.values() if kind in kinds]
         for callback in callbacks:
             try:
                 callback()
@@ -124,11 +136,12 @@ class Watcher:
                 )
                 self._troubled_since = None
             delay = _RETRY_FIRST
-            self._fire()  # jobs may have come while we were not watching
+            self._fire()  # jobs may have come or finished while we were not watching
             try:
                 while self._active():
-                    if self.wait_for_change():
-                        self._fire()
+                    kinds = self.wait_for_change()
+                    if kinds:
+                        self._fire(kinds)
             except Exception as error:  # noqa: BLE001 - a dropped connection: reconnect
                 self._trouble("watching for new jobs failed (%s); reconnecting", error)
             finally:
@@ -137,8 +150,8 @@ class Watcher:
     def connect(self) -> None:
         raise NotImplementedError
 
-    def wait_for_change(self) -> bool:
-        """Block up to about a second; `True` if jobs may have been enqueued."""
+    def wait_for_change(self) -> Collection[str]:
+        """Block up to about a second; the kinds of change that may have happened."""
         raise NotImplementedError
 
     def disconnect(self) -> None:
@@ -146,30 +159,39 @@ class Watcher:
 
 
 class PostgresListener(Watcher):
-    """LISTENs on the channel that the jobs table's insert trigger NOTIFYs."""
+    """LISTENs on the channels that the jobs table's triggers NOTIFY.
+
+    `channel` hears of inserts, `finished_channel` of jobs that finished.
+    """
 
     name = "dbjobq-listen"
 
-    def __init__(self, connect: Callable[[], Any], channel: str) -> None:
+    def __init__(self, connect: Callable[[], Any], channel: str, finished_channel: str) -> None:
         super().__init__()
         self._open = connect
         self.channel = channel
+        self.finished_channel = finished_channel
+        self._kinds = {channel: ENQUEUED, finished_channel: FINISHED}
         self._conn: Any = None
 
     def connect(self) -> None:
         conn = self._open()
         try:
             conn.autocommit = True
-            conn.execute(f'LISTEN "{self.channel}"')
+            for channel in self._kinds:
+                conn.execute(f'LISTEN "{channel}"')
         except BaseException:
             conn.close()
             raise
         self._conn = conn
 
-    def wait_for_change(self) -> bool:
-        # A transaction's notifications on one channel arrive as one: a bulk enqueue
-        # is a single wake-up.
-        return any(True for _ in self._conn.notifies(timeout=1.0, stop_after=1))
+    def wait_for_change(self) -> Collection[str]:
+        # A transaction's notifications on one channel arrive as one: a bulk enqueue,
+        # or a batch of completions, is a single wake-up.
+        kinds = {self._kinds[n.channel] for n in self._conn.notifies(timeout=1.0, stop_after=1)}
+        # More may be queued behind the first: take them now, without waiting.
+        kinds.update(self._kinds[n.channel] for n in self._conn.notifies(timeout=0))
+        return kinds
 
     def disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -183,7 +205,8 @@ class SQLiteWatcher(Watcher):
 
     It is a read of the database header, not of any table: cheap enough to do
     every couple of milliseconds. On a change, a look at the pending jobs tells a
-    new job apart from other writes (claims, heartbeats).
+    new job apart from other writes (claims, heartbeats); waiters are told of every
+    change and read their own job.
     """
 
     name = "dbjobq-sqlite-watch"
@@ -200,16 +223,20 @@ class SQLiteWatcher(Watcher):
         self._conn = self._open()
         self._version = self._conn.execute("PRAGMA data_version").fetchone()[0]
 
-    def wait_for_change(self) -> bool:
+    def wait_for_change(self) -> Collection[str]:
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             if self._stop.wait(self.interval):
-                return False
+                return ()
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
                 self._version = version
-                return self._conn.execute(self._due_sql).fetchone() is not None
-        return False
+                kinds = {FINISHED} if self.wants(FINISHED) else set()
+                if self.wants(ENQUEUED) and self._conn.execute(self._due_sql).fetchone():
+                    kinds.add(ENQUEUED)
+                if kinds:
+                    return kinds
+        return ()
 
     def disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -247,6 +247,7 @@ class PostgreSQLDialect(Dialect):
 
     def after_create(self, conn: Connection) -> None:
         self._create_notify_trigger(conn)
+        self._create_finished_trigger(conn)
         query = sa.text(
             "SELECT indexname, indexdef FROM pg_indexes "
             "WHERE schemaname = coalesce(:s, current_schema()) AND indexname IN :n"
@@ -287,6 +288,37 @@ class PostgreSQLDialect(Dialect):
             f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
         )
 
+    def _create_finished_trigger(self, conn: Connection) -> None:
+        """NOTIFY the finished channel when a job moves into a finished state.
+
+        A row trigger with a `WHEN` clause: PostgreSQL evaluates the clause itself,
+        so the function runs only for rows that finish, never for claims or
+        heartbeats. Identical notifications of one transaction are sent as one, so
+        a batch of completions (`complete_many`) costs a single NOTIFY.
+        """
+        jobs = self.jobs.name
+        name = f"{jobs}_finished_notify"
+        qualified = f'"{self.schema}"."{jobs}"' if self.schema else f'"{jobs}"'
+        function = f'"{self.schema}"."{name}"' if self.schema else f'"{name}"'
+        exists = conn.execute(
+            sa.text(
+                "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = "
+                "CAST(:table AS regclass)"
+            ),
+            {"name": name, "table": qualified},
+        ).first()
+        if exists:
+            return
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_notify('{self.finished_channel}', ''); RETURN NULL; END $$"
+        )
+        conn.exec_driver_sql(
+            f'CREATE TRIGGER "{name}" AFTER UPDATE OF status ON {qualified} FOR EACH ROW '
+            "WHEN (NEW.status IN ('completed', 'failed', 'cancelled') "
+            f"AND OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION {function}()"
+        )
+
     # -- wake-ups ---------------------------------------------------------------------
 
     @property
@@ -294,6 +326,11 @@ class PostgreSQLDialect(Dialect):
         """The NOTIFY channel of this table set."""
         name = f"{self.schema or ''}.{self.table_prefix}jobs"
         return f"dbjobq_{zlib.crc32(name.encode()):08x}"
+
+    @property
+    def finished_channel(self) -> str:
+        """The NOTIFY channel of this table set's finished jobs."""
+        return f"{self.channel}_finished"
 
     @property
     def can_notify(self) -> bool:
@@ -315,4 +352,4 @@ class PostgreSQLDialect(Dialect):
             pooled.detach()  # a connection of its own, for as long as it listens
             return conn
 
-        return PostgresListener(connect, self.channel)
+        return PostgresListener(connect, self.channel, self.finished_channel)
