@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import threading
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from dbjobq import JobStatus
+from dbjobq._contract.concurrency import run_together
 from dbjobq.errors import GroupNotFound, InvalidJobError
 from dbjobq.job import Job
 from dbjobq.storage import SQLAlchemyStorage
@@ -525,6 +527,52 @@ def test_last_parents_finishing_together_in_processes_settle_the_child(
     postgres_config: StorageConfig,
 ) -> None:
     race_parents(postgres_config, "processes")
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+def test_settlings_that_lock_in_opposite_orders_lose_nothing(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    """A child that is also a grandchild: failing its parent and cancelling its other
+    parent lock the two in opposite orders. A deadlock is retried whole."""
+    config: StorageConfig = request.getfixturevalue(f"{backend}_config")
+    storage = config.open()
+    storage.initialize()
+    rounds = []
+    for _ in range(15):
+        root = make_job(type="root")
+        child_first = make_job(type="x")  # the lower id: locked first by the root's settling
+        middle = make_job(type="x", depends_on=(root.id,))
+        grandchild = dataclasses.replace(child_first, depends_on=(root.id, middle.id))
+        storage.enqueue([root, middle, grandchild])
+        rounds.append((root, middle, grandchild))
+    held = {j.id: j for j in claim_all(storage, len(rounds))}
+    for root, middle, grandchild in rounds:
+        lease = held[root.id].lease_token or ""
+        done: dict[int, bool] = {}
+
+        def work(
+            n: int,
+            root_id: str = root.id,
+            lease: str = lease,
+            middle_id: str = middle.id,
+            done: dict[int, bool] = done,
+        ) -> None:
+            mine = config.open()
+            try:
+                if n == 0:
+                    done[n] = mine.fail(root_id, lease, error="boom", retry_in=None)
+                else:  # False when the root's failure cancelled it first
+                    done[n] = mine.cancel(middle_id)
+            finally:
+                mine.close()
+
+        assert run_together(2, work) == []
+        assert done[0] is True and 1 in done
+        assert status(storage, root.id) is JobStatus.FAILED
+        assert status(storage, middle.id) is JobStatus.CANCELLED
+        assert status(storage, grandchild.id) is JobStatus.CANCELLED
+    storage.close()
 
 
 # -- a group drained by several workers -------------------------------------------------
