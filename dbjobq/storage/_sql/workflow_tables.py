@@ -28,8 +28,10 @@ __all__ = ["WorkflowTables"]
 
 logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
 
-ORPHAN_CHECK_EVERY = 60.0
-"""Seconds between two looks of `settle_waiting` for parents deleted by hand."""
+ORPHAN_CHECK_EVERY = 600.0
+"""Seconds between two looks of `settle_waiting` for parents deleted by hand (each
+reads every unsettled edge, so they are rare: the first call of a storage object,
+then every ten minutes)."""
 
 
 class WorkflowTables:
@@ -160,10 +162,10 @@ class WorkflowTables:
         more than `limit` jobs. Cheap when there is nothing to do: one probe of
         an index that holds only such parents.
 
-        About once a minute it also looks for unsettled edges whose parent is no
-        longer stored (deleted by hand; `purge` keeps the parents of unfinished
-        jobs): such a parent counts as completed. That look reads every
-        unsettled edge.
+        On its first call, then every ten minutes, it also looks for unsettled
+        edges whose parent is no longer stored (deleted by hand; `purge` keeps
+        the parents of unfinished jobs): such a parent counts as completed. That
+        look reads every unsettled edge.
 
         Returns:
             How many jobs it moved (to `pending` or `cancelled`).
