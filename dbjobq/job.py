@@ -135,6 +135,8 @@ class Job:
     """The key its handler's `Concurrency` limit counts it under: given at enqueue,
     or worked out from the payload (by the enqueueing queue, else at the first
     claim that sees it); `None` for a job without a concurrency limit."""
+    group_id: str | None = None
+    """The group the job is a member of (`JobQueue.group`), or `None`."""
 
     @property
     def retries_left(self) -> int | None:

@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from dbjobq.job import JobStatus
+from dbjobq.payload import dumps
 from dbjobq.storage import MemoryStorage, SQLAlchemyStorage, Storage
+from dbjobq.storage._sql.schema import db_now
 from dbjobq.testing import StorageContract
 
 from .conftest import StorageConfig, _opened
@@ -32,6 +35,27 @@ class TestMemoryStorage(StorageContract):
         storage._write(job, status=JobStatus.FAILED, last_error="x", finished_at=job.created_at)
 
 
+class SQLUnsettled:
+    """The safety-net hooks on SQL: an outcome written by a raw UPDATE, children unsettled.
+
+    What a crash between PostgreSQL's autocommitted completion and the settling
+    transaction after it leaves: the parent finished, still flagged `children = 1`.
+    """
+
+    def _finish_raw(self, storage: Storage, job_id: str, **values: Any) -> None:
+        assert isinstance(storage, SQLAlchemyStorage)
+        jobs = storage._jobs
+        stmt = sa.update(jobs).where(jobs.c.id == job_id)
+        with storage.engine.begin() as conn:
+            conn.execute(stmt.values(finished_at=db_now(), updated_at=db_now(), **values))
+
+    def complete_unsettled(self, storage: Storage, job_id: str, result: Any) -> None:
+        self._finish_raw(storage, job_id, status="completed", result=dumps(result))
+
+    def fail_unsettled(self, storage: Storage, job_id: str) -> None:
+        self._finish_raw(storage, job_id, status="failed", last_error="x")
+
+
 def _second(storage: SQLAlchemyStorage) -> Iterator[Storage]:
     """Another storage object, with its own connection pool, on the same tables."""
     other = SQLAlchemyStorage(
@@ -41,7 +65,7 @@ def _second(storage: SQLAlchemyStorage) -> Iterator[Storage]:
     other.close()
 
 
-class TestSQLiteFileStorage(StorageContract):
+class TestSQLiteFileStorage(SQLUnsettled, StorageContract):
     @pytest.fixture
     def storage(self, sqlite_storage: SQLAlchemyStorage) -> Storage:
         return sqlite_storage
@@ -51,7 +75,7 @@ class TestSQLiteFileStorage(StorageContract):
         yield from _second(sqlite_storage)
 
 
-class TestSQLiteInMemoryStorage(StorageContract):
+class TestSQLiteInMemoryStorage(SQLUnsettled, StorageContract):
     @pytest.fixture
     def storage(self) -> Iterator[Storage]:
         storage = SQLAlchemyStorage("sqlite://")
@@ -60,7 +84,7 @@ class TestSQLiteInMemoryStorage(StorageContract):
         storage.close()
 
 
-class TestPostgresStorage(StorageContract):
+class TestPostgresStorage(SQLUnsettled, StorageContract):
     @pytest.fixture
     def storage(self, postgres_storage: SQLAlchemyStorage) -> Storage:
         return postgres_storage
@@ -70,7 +94,7 @@ class TestPostgresStorage(StorageContract):
         yield from _second(postgres_storage)
 
 
-class TestMySQLStorage(StorageContract):
+class TestMySQLStorage(SQLUnsettled, StorageContract):
     @pytest.fixture
     def storage(self, mysql_storage: SQLAlchemyStorage) -> Storage:
         return mysql_storage
@@ -97,7 +121,7 @@ def latin1_database() -> Iterator[tuple[str, str]]:
     engine.dispose()
 
 
-class TestMySQLLatin1DatabaseStorage(StorageContract):
+class TestMySQLLatin1DatabaseStorage(SQLUnsettled, StorageContract):
     """The whole contract in a database made `latin1` (collation latin1_swedish_ci).
 
     The tables declare utf8mb4 and a binary no-pad collation themselves, so nothing

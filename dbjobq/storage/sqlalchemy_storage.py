@@ -18,7 +18,7 @@ from dbjobq.errors import ConfigurationError, JobNotFound, StorageError
 from dbjobq.flow import LimitMap
 from dbjobq.job import Job, JobStatus, NewJob, PendingGroup, claim_order
 from dbjobq.payload import dumps
-from dbjobq.storage._sql import changes
+from dbjobq.storage._sql import changes, workflows
 from dbjobq.storage._sql.dialects import connect
 from dbjobq.storage._sql.dialects.base import Ready
 from dbjobq.storage._sql.engine import check_busy_timeout, check_engine_options
@@ -26,6 +26,7 @@ from dbjobq.storage._sql.leases import answers, first_leases
 from dbjobq.storage._sql.notify import ENQUEUED, FINISHED, Watcher
 from dbjobq.storage._sql.rows import STATUS, findable
 from dbjobq.storage._sql.schema import (
+    CORRELATION_LENGTH,
     PENDING,
     RUNNING,
     UNFINISHED,
@@ -35,6 +36,7 @@ from dbjobq.storage._sql.schema import (
     seconds,
 )
 from dbjobq.storage._sql.side import SideTables
+from dbjobq.storage._sql.workflow_tables import WorkflowTables
 from dbjobq.storage.base import Capabilities, Storage
 
 __all__ = ["SQLAlchemyStorage"]
@@ -45,7 +47,7 @@ RATE_WINDOW_MAX = 86400.0
 """The longest `RateLimit.per`: `purge` forgets starts older than that."""
 
 
-class SQLAlchemyStorage(SideTables, Storage):
+class SQLAlchemyStorage(SideTables, WorkflowTables, Storage):
     """Stores jobs in a table of a SQLite, PostgreSQL or MySQL/MariaDB database.
 
     * **SQLite** (`sqlite:///path/jobs.db`, the embedded default): the file is put in
@@ -77,6 +79,13 @@ class SQLAlchemyStorage(SideTables, Storage):
     on PostgreSQL an insert trigger NOTIFYs a channel that a background connection
     LISTENs to; on SQLite a background thread reads `PRAGMA data_version` every
     couple of milliseconds. Polling stays the safety net.
+
+    Workflows (`depends_on`, groups) keep their edges in
+    `<table_prefix>dependencies` and their groups in `<table_prefix>groups`. A
+    job's children are settled in the transaction that finishes it; on
+    PostgreSQL, where a completion is one autocommitted statement, in a second
+    transaction right after it, which `settle_waiting` backs up after a crash.
+    A job without children pays nothing for this but one more column returned.
 
     Args:
         url: A database URL or an existing SQLAlchemy `Engine`. A URL without a
@@ -173,6 +182,7 @@ class SQLAlchemyStorage(SideTables, Storage):
             pauses=True,
             limits=True,
             snooze=True,
+            workflows=True,
             notify_finished=self.listen and self._dialect.can_notify,
             unique_rules=True,
         )
@@ -312,9 +322,11 @@ class SQLAlchemyStorage(SideTables, Storage):
         if not queues or (types is not None and not types) or limit < 1:
             return []
         for _ in range(100):
-            jobs, corrupt = self._claim_once(
+            jobs, corrupt, unsettled = self._claim_once(
                 queues, worker_id, lease_seconds, types, limit, newest_first
             )
+            if unsettled:
+                self._settle_later(unsettled)
             # Corrupt rows were failed on the way: look again rather than report an
             # empty queue, so that a bad row never stalls a worker.
             if jobs or not corrupt:
@@ -329,11 +341,11 @@ class SQLAlchemyStorage(SideTables, Storage):
         types: Collection[str] | None,
         limit: int,
         newest_first: bool = False,
-    ) -> tuple[list[Job], int]:
+    ) -> tuple[list[Job], int, list[workflows.Finished]]:
         params = self._claim_params(worker_id, lease_seconds)
         ready = Ready(queues, types, limit, newest_first)
 
-        def run(conn: Connection) -> tuple[list[Job], int]:
+        def run(conn: Connection) -> tuple[list[Job], int, list[workflows.Finished]]:
             return self._dialect.claimed_jobs(conn, self._dialect.claim(conn, ready, params))
 
         return self._run("claim", run, write=True, single=True)
@@ -364,11 +376,13 @@ class SQLAlchemyStorage(SideTables, Storage):
         for _ in range(100):
             params = self._claim_params(worker_id, lease_seconds)
 
-            def run(conn: Connection, params: Mapping[str, Any] = params) -> tuple[list[Job], int]:
+            def run(
+                conn: Connection, params: Mapping[str, Any] = params
+            ) -> tuple[list[Job], int, list[workflows.Finished]]:
                 rows = self._dialect.claim_limited(conn, ready, limits, params, one_per_key)
                 return self._dialect.claimed_jobs(conn, rows)
 
-            jobs, corrupt = self._run("claim_limited", run, write=True)
+            jobs, corrupt, _ = self._run("claim_limited", run, write=True)
             if jobs or not corrupt:
                 break
         return claim_order(jobs, newest_first)
@@ -406,7 +420,9 @@ class SQLAlchemyStorage(SideTables, Storage):
 
     def complete(self, job_id: str, token: str, *, result: Any) -> bool:
         text = None if result is None else dumps(result)
-        return self._update_held("complete", job_id, token, changes.completed(text))
+        return self._finish_held(
+            "complete", job_id, token, changes.completed(text), workflows.COMPLETED
+        )
 
     def complete_many(self, outcomes: Sequence[tuple[str, str, Any]]) -> list[bool]:
         """Complete several jobs in one transaction.
@@ -426,20 +442,28 @@ class SQLAlchemyStorage(SideTables, Storage):
             text = None if result is None else dumps(result)  # serialised once, here
             groups.setdefault(text, (text, []))[1].append((job_id, token))
 
-        def run(conn: Connection) -> set[str]:
-            done: set[str] = set()
+        dialect = self._dialect
+
+        def run(conn: Connection) -> tuple[set[str], list[workflows.Finished]]:
+            rows: list[tuple[str, Any]] = []
             for result, leases in groups.values():
-                done.update(self._complete_group(conn, result, leases))
-            return done
+                rows.extend(self._complete_group(conn, result, leases))
+            unsettled = workflows.settle_finished(dialect, conn, rows, workflows.COMPLETED)
+            return {job_id for job_id, _ in rows}, unsettled
 
         single = len(groups) == 1  # one UPDATE
-        done = self._run("complete_many", run, write=True, single=single)
+        done, unsettled = self._run("complete_many", run, write=True, single=single)
+        if unsettled:
+            self._settle_later(unsettled)
         return answers([job_id for job_id, _, _ in outcomes], firsts, done)
 
     def _complete_group(
         self, conn: Connection, result: str | None, leases: list[tuple[str, str]]
-    ) -> Iterable[str]:
-        """Complete the held jobs among `leases` with one result (JSON text); their ids."""
+    ) -> Iterable[tuple[str, Any]]:
+        """Complete the held jobs among `leases` with one result (JSON text).
+
+        Returns `(id, children)` of each job completed.
+        """
         text = sa.bindparam("l_result", result, type_=self._jobs.c.result.type)
         values = changes.completed(text)
         change = changes.LeaseChange("complete", values, {"l_result": result})
@@ -459,13 +483,16 @@ class SQLAlchemyStorage(SideTables, Storage):
         released = changes.LeaseChange("release", changes.released(self._jobs))
 
         def run(conn: Connection) -> set[str]:
-            return set(self._dialect.update_leases(conn, given, released))
+            return {job_id for job_id, _ in self._dialect.update_leases(conn, given, released)}
 
         done = self._run("release_many", run, write=True, single=True)
         return answers([job_id for job_id, _ in leases], firsts, done)
 
     def fail(self, job_id: str, token: str, *, error: str, retry_in: float | None) -> bool:
-        return self._update_held("fail", job_id, token, changes.failed(error, retry_in))
+        values = changes.failed(error, retry_in)
+        if retry_in is not None:
+            return self._update_held("fail", job_id, token, values)
+        return self._finish_held("fail", job_id, token, values, workflows.FAILED)
 
     def rescue_expired(self, *, retry_in: float = 0.0) -> int:
         c = self._jobs.c
@@ -487,9 +514,13 @@ class SQLAlchemyStorage(SideTables, Storage):
     ) -> int:
         """Retry or fail the `lost` jobs; `last_error` is `why` around the worker id."""
         to_retry, to_fail = changes.rescues(self._jobs, lost, why, retry_in)
+        dialect = self._dialect
 
         def run(conn: Connection) -> int:
-            return conn.execute(to_retry).rowcount + conn.execute(to_fail).rowcount
+            retried = conn.execute(to_retry).rowcount
+            failed = workflows.finish(dialect, conn, to_fail)
+            workflows.settle_finished(dialect, conn, failed, workflows.FAILED)  # in this one
+            return int(retried) + len(failed)
 
         return self._run(what, run, write=True)
 
@@ -515,23 +546,39 @@ class SQLAlchemyStorage(SideTables, Storage):
         type: str | None = None,  # noqa: A002 - mirrors the Job field
         limit: int | None = 100,
         newest_first: bool = False,
+        correlation_id: str | None = None,
     ) -> list[Job]:
-        if not all(findable(text) for text in (queue, type) if text is not None):
+        """Jobs matching every filter given (see `Storage.list_jobs`).
+
+        `correlation_id` is looked up in the indexed copy of
+        `meta["correlation_id"]` that every insert writes (its first 255
+        characters: a longer id is checked against `meta` as well).
+        """
+        texts = (queue, type, correlation_id)
+        if not all(findable(text) for text in texts if text is not None):
             return []  # no job can be in such a queue or of such a type
         c = self._jobs.c
-        stmt = sa.select(self._jobs).order_by(c.id.desc() if newest_first else c.id).limit(limit)
+        cut = correlation_id is not None and len(correlation_id) >= CORRELATION_LENGTH
+        order = c.id.desc() if newest_first else c.id
+        stmt = sa.select(self._jobs).order_by(order).limit(None if cut else limit)
+        if correlation_id is not None:
+            stmt = stmt.where(c.correlation_id == correlation_id[:CORRELATION_LENGTH])
         if status is not None:
             stmt = stmt.where(c.status == JobStatus(status).value)
         if queue is not None:
             stmt = stmt.where(c.queue == queue)
         if type is not None:
             stmt = stmt.where(c.type == type)
-        return self._run(
+        jobs = self._run(
             "list_jobs",
             lambda conn: [self._reader.to_job(r) for r in conn.execute(stmt)],
             write=False,
             single=True,
         )
+        if cut:
+            jobs = [job for job in jobs if job.meta.get("correlation_id") == correlation_id]
+            jobs = jobs if limit is None else jobs[:limit]
+        return jobs
 
     def count_jobs(
         self, *, finished_within: float | None = None
@@ -576,11 +623,14 @@ class SQLAlchemyStorage(SideTables, Storage):
             .where(c.id == job_id, c.status.in_(UNFINISHED))
             .values(**changes.cancelled())
         )
+        dialect = self._dialect
 
         def run(conn: Connection) -> bool | None:
-            if conn.execute(stmt).rowcount == 1:
+            rows = workflows.finish(dialect, conn, stmt)
+            if rows:
+                workflows.settle_finished(dialect, conn, rows, workflows.CANCELLED)  # in this one
                 return True
-            return False if self._dialect.exists(conn, job_id) else None
+            return False if dialect.exists(conn, job_id) else None
 
         done = self._run("cancel", run, write=True)
         if done is None:
@@ -621,7 +671,16 @@ class SQLAlchemyStorage(SideTables, Storage):
     def purge(
         self, *, statuses: Collection[JobStatus], older_than: float, limit: int | None = None
     ) -> int:
+        """Delete finished jobs, with their dependency edges and emptied groups.
+
+        A job with an unfinished child is kept (and does not count towards
+        `limit`). Jobs outside workflows go in one DELETE, as before workflows
+        existed; jobs with parents, children or a group are deleted by id, with
+        their edges, and a group goes with the last of its members and its
+        callback.
+        """
         c = self._jobs.c
+        dialect = self._dialect
         finished = [JobStatus(s).value for s in statuses if JobStatus(s).is_finished]
         if not finished:
             return 0
@@ -633,22 +692,11 @@ class SQLAlchemyStorage(SideTables, Storage):
         old_starts = sa.delete(self._dialect.tables.rate_starts).where(
             r.started_at < db_now_plus(seconds("day", -RATE_WINDOW_MAX))
         )
-        if limit is None:
-            stmt = sa.delete(self._jobs).where(doomed)
-
-            def run_all(conn: Connection) -> int:
-                conn.execute(old_starts)
-                return int(conn.execute(stmt).rowcount)
-
-            return self._run("purge", run_all, write=True)
-        # Pick the batch first: MySQL allows no LIMIT inside an IN subquery.
-        batch = sa.select(c.id).where(doomed).order_by(c.finished_at, c.id).limit(limit)
 
         def run(conn: Connection) -> int:
             conn.execute(old_starts)
-            ids = list(conn.execute(batch).scalars())
-            if not ids:
-                return 0
-            return int(conn.execute(sa.delete(self._jobs).where(c.id.in_(ids))).rowcount)
+            if limit is None:
+                return workflows.purge_all(dialect, conn, doomed)
+            return workflows.purge_batch(dialect, conn, doomed, limit)
 
         return self._run("purge", run, write=True)

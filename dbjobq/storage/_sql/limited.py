@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbjobq.flow import LimitMap, Limits
-from dbjobq.storage._sql.schema import RUNNING, UNFINISHED, db_now, db_now_plus, seconds
+from dbjobq.storage._sql.schema import RUNNABLE, RUNNING, db_now, db_now_plus, seconds
 from dbjobq.storage.admission import Candidate, Keyed, admit, keyed
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ class Claim:
         return found
 
     def key_the_rest(self, candidates: Sequence[Keyed]) -> None:
-        """Store the keys of every unfinished job of an ordered type seen without one.
+        """Store the keys of every pending or running job of an ordered type seen without one.
 
         A job's enqueue order counts among the jobs of its key, but a job enqueued
         where its handler was unknown has no key until a claim works it out. Once a
@@ -187,7 +187,7 @@ class Claim:
             return
         self.keyed_types.update(types)
         c = self.dialect.jobs.c
-        unkeyed = sa.and_(c.type.in_(types), c.concurrency_key.is_(None), c.status.in_(UNFINISHED))
+        unkeyed = sa.and_(c.type.in_(types), c.concurrency_key.is_(None), c.status.in_(RUNNABLE))
         stmt = (
             sa.select(c.id, c.type, c.concurrency_key, c.payload)
             .where(unkeyed)
@@ -263,13 +263,18 @@ class Claim:
         return found
 
     def find_heads(self, keys: Sequence[str]) -> None:
-        """The unfinished job enqueued first of each ordered key (`created_at`, `id`)."""
+        """The pending or running job enqueued first of each ordered key (`created_at`, `id`).
+
+        A `waiting` job does not count: it takes its turn once it is pending, so
+        a job waiting for slow parents does not hold back the later jobs of its
+        key (as in `MemoryStorage`).
+        """
         c = self.dialect.jobs.c
         for at in range(0, len(keys), HEADS_PER_QUERY):
             chunk = keys[at : at + HEADS_PER_QUERY]
             heads = [
                 sa.select(c.id)
-                .where(c.concurrency_key == key, c.status.in_(UNFINISHED))
+                .where(c.concurrency_key == key, c.status.in_(RUNNABLE))
                 .order_by(c.created_at, c.id)
                 .limit(1)
                 .scalar_subquery()

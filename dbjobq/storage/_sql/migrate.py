@@ -14,7 +14,15 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 
 from dbjobq.errors import ConfigurationError
-from dbjobq.storage._sql.schema import KEY_INDEXES, SCHEMA_VERSION, UNIQUE_FINISHED_INDEX
+from dbjobq.storage._sql.schema import (
+    KEY_INDEXES,
+    SCHEMA_VERSION,
+    UNFINISHED_SQL,
+    UNIQUE_FINISHED_INDEX,
+    WAITING_INDEXES,
+    WORKFLOW_COLUMNS,
+    WORKFLOW_INDEXES,
+)
 
 logger = logging.getLogger("dbjobq.storage.sqlalchemy_storage")
 
@@ -45,28 +53,112 @@ def found_version(conn: Connection, version: sa.Table) -> int | None:
     return None if found is None else int(found)
 
 
-def add_concurrency_key(conn: Connection, jobs: sa.Table, schema: str | None) -> None:
-    """Layout 4 on jobs tables of layouts 1-3: the `concurrency_key` column, its indexes.
+def add_columns(
+    conn: Connection, jobs: sa.Table, schema: str | None, names: tuple[str, ...]
+) -> None:
+    """Add the nullable jobs columns `names` that are missing, without defaults.
 
     Adding a nullable column without a default changes no row on any of the three
-    databases (a catalog change). Each step checks first, so a start that
-    stopped half way (MySQL commits each DDL statement) finishes the upgrade.
-    The indexes hold only jobs with a key (where indexes can be partial): none yet.
+    databases (a catalog change).
     """
     inspector = sa.inspect(conn)
     columns = {column["name"] for column in inspector.get_columns(jobs.name, schema=schema)}
-    if "concurrency_key" not in columns:
-        preparer = conn.dialect.identifier_preparer
-        column = jobs.c.concurrency_key
+    preparer = conn.dialect.identifier_preparer
+    for name in names:
+        if name in columns:
+            continue
+        column = jobs.c[name]
         kind = column.type.compile(dialect=conn.dialect)
         conn.exec_driver_sql(
             f"ALTER TABLE {preparer.format_table(jobs)} ADD COLUMN "
             f"{preparer.format_column(column)} {kind}"
         )
-    names = {f"{jobs.name}_{suffix.removeprefix('jobs_')}" for suffix in KEY_INDEXES}
+
+
+def create_indexes(conn: Connection, jobs: sa.Table, suffixes: tuple[str, ...]) -> None:
+    """Create the jobs indexes named `<prefix><suffix>` that are missing."""
+    names = {f"{jobs.name}_{suffix.removeprefix('jobs_')}" for suffix in suffixes}
     for index in jobs.indexes:
         if index.name in names:
             index.create(conn, checkfirst=True)
+
+
+def add_concurrency_key(conn: Connection, jobs: sa.Table, schema: str | None) -> None:
+    """Layout 4 on jobs tables of layouts 1-3: the `concurrency_key` column, its indexes.
+
+    Each step checks first, so a start that stopped half way (MySQL commits each
+    DDL statement) finishes the upgrade. The indexes hold only jobs with a key
+    (where indexes can be partial): none yet.
+    """
+    add_columns(conn, jobs, schema, ("concurrency_key",))
+    create_indexes(conn, jobs, KEY_INDEXES)
+
+
+def add_workflows(conn: Connection, jobs: sa.Table, schema: str | None) -> None:
+    """Layout 5 on jobs tables of layouts 1-4: the workflow columns and their indexes.
+
+    `group_id`, `correlation_id`, `children` and `parents` (all `NULL` for the
+    jobs already there: none is in a workflow, and their correlation ids were
+    never copied, so `list_jobs(correlation_id=...)` finds the jobs enqueued
+    from layout 5 on). The indexes hold only jobs with a value (where indexes
+    can be partial): none yet, so they are built at once. The dependencies and
+    groups tables are new: `create_all` makes them. Each step checks first.
+    """
+    add_columns(conn, jobs, schema, WORKFLOW_COLUMNS)
+    create_indexes(conn, jobs, WORKFLOW_INDEXES)
+
+
+def waiting_indexes(jobs: sa.Table) -> list[sa.Index]:
+    """The jobs indexes whose predicates name the unfinished states (`WAITING_INDEXES`)."""
+    names = {f"{jobs.name}_{suffix.removeprefix('jobs_')}" for suffix in WAITING_INDEXES}
+    return [index for index in jobs.indexes if index.name in names]
+
+
+def lacks_waiting(found: object) -> bool:
+    """Whether an index or column definition `found` leaves `waiting` out.
+
+    A definition that is not there (`None`) needs nothing: `create_all` made it.
+    """
+    return found is not None and "'waiting'" not in str(found)
+
+
+def waiting_on_mysql(
+    conn: Connection, jobs: sa.Table, schema: str | None, lock_wait: float
+) -> None:
+    """On MySQL/MariaDB: let `active_unique_key` hold the key of `waiting` jobs too.
+
+    The computed column's expression is changed in place; the server rewrites
+    the table once (writes wait meanwhile, for at most `lock_wait` seconds to
+    start). No row has the `waiting` status before layout 5, so the unique
+    index cannot clash.
+    """
+    query = sa.text(
+        "SELECT GENERATION_EXPRESSION FROM information_schema.COLUMNS WHERE "
+        "TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t AND "
+        "COLUMN_NAME = 'active_unique_key'"
+    )
+    found = conn.execute(query, {"s": schema, "t": jobs.name}).scalar()
+    if not lacks_waiting(found):
+        return
+    preparer = conn.dialect.identifier_preparer
+    column = preparer.format_column(jobs.c.active_unique_key)
+    kind = jobs.c.active_unique_key.type.compile(dialect=conn.dialect)
+    sql = (
+        f"ALTER TABLE {preparer.format_table(jobs)} MODIFY COLUMN {column} {kind} "
+        f"GENERATED ALWAYS AS (CASE WHEN {UNFINISHED_SQL} THEN unique_key END) STORED"
+    )
+    logger.warning("rewriting table %s once so that waiting jobs hold their unique keys", jobs.name)
+    wait = conn.execute(sa.text("SELECT @@SESSION.lock_wait_timeout")).scalar()
+    conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {max(1, int(lock_wait))}")
+    try:
+        conn.exec_driver_sql(sql)
+    except exc.DBAPIError as error:
+        raise ConfigurationError(
+            f"table {jobs.name} could not be upgraded for waiting jobs: {error.orig}. "
+            f"Run this once, then start again: {sql}"
+        ) from error
+    finally:
+        conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {int(wait or 31536000)}")
 
 
 def add_unique_finished_index(conn: Connection, jobs: sa.Table) -> None:
@@ -97,34 +189,42 @@ def finished_index(jobs: sa.Table, found: object) -> sa.Index | None:
 
 
 def rebuild_index_online(
-    conn: Connection, jobs: sa.Table, schema: str | None, lock_wait: float
+    conn: Connection,
+    jobs: sa.Table,
+    schema: str | None,
+    lock_wait: float,
+    suffix: str = "finished",
+    why: str = "to hold finished jobs only",
 ) -> None:
-    """On PostgreSQL: make the full `jobs_finished` index partial (finished jobs only).
+    """On PostgreSQL: rebuild the jobs index `<prefix>jobs_<suffix>` as defined now.
 
+    The full `jobs_finished` index becomes partial (finished jobs only); the
+    unique-key and key-order indexes count `waiting` as unfinished (layout 5).
     The new index is built first, under another name, so that reads go on during
     the build (writes wait for it); if the table cannot be locked within
     `lock_wait` seconds, the rebuild is left for the next start.
     """
-    name = f"{jobs.name}_finished"
+    name = f"{jobs.name}_{suffix}"
     preparer = conn.dialect.identifier_preparer
-    quote, table = preparer.quote, preparer.format_table(jobs)
+    quote = preparer.quote
     in_schema = f"{quote(schema)}." if schema else ""
-    new = f"{name}_partial"
+    new = f"{name}_new"
+    copy = jobs.to_metadata(sa.MetaData(schema=jobs.schema))
+    (index,) = (i for i in copy.indexes if i.name == name)
+    index.name = new  # type: ignore[assignment]
     try:
         with conn.begin_nested():
             wait = int(lock_wait * 1000)
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait}")
-            conn.exec_driver_sql(
-                f"CREATE INDEX {quote(new)} ON {table} (status, finished_at) "
-                "WHERE finished_at IS NOT NULL"
-            )
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {in_schema}{quote(new)}")
+            index.create(conn)
             conn.exec_driver_sql(f"DROP INDEX {in_schema}{quote(name)}")
             conn.exec_driver_sql(f"ALTER INDEX {in_schema}{quote(new)} RENAME TO {quote(name)}")
     except exc.DBAPIError as error:
         logger.warning(
-            "could not rebuild index %s to hold finished jobs only (%s); the next "
-            "start tries again",
+            "could not rebuild index %s %s (%s); the next start tries again",
             name,
+            why,
             error.orig,
         )
 

@@ -17,7 +17,7 @@ from dbjobq.errors import StorageError
 from dbjobq.job import Job, JobStatus, NewJob
 from dbjobq.payload import dumps
 from dbjobq.registry import WorkerInfo
-from dbjobq.storage._sql.schema import Corrupt
+from dbjobq.storage._sql.schema import CORRELATION_LENGTH, Corrupt
 
 STATUS = {s.value: s for s in JobStatus}  # stored text -> JobStatus
 
@@ -29,6 +29,7 @@ handler's"): no schema change, and it sorts below every real value in
 INSERT_COLUMNS = (
     *("id", "type", "queue", "payload", "priority", "max_retries"),
     *("run_at", "delay", "unique_key", "meta", "timeout", "concurrency_key"),
+    *("group_id", "correlation_id"),
 )
 """What an insert takes from a `NewJob`, in `insert_row`'s order. `run_at` and
 `delay` are not both stored: the row's run_at is `run_at`, or the database's
@@ -76,7 +77,21 @@ def insert_row(job: NewJob) -> tuple[Any, ...]:
         job.meta_json,
         job.timeout,
         job.concurrency_key,
+        job.group_id,
+        correlation_of(job.meta),
     )
+
+
+def correlation_of(meta: Mapping[str, Any]) -> str | None:
+    """What `jobs.correlation_id` stores: `meta["correlation_id"]` if it is text.
+
+    Cut to `CORRELATION_LENGTH` characters: a longer id is listed by its stored
+    prefix, then checked against `meta` (see `SQLAlchemyStorage.list_jobs`).
+    """
+    value = meta.get("correlation_id")
+    if not isinstance(value, str):
+        return None
+    return str(value)[:CORRELATION_LENGTH]
 
 
 def insert_params(job: NewJob) -> dict[str, Any]:

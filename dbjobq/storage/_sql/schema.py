@@ -23,11 +23,16 @@ SCHEMA_VERSION = 5
 
 1: jobs. 2: + workers (the registry) and periodic (the last tick of each schedule).
 3: + paused_queues. 4: + jobs.concurrency_key with its two indexes, and rate_starts.
-5: + the `jobs_unique_finished` index (`unique_for` lookups).
+5: + the `jobs_unique_finished` index (`unique_for` lookups); the dependencies
+and groups tables (workflows), jobs.group_id, jobs.correlation_id, jobs.children
+and jobs.parents with their indexes, and `waiting` among the unfinished states of
+the unique-key index.
 `create_all` adds the new tables; `migrate.add_concurrency_key` the column and
-indexes of layout 4, `migrate.add_unique_finished_index` the index of layout 5.
-Index changes that older releases work with keep the version (see
-`migrate.finished_index` and `migrate.rebuild_index_online`).
+indexes of layout 4, `migrate.add_unique_finished_index` and
+`migrate.add_workflows` those of layout 5, `migrate.waiting_indexes` and
+`migrate.waiting_on_mysql` the unique-key rule. Index changes that older
+releases work with keep the version (see `migrate.finished_index` and
+`migrate.rebuild_index_online`).
 """
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
@@ -222,9 +227,23 @@ def _json() -> sa.types.TypeEngine[Any]:
 
 # Literal (not bound) state names: SQLite and PostgreSQL only use a partial index when
 # the query's predicate visibly implies the index's, which a bound parameter never does.
+WAITING: sa.ColumnElement[str] = sa.literal_column("'waiting'")
 PENDING: sa.ColumnElement[str] = sa.literal_column("'pending'")
 RUNNING: sa.ColumnElement[str] = sa.literal_column("'running'")
-UNFINISHED = (PENDING, RUNNING)
+UNFINISHED = (WAITING, PENDING, RUNNING)
+"""The states of a job that holds its unique key (and that `cancel` takes)."""
+RUNNABLE = (PENDING, RUNNING)
+"""The states of a job that holds back later jobs of an ordered key: a waiting
+job takes its turn once it is pending."""
+UNFINISHED_SQL = "status IN ('waiting', 'pending', 'running')"
+"""`UNFINISHED` as SQL text, for MySQL's computed `active_unique_key`."""
+TO_SETTLE: sa.ColumnElement[int] = sa.literal_column("1")
+"""`jobs.children` of a job whose children are settled when it finishes (or are
+due to be: it finished, and a second step or `settle_waiting` has not yet)."""
+SETTLED: sa.ColumnElement[int] = sa.literal_column("2")
+"""`jobs.children` of a finished job whose children were settled with its outcome."""
+CORRELATION_LENGTH = 255
+"""`jobs.correlation_id` holds this many characters of `meta["correlation_id"]`."""
 
 
 def _long_text() -> sa.types.TypeEngine[str]:
@@ -241,10 +260,18 @@ class Tables(NamedTuple):
     periodic: sa.Table
     paused: sa.Table
     rate_starts: sa.Table
+    dependencies: sa.Table
+    groups: sa.Table
 
 
 KEY_INDEXES = ("jobs_running_key", "jobs_key_order")
 """The jobs indexes of layout 4 (after the prefix), which an upgrade creates."""
+WORKFLOW_COLUMNS = ("group_id", "correlation_id", "children", "parents")
+"""The jobs columns of layout 5, which an upgrade adds."""
+WORKFLOW_INDEXES = ("jobs_group", "jobs_correlation", "jobs_unsettled")
+"""The jobs indexes of layout 5 (after the prefix), which an upgrade creates."""
+WAITING_INDEXES = ("jobs_unique",)
+"""The jobs indexes whose predicate counts `waiting` as unfinished from layout 5."""
 
 UNIQUE_FINISHED_INDEX = "jobs_unique_finished"
 """The jobs index of layout 5 (after the prefix), which an upgrade creates."""
@@ -288,6 +315,12 @@ def _job_columns(partial_indexes: bool) -> list[sa.Column[Any]]:
         sa.Column("lease_token", sa.String(32)),
         sa.Column("lease_expires_at", UTCDateTime),
         sa.Column("concurrency_key", sa.String(255)),
+        sa.Column("group_id", sa.String(255)),
+        # Not Job fields: a copy of meta["correlation_id"] (for list_jobs), and the
+        # workflow links that purge and settling look at (see `_index_workflows`).
+        sa.Column("correlation_id", sa.String(CORRELATION_LENGTH)),
+        sa.Column("children", sa.SmallInteger),
+        sa.Column("parents", sa.Integer),
     ]
     if on_mysql:
         # MySQL has no partial indexes. A stored column that holds the unique key only
@@ -298,7 +331,7 @@ def _job_columns(partial_indexes: bool) -> list[sa.Column[Any]]:
                 "active_unique_key",
                 sa.String(255),
                 sa.Computed(
-                    "CASE WHEN status IN ('pending', 'running') THEN unique_key END",
+                    f"CASE WHEN {UNFINISHED_SQL} THEN unique_key END",
                     persisted=True,
                 ),
             )
@@ -343,6 +376,7 @@ def _index_jobs(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
         )
     _index_keys(jobs, prefix, partial_indexes)
     _index_unique_finished(jobs, prefix, partial_indexes)
+    _index_workflows(jobs, prefix, partial_indexes)
     sa.Index(f"{prefix}jobs_status", c.status, c.queue, c.id)
     # For purging and "finished within": only finished jobs have a finished_at, so
     # (where partial indexes exist) enqueues and claims leave this index alone.
@@ -371,7 +405,7 @@ def _index_keys(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
         return
     keyed = c.concurrency_key.is_not(None)
     running = sa.and_(keyed, c.status == RUNNING)
-    unfinished = sa.and_(keyed, c.status.in_(UNFINISHED))
+    unfinished = sa.and_(keyed, c.status.in_(RUNNABLE))
     sa.Index(
         running_key,
         c.concurrency_key,
@@ -387,6 +421,67 @@ def _index_keys(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
         postgresql_where=unfinished,
         sqlite_where=unfinished,
     )
+
+
+def _index_workflows(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
+    """The indexes of layout 5; jobs outside workflows stay out of them where they can.
+
+    `jobs_group` counts a group's members, `jobs_correlation` lists a correlation
+    id's jobs, `jobs_unsettled` finds finished parents whose children were not
+    settled yet (`settle_waiting`).
+    """
+    c = jobs.c
+    group, correlation, unsettled = (f"{prefix}{name}" for name in WORKFLOW_INDEXES)
+    if not partial_indexes:
+        sa.Index(group, c.group_id, c.status)
+        sa.Index(correlation, c.correlation_id, c.id)
+        sa.Index(unsettled, c.children, c.finished_at)
+        return
+    grouped = c.group_id.is_not(None)
+    correlated = c.correlation_id.is_not(None)
+    due = sa.and_(c.children == TO_SETTLE, c.finished_at.is_not(None))
+    sa.Index(group, c.group_id, c.status, postgresql_where=grouped, sqlite_where=grouped)
+    sa.Index(
+        correlation,
+        c.correlation_id,
+        c.id,
+        postgresql_where=correlated,
+        sqlite_where=correlated,
+    )
+    sa.Index(unsettled, c.finished_at, postgresql_where=due, sqlite_where=due)
+
+
+def _workflow_tables(metadata: sa.MetaData, prefix: str) -> tuple[sa.Table, sa.Table]:
+    """The dependency edges and the groups (layout 5).
+
+    An edge says that `child_id` waits for `parent_id`. It carries what settling
+    the child needs without reading the parent: the parent's outcome once it is
+    known (`parent_status`, `NULL` before), and the child's `on_parent_failure`.
+    Its primary key finds a child's parents; `dependencies_parent` a parent's
+    children; `dependencies_open` answers "has this child a parent still to
+    finish, or one that failed?" with one index probe, however many parents it
+    has (the callback of a group of 10,000).
+    """
+    dependencies = sa.Table(
+        f"{prefix}dependencies",
+        metadata,
+        sa.Column("child_id", sa.String(36), primary_key=True),
+        sa.Column("parent_id", sa.String(36), primary_key=True),
+        sa.Column("parent_status", sa.String(16)),
+        sa.Column("on_failure", sa.String(8), nullable=False),
+    )
+    d = dependencies.c
+    sa.Index(f"{prefix}dependencies_parent", d.parent_id, d.child_id)
+    sa.Index(f"{prefix}dependencies_open", d.child_id, d.parent_status)
+    groups = sa.Table(
+        f"{prefix}groups",
+        metadata,
+        sa.Column("id", sa.String(255), primary_key=True),
+        sa.Column("callback_id", sa.String(36)),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+    )
+    sa.Index(f"{prefix}groups_callback", groups.c.callback_id)
+    return dependencies, groups
 
 
 def _index_unique_finished(jobs: sa.Table, prefix: str, partial_indexes: bool) -> None:
@@ -452,4 +547,5 @@ def _other_tables(metadata: sa.MetaData, prefix: str, jobs: sa.Table) -> Tables:
         sa.Column("started_at", UTCDateTime, primary_key=True),
         sa.Column("job_id", sa.String(36), primary_key=True),
     )
-    return Tables(jobs, version, workers, periodic, paused, rate_starts)
+    dependencies, groups = _workflow_tables(metadata, prefix)
+    return Tables(jobs, version, workers, periodic, paused, rate_starts, dependencies, groups)

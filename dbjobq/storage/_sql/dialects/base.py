@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbjobq.errors import ConfigurationError, StorageError
 from dbjobq.flow import LimitMap
 from dbjobq.job import Job, NewJob
-from dbjobq.storage._sql import changes, limited, migrate, unique
+from dbjobq.storage._sql import changes, limited, migrate, unique, workflows
 from dbjobq.storage._sql.changes import LeaseChange
 from dbjobq.storage._sql.engine import EngineSettings, retrying
 from dbjobq.storage._sql.notify import Watcher
@@ -79,6 +79,8 @@ class Dialect:
     join_creates_tables: ClassVar[bool] = True
     """Whether `enqueue_in_transaction` may create missing tables from another
     connection while the application's transaction is open."""
+    update_returns: ClassVar[bool] = True
+    """Whether UPDATE ... RETURNING exists (`workflows.finish`)."""
 
     @classmethod
     def configure(cls, settings: EngineSettings) -> None:
@@ -212,7 +214,7 @@ class Dialect:
     def enqueue(self, jobs: Sequence[NewJob]) -> list[str]:
         """Store `jobs` (at least one) in a transaction of their own; their ids."""
         # One job without a unique key is one INSERT: atomic without a transaction.
-        single = len(jobs) == 1 and jobs[0].unique_key is None
+        single = len(jobs) == 1 and jobs[0].unique_key is None and not jobs[0].depends_on
         return self.run(
             "enqueue", lambda conn: self.insert_jobs(conn, jobs), write=True, single=single
         )
@@ -232,8 +234,17 @@ class Dialect:
         """Insert `jobs` in `conn`'s transaction; the id stored for each.
 
         That is its own id, or for a job whose unique key an unfinished job holds,
-        that job's id. A call with unique rules (`NewJob.has_unique_rules`) takes
-        the route of `unique.insert_in_order`.
+        that job's id. Jobs with parents take `workflows.insert_dependent`.
+        """
+        if any(job.depends_on for job in jobs):
+            return workflows.insert_dependent(self, conn, jobs)
+        return self.store_jobs(conn, jobs)
+
+    def store_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> list[str]:
+        """Insert `jobs` as `pending`, whatever their parents; the id stored for each.
+
+        A call with unique rules (`NewJob.has_unique_rules`) takes the route of
+        `unique.insert_in_order`.
         """
         if any(job.has_unique_rules for job in jobs):
             return unique.insert_in_order(self, conn, jobs)
@@ -385,13 +396,18 @@ class Dialect:
         )
         return conn.execute(stmt, params).fetchall()
 
-    def claimed_jobs(self, conn: Connection, rows: Sequence[sa.Row[Any]]) -> tuple[list[Job], int]:
-        """Jobs from claimed rows, and how many rows were corrupt.
+    def claimed_jobs(
+        self, conn: Connection, rows: Sequence[sa.Row[Any]]
+    ) -> tuple[list[Job], int, list[workflows.Finished]]:
+        """Jobs from claimed rows, how many rows were corrupt, and children to settle.
 
         A corrupt row (edited by hand) is failed with the reason, in the same
-        transaction, instead of blocking the head of the queue forever.
+        transaction, instead of blocking the head of the queue forever. Its
+        children are settled there too; where the claim was one autocommitted
+        statement, they are returned, for a transaction of their own.
         """
         jobs: list[Job] = []
+        unsettled: list[workflows.Finished] = []
         c = self.jobs.c
         for row in rows:
             job = self.reader.sound_job(row)
@@ -404,17 +420,24 @@ class Dialect:
                 continue
             job_id = row._mapping[c.id]
             logger.error("job %s is corrupt and was failed: %s", job_id, problem)
-            conn.execute(
-                sa.update(self.jobs).where(c.id == job_id).values(**changes.corrupt(problem))
-            )
-        return jobs, len(rows) - len(jobs)
+            stmt = sa.update(self.jobs).where(c.id == job_id).values(**changes.corrupt(problem))
+            finished = workflows.finish(self, conn, stmt)
+            unsettled.extend(workflows.settle_finished(self, conn, finished, workflows.FAILED))
+        return jobs, len(rows) - len(jobs), unsettled
 
-    def update_leases(self, conn: Connection, leases: Leases, change: LeaseChange) -> Iterable[str]:
-        """UPDATE the running jobs among `leases` as `change` says; their ids."""
+    def autocommitted(self, conn: Connection) -> bool:
+        """Whether `conn` commits each statement (a `single` route on PostgreSQL)."""
+        return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+    def update_leases(
+        self, conn: Connection, leases: Leases, change: LeaseChange
+    ) -> Iterable[tuple[str, Any]]:
+        """UPDATE the running jobs among `leases` as `change` says; `(id, children)` of each."""
         c = self.jobs.c
         held_now = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
-        stmt = sa.update(self.jobs).where(held_now).values(**change.values).returning(c.id)
-        return conn.execute(stmt, change.params or {}).scalars()
+        stmt = sa.update(self.jobs).where(held_now).values(**change.values)
+        rows = conn.execute(stmt.returning(c.id, c.children), change.params or {})
+        return [(row[0], row[1]) for row in rows]
 
     # -- schema ---------------------------------------------------------------------
 
@@ -429,6 +452,7 @@ class Dialect:
             if found is not None and found < 4:
                 migrate.add_concurrency_key(conn, self.jobs, self.schema)
             if found is not None and found < 5:
+                migrate.add_workflows(conn, self.jobs, self.schema)
                 migrate.add_unique_finished_index(conn, self.jobs)
             migrate.check_version(conn, version, self.insert_ignoring(version))
 
@@ -457,6 +481,14 @@ class Dialect:
     def can_notify(self) -> bool:
         """Whether `watcher` can make a watcher here."""
         return False
+
+    def announce(self, conn: Connection) -> None:
+        """Tell other processes' watchers, at commit, that jobs became due without an insert.
+
+        Children made pending by their last parent's outcome. The default does
+        nothing: a watcher that sees every commit (SQLite's) needs nothing more,
+        and where there is no watcher, workers poll.
+        """
 
     def watcher(self) -> Watcher | None:
         """A new watcher of other processes' enqueues, or `None` (polling only)."""

@@ -54,6 +54,7 @@ class MySQLDialect(Dialect):
     module = "pymysql"
     partial_indexes = False
     upgrade_lock_wait = 10.0
+    update_returns = False
 
     @classmethod
     def configure(cls, settings: EngineSettings) -> None:
@@ -160,13 +161,17 @@ class MySQLDialect(Dialect):
         )
         return [pair for pair, got in zip(keys, row, strict=True) if got == 1]
 
-    def update_leases(self, conn: Connection, leases: Leases, change: LeaseChange) -> Iterable[str]:
+    def update_leases(
+        self, conn: Connection, leases: Leases, change: LeaseChange
+    ) -> Iterable[tuple[str, Any]]:
         """Lock the held rows, then update them: there is no UPDATE ... RETURNING."""
         c = self.jobs.c
         held_now = sa.and_(c.status == RUNNING, sa.tuple_(c.id, c.lease_token).in_(leases))
-        found = list(conn.execute(sa.select(c.id).where(held_now).with_for_update()).scalars())
+        locked = sa.select(c.id, c.children).where(held_now).with_for_update()
+        found = [(row[0], row[1]) for row in conn.execute(locked)]
         if found:
-            stmt = sa.update(self.jobs).where(c.id.in_(found), held_now).values(**change.values)
+            ids = [job_id for job_id, _ in found]
+            stmt = sa.update(self.jobs).where(c.id.in_(ids), held_now).values(**change.values)
             conn.execute(stmt, change.params or {})
         return found
 
@@ -201,3 +206,4 @@ class MySQLDialect(Dialect):
         migrate.upgrade_collation(
             conn, self.metadata, self.schema, CHARSET, self._collation, self.upgrade_lock_wait
         )
+        migrate.waiting_on_mysql(conn, self.jobs, self.schema, self.upgrade_lock_wait)

@@ -18,7 +18,13 @@ from dbjobq.storage._sql.dialects.base import Dialect, Leases
 from dbjobq.storage._sql.engine import EngineSettings, driver_error
 from dbjobq.storage._sql.notify import PostgresListener, Watcher
 from dbjobq.storage._sql.rows import INSERT_COLUMNS, insert_row
-from dbjobq.storage._sql.schema import PENDING, RUNNING, db_now, db_now_plus
+from dbjobq.storage._sql.schema import (
+    PENDING,
+    RUNNING,
+    WAITING_INDEXES,
+    db_now,
+    db_now_plus,
+)
 
 _TRY_LOCKS = sa.text(
     "SELECT k FROM unnest(CAST(:k_ids AS bigint[])) AS k WHERE pg_try_advisory_xact_lock(k)"
@@ -131,7 +137,7 @@ class PostgreSQLDialect(Dialect):
                     [
                         *("id", "type", "queue", "status", "priority", "attempts", "max_retries"),
                         *("run_at", "created_at", "updated_at", "timeout", "payload", "meta"),
-                        *("unique_key", "concurrency_key"),
+                        *("unique_key", "concurrency_key", "group_id", "correlation_id"),
                     ],
                     sa.select(
                         s.id,
@@ -149,6 +155,8 @@ class PostgreSQLDialect(Dialect):
                         sa.cast(s.meta, c.meta.type),
                         s.unique_key,
                         s.concurrency_key,
+                        s.group_id,
+                        s.correlation_id,
                     ),
                 )
                 .on_conflict_do_nothing()
@@ -157,7 +165,9 @@ class PostgreSQLDialect(Dialect):
 
     # -- leases -----------------------------------------------------------------------
 
-    def update_leases(self, conn: Connection, leases: Leases, change: LeaseChange) -> Iterable[str]:
+    def update_leases(
+        self, conn: Connection, leases: Leases, change: LeaseChange
+    ) -> Iterable[tuple[str, Any]]:
         """Pass the leases as two arrays.
 
         So the statement's text is the same for any number of jobs: the driver
@@ -188,14 +198,15 @@ class PostgreSQLDialect(Dialect):
                 sa.update(self.jobs)
                 .where(c.id == held.c.id, c.lease_token == held.c.token, c.status == RUNNING)
                 .values(**change.values)
-                .returning(c.id)
+                .returning(c.id, c.children)
             )
         given: dict[str, Any] = (
             {"l_ids": ids, "l_tokens": tokens}
             if joined
             else {"l_ids": [i for i, _ in leases], "l_tokens": [t for _, t in leases]}
         )
-        return conn.execute(stmt, {**given, **(change.params or {})}).scalars()
+        rows = conn.execute(stmt, {**given, **(change.params or {})})
+        return [(row[0], row[1]) for row in rows]
 
     # -- limited claims ---------------------------------------------------------------
 
@@ -237,14 +248,22 @@ class PostgreSQLDialect(Dialect):
     def after_create(self, conn: Connection) -> None:
         self._create_notify_trigger(conn)
         self._create_finished_trigger(conn)
-        query = (
-            "SELECT indexdef FROM pg_indexes "
-            "WHERE schemaname = coalesce(:s, current_schema()) AND indexname = :n"
-        )
-        params = {"s": self.schema, "n": f"{self.jobs.name}_finished"}
-        found = conn.execute(sa.text(query), params).scalar()
-        if migrate.finished_index(self.jobs, found) is not None:
-            migrate.rebuild_index_online(conn, self.jobs, self.schema, self.upgrade_lock_wait)
+        query = sa.text(
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = coalesce(:s, current_schema()) AND indexname IN :n"
+        ).bindparams(sa.bindparam("n", expanding=True))
+        name = self.jobs.name
+        waiting = tuple(suffix.removeprefix("jobs_") for suffix in WAITING_INDEXES)
+        suffixes = ("finished", *waiting)
+        params = {"s": self.schema, "n": [f"{name}_{suffix}" for suffix in suffixes]}
+        found = {str(row[0]): str(row[1]) for row in conn.execute(query, params)}
+        lock_wait = self.upgrade_lock_wait
+        if migrate.finished_index(self.jobs, found.get(f"{name}_finished")) is not None:
+            migrate.rebuild_index_online(conn, self.jobs, self.schema, lock_wait)
+        for suffix in suffixes[1:]:
+            if migrate.lacks_waiting(found.get(f"{name}_{suffix}")):
+                why = "to count waiting jobs as unfinished"
+                migrate.rebuild_index_online(conn, self.jobs, self.schema, lock_wait, suffix, why)
 
     def _create_notify_trigger(self, conn: Connection) -> None:
         """NOTIFY the table set's channel after every INSERT statement."""
@@ -317,6 +336,10 @@ class PostgreSQLDialect(Dialect):
     def can_notify(self) -> bool:
         """LISTEN needs psycopg 3's own connection."""
         return self._psycopg
+
+    def announce(self, conn: Connection) -> None:
+        """NOTIFY the channel the insert trigger notifies (delivered at commit)."""
+        conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
 
     def watcher(self) -> Watcher | None:
         if not self._psycopg:

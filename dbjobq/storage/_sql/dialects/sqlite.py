@@ -148,7 +148,7 @@ class SQLiteDialect(Dialect):
         where the database's own work is only a few hundred microseconds. Errors
         are handled as `run` handles them: busy and locked are retried.
         """
-        if len(jobs) != 1 or jobs[0].unique_key is not None:
+        if len(jobs) != 1 or jobs[0].unique_key is not None or jobs[0].depends_on:
             return super().enqueue(jobs)
         sql, make_params = self.raw_insert()
         params = make_params(jobs[0])
@@ -211,6 +211,12 @@ class SQLiteDialect(Dialect):
         if index is not None:
             index.drop(conn)
             index.create(conn)
+        # Layout 5: waiting jobs hold their unique keys and their place in a key.
+        for index in migrate.waiting_indexes(self.jobs):
+            found = conn.execute(sa.text(query), {"n": index.name}).scalar()
+            if migrate.lacks_waiting(found):
+                index.drop(conn)
+                index.create(conn)
 
     def schema_exists(self) -> bool:
         """A SQLite file is opened read-only, and only if it exists."""
