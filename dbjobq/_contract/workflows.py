@@ -273,6 +273,8 @@ class WorkflowContract:
         callback = _child(*(m.id for m in members), type="cb")
         ids = storage.enqueue_group(group_id, members, callback)
         assert ids == [*(m.id for m in members), callback.id]
+        assert {storage.get(m.id).group_id for m in members} == {group_id}
+        assert storage.get(callback.id).group_id is None
         group = storage.get_group(group_id)
         assert group.callback_id == callback.id
         assert dict(group.counts) == {JobStatus.PENDING: 4}

@@ -197,6 +197,7 @@ class MemoryWorkflows:
                     if stored == new.id and stored not in self._graph.group_of:
                         record.members.add(stored)
                         self._graph.group_of[stored] = group_id
+                        self._write(self._jobs[stored], group_id=group_id)
                 self._graph.groups[group_id] = record
             return ids
 
