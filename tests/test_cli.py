@@ -462,6 +462,7 @@ def test_read_only_commands_create_no_tables_on_a_server(
         assert tables() == []
         assert runner.run("init").returncode == 0
         made = {"jobs", "schema", "workers", "periodic", "paused_queues", "rate_starts"}
+        made |= {"dependencies", "groups"}
         assert sorted(tables()) == sorted(fresh.table_prefix + name for name in made)
         assert runner.json("stats")["queues"] == []
     finally:
