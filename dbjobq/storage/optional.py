@@ -320,8 +320,10 @@ class OptionalMethods:
         settling its children (a backend that does it in a second step, a crash
         in between) is settled here, as that outcome would have. A parent that
         is no longer stored counts as completed. Workers call it every few
-        seconds; it does nothing when nothing is due, and at most `limit` jobs
-        change per call.
+        seconds; it does nothing when nothing is due, and it makes at most about
+        `limit` decisions per call (waiting jobs decided, or, on SQL, parents
+        whose children are decided; a cancel takes the graph below it along), so
+        that one call stays short.
 
         Returns:
             How many jobs left `waiting` (to `pending` or `cancelled`), those that
