@@ -25,7 +25,8 @@ for account in range(5):
     queue.enqueue("sync", {"account": account})
 Worker(queue).run_until_empty()
 
-print(queue.counts())  # {'default': {'waiting': 0, 'pending': 0, 'running': 0, 'completed': 4, 'failed': 1, ...}}
+print(queue.counts())
+# {'default': {'waiting': 0, 'pending': 0, 'running': 0, 'completed': 4, 'failed': 1, ...}}
 assert queue.counts()["default"]["failed"] == 1
 
 for job in queue.get_failed_jobs():
